@@ -1,0 +1,17 @@
+"""vidpress: visual-token compression ("presses") for Hugging Face Video LLMs.
+
+    from vidpress import VidCom2Press
+    with VidCom2Press(retention=0.25)(model):
+        out = model.generate(**inputs, max_new_tokens=32)
+"""
+
+from vidpress._compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()
+
+from vidpress import presses  # noqa: E402
+from vidpress.presses import Press, RandomPress, ScorePress, UniformPress, VidCom2Press  # noqa: E402
+from vidpress.types import Query, Selection, VideoTokens  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["Press", "Query", "RandomPress", "ScorePress", "Selection", "UniformPress", "VidCom2Press", "VideoTokens", "presses"]

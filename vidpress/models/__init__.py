@@ -1,0 +1,118 @@
+"""Model adapters, one per family, picked by `config.model_type`, and `apply_press`, the context manager
+behind `press(model)`."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+
+import torch
+
+from vidpress.models.base import Adapter, PressReport
+from vidpress.models.llava import LlavaNextVideoAdapter, LlavaOnevisionAdapter
+from vidpress.models.qwen2_vl import Qwen2VLAdapter, Qwen3VLAdapter
+
+logger = logging.getLogger("vidpress")
+
+ADAPTERS: list[type[Adapter]] = [Qwen2VLAdapter, Qwen3VLAdapter, LlavaOnevisionAdapter, LlavaNextVideoAdapter]
+
+
+def supported_model_types() -> list[str]:
+    return [t for adapter in ADAPTERS for t in adapter.model_types]
+
+
+def get_adapter(model) -> Adapter:
+    """The adapter for `model`'s family; a clear error for anything else."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            if not hasattr(model, "model") or not hasattr(model, "generate"):
+                raise ValueError(
+                    f"pass the *ForConditionalGeneration model of {adapter.family} (got {type(model).__name__})"
+                )
+            return adapter(model)
+    families = ", ".join(f"{a.family} ({'/'.join(a.model_types)})" for a in ADAPTERS)
+    raise ValueError(f"unsupported model type {model_type!r} ({type(model).__name__}); supported families: {families}")
+
+
+class PressedModel:
+    """Handle yielded by `with press(model) as pressed`: `pressed.last_report` describes the latest call."""
+
+    def __init__(self, press, model, adapter: Adapter):
+        self.press, self.model, self.adapter = press, model, adapter
+        self.last_report: PressReport | None = None
+        self._warned_no_video = False
+        self._in_generate = False
+
+    def _prepare(self, kwargs: dict, for_generate: bool) -> dict:
+        if not self.adapter.has_video(kwargs):
+            if not self._warned_no_video:
+                logger.warning("%s: no video in the inputs; the press does nothing for such calls", type(self.press).__name__)
+                self._warned_no_video = True
+            self.last_report = PressReport()
+            return kwargs
+        kwargs, self.last_report = self.adapter.compress(self.press, kwargs, for_generate)
+        return kwargs
+
+    def forward_pre_hook(self, module, args, kwargs):
+        if self._in_generate:  # generate already pressed its inputs
+            return None
+        kwargs = dict(inspect.signature(self.model.forward).bind_partial(*args, **kwargs).arguments)
+        kwargs.update(kwargs.pop("kwargs", {}))
+        return (), self._prepare(kwargs, for_generate=False)
+
+    def generate(self, original, *args, **kwargs):
+        if args:  # generate(input_ids, ...) positional form
+            kwargs["input_ids"] = args[0]
+            args = args[1:]
+        original_ids = kwargs.get("input_ids")
+        pressed = self._prepare(kwargs, for_generate=True)
+        self._in_generate = True
+        try:
+            output = original(*args, **pressed)
+        finally:
+            self._in_generate = False
+        if pressed is kwargs or original_ids is None:
+            return output
+        return _restore_prompt(output, original_ids, pressed["input_ids"].shape[1])
+
+
+def _restore_prompt(output, original_ids: torch.Tensor, pressed_length: int):
+    """Give back sequences that start with the caller's full prompt, as the unpressed model's would."""
+    sequences = output if isinstance(output, torch.Tensor) else output.sequences
+    repeats = sequences.shape[0] // original_ids.shape[0]  # num_return_sequences / beams
+    prompt = original_ids.repeat_interleave(repeats, dim=0).to(sequences.device)
+    restored = torch.cat([prompt, sequences[:, pressed_length:]], dim=1)
+    if isinstance(output, torch.Tensor):
+        return restored
+    output.sequences = restored
+    return output
+
+
+@contextlib.contextmanager
+def apply_press(press, model):
+    """Apply `press` to every call of `model(...)` and `model.generate(...)` inside the block.
+
+    The model's weights and class are never modified: a forward pre-hook and an instance-level `generate`
+    wrapper are installed and always removed on exit, also when the block raises.
+    Yields a PressedModel whose `last_report` tells what the latest call kept.
+    """
+    adapter = get_adapter(model)
+    pressed = PressedModel(press, model, adapter)
+    original_generate = model.generate
+    had_instance_generate = "generate" in vars(model)
+    handle = model.register_forward_pre_hook(pressed.forward_pre_hook, with_kwargs=True)
+    model.generate = functools.wraps(original_generate)(functools.partial(pressed.generate, original_generate))
+    try:
+        yield pressed
+    finally:
+        handle.remove()
+        if had_instance_generate:
+            model.generate = original_generate
+        else:
+            del model.generate
+
+
+__all__ = ["ADAPTERS", "Adapter", "PressReport", "PressedModel", "apply_press", "get_adapter", "supported_model_types"]

@@ -1,0 +1,229 @@
+"""The adapter base: turns a model call with raw video inputs into the same call with fewer video tokens.
+
+Flow (one direction): processor outputs -> the model's own `get_video_features` / `get_image_features`
+-> positions of the FULL sequence -> one `VideoTokens` per video -> `press.select` -> slice every per-token
+input (ids, mask, token types, positions, labels) with one keep mask -> re-pad -> call the model with
+`mm_encoder_outputs` holding the kept features. Kept tokens keep the positions they had in the full sequence.
+Families differ only in how features are laid out and how positions are computed; subclasses say that.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+
+from vidpress.types import Query, Selection, VideoTokens
+
+# Per-token model inputs that must be cut with the keep mask, with their padding value (None: pad token id).
+SEQUENCE_INPUTS = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0, "token_type_ids": 0, "labels": -100}
+# Raw pixel inputs replaced by pre-computed `mm_encoder_outputs`.
+PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")
+
+
+@dataclass
+class PressReport:
+    """What one pressed call did.
+
+    selections: one Selection per video, in placeholder order over (batch, sequence).
+    videos: the VideoTokens each selection was made from (same order).
+    sample_of_video: batch index of each video.
+    sequence_length: (before, after) padded sequence length.
+    """
+
+    selections: list[Selection] = field(default_factory=list)
+    videos: list[VideoTokens] = field(default_factory=list)
+    sample_of_video: list[int] = field(default_factory=list)
+    sequence_length: tuple[int, int] = (0, 0)
+
+    @property
+    def visual_tokens_before(self) -> int:
+        return sum(s.num_tokens for s in self.selections)
+
+    @property
+    def visual_tokens_after(self) -> int:
+        return sum(s.num_kept for s in self.selections)
+
+    @property
+    def retention(self) -> float:
+        """Effective retention over all videos of the call (1.0 when there was no video)."""
+        before = self.visual_tokens_before
+        return self.visual_tokens_after / before if before else 1.0
+
+
+@dataclass
+class VideoLayout:
+    """One video's rows in the encoder output: T * M frame tokens first, then `extra` rows [E, D] that are
+    always kept (e.g. LLaVA-OneVision's trailing newline token)."""
+
+    tokens: VideoTokens
+    extra: torch.Tensor | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return self.tokens.num_tokens + (0 if self.extra is None else self.extra.shape[0])
+
+
+class Adapter:
+    """Applies presses to one model family. Subclasses set `model_types` and the four layout hooks."""
+
+    model_types: tuple[str, ...] = ()
+    family = ""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+        self.base = model.model  # the multimodal base model (vision tower + LLM), as in every supported family
+        self.video_token_id = self.config.video_token_id
+        self.image_token_id = getattr(self.config, "image_token_id", None)
+
+    # -- family hooks -------------------------------------------------------------------------------------
+    def video_layouts(self, output, inputs: dict) -> list[VideoLayout]:
+        """Split `get_video_features` output into one VideoLayout per video, in input order."""
+        raise NotImplementedError
+
+    def pack_videos(self, output, kept_rows: list[torch.Tensor], kept_features: list[torch.Tensor]):
+        """Encoder output holding only the kept rows ([K_v] indices, [K_v, D] features per video)."""
+        raise NotImplementedError
+
+    def full_position_ids(self, inputs: dict, attention_mask: torch.Tensor, for_generate: bool) -> torch.Tensor:
+        """Positions the unmodified model would use for this call: [B, L] or [R, B, L]."""
+        raise NotImplementedError
+
+    def finish_position_ids(self, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Adjust sliced positions [.., B, L'] for the pruned sequence (default: unchanged)."""
+        return position_ids
+
+    # -- shared mechanism ---------------------------------------------------------------------------------
+    def has_video(self, inputs: dict) -> bool:
+        outputs = inputs.get("mm_encoder_outputs") or {}
+        return inputs.get("pixel_values_videos") is not None or outputs.get("video") is not None
+
+    def encode(self, modality: str, inputs: dict):
+        """Run the model's own `get_<modality>_features` with the inputs it accepts, as `generate` does."""
+        precomputed = (inputs.get("mm_encoder_outputs") or {}).get(modality)
+        if precomputed is not None:
+            return precomputed
+        encoder = getattr(self.base, f"get_{modality}_features")
+        names = [n for n in inspect.signature(encoder).parameters if n != "kwargs" and n in inputs]
+        return encoder(**{n: inputs[n] for n in names}, return_dict=True)
+
+    def compress(self, press, inputs: dict, for_generate: bool) -> tuple[dict, PressReport]:
+        """Return model kwargs with the press applied to every video, and a report of what was kept."""
+        if inputs.get("input_ids") is None:
+            raise ValueError("a pressed call needs input_ids (inputs_embeds alone do not show where the video tokens are)")
+        input_ids = inputs["input_ids"]
+        B, L = input_ids.shape
+        attention_mask = inputs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        real = attention_mask.bool()
+
+        with torch.no_grad():
+            video_output = self.encode("video", inputs)
+            image_output = self.encode("image", inputs) if _has_images(inputs) else None
+        layouts = self.video_layouts(video_output, inputs)
+
+        # Feature rows fill the video placeholders in (batch, sequence) order.
+        placeholder = (input_ids == self.video_token_id) & real
+        flat_positions = placeholder.flatten().nonzero().squeeze(1)
+        total_rows = sum(layout.num_rows for layout in layouts)
+        if flat_positions.numel() != total_rows:
+            raise ValueError(
+                f"the prompt has {flat_positions.numel()} video placeholder tokens but the videos give {total_rows} "
+                "features; build the inputs with the model's processor (one video entry per video in the text)"
+            )
+
+        position_ids = inputs.get("position_ids")
+        if position_ids is None:
+            position_ids = self.full_position_ids(inputs, attention_mask, for_generate)
+
+        report = PressReport(sequence_length=(L, L))
+        drop = torch.zeros(B * L, dtype=torch.bool, device=input_ids.device)
+        kept_rows, kept_features = [], []
+        offset = 0
+        for layout in layouts:
+            tokens = layout.tokens
+            sample = int(flat_positions[offset]) // L
+            query = self.query(input_ids[sample], real[sample]) if press.query_aware else None
+            selection = press.select(tokens, query)
+            keep = selection.keep_indices.to(input_ids.device)
+            extra = torch.arange(tokens.num_tokens, layout.num_rows, device=input_ids.device)
+            rows = torch.cat([keep, extra])
+            frame_rows = torch.ones(tokens.num_tokens, dtype=torch.bool, device=input_ids.device)
+            frame_rows[keep] = False
+            drop[flat_positions[offset : offset + tokens.num_tokens][frame_rows]] = True
+            features = tokens.features.reshape(tokens.num_tokens, -1)
+            kept = selection.features if selection.features is not None else features[selection.keep_indices]
+            kept = kept.to(features.dtype)
+            if layout.extra is not None:
+                kept = torch.cat([kept, layout.extra])
+            kept_rows.append(rows)
+            kept_features.append(kept)
+            report.selections.append(selection)
+            report.videos.append(tokens)
+            report.sample_of_video.append(sample)
+            offset += layout.num_rows
+
+        keep_mask = real & ~drop.view(B, L)
+        left = not bool((~real[:, -1]).any())  # keep right padding only where the caller used it
+        gather, valid = _repad_index(keep_mask, left)
+        pad_id = _pad_token_id(self.model)
+        out = {k: v for k, v in inputs.items() if k not in PIXEL_INPUTS and k != "position_ids"}
+        for name, pad in SEQUENCE_INPUTS.items():
+            if name == "attention_mask":
+                out[name] = valid.long()
+            elif inputs.get(name) is not None:
+                value = pad_id if pad is None else pad
+                out[name] = inputs[name].gather(-1, gather).masked_fill(~valid, value)
+        position_ids = position_ids.gather(-1, gather.expand(*position_ids.shape[:-2], -1, -1)).masked_fill(~valid, 0)
+        out["position_ids"] = self.finish_position_ids(position_ids, out["attention_mask"])
+        encoder_outputs = {"video": self.pack_videos(video_output, kept_rows, kept_features)}
+        if image_output is not None:
+            encoder_outputs["image"] = image_output
+        out["mm_encoder_outputs"] = encoder_outputs
+        report.sequence_length = (L, gather.shape[1])
+        return out, report
+
+    def query(self, input_ids: torch.Tensor, real: torch.Tensor) -> Query:
+        """The sample's text tokens (no visual placeholders, no padding) and their embeddings."""
+        visual = input_ids == self.video_token_id
+        if self.image_token_id is not None:
+            visual |= input_ids == self.image_token_id
+        ids = input_ids[real & ~visual]
+        with torch.no_grad():
+            embeddings = self.model.get_input_embeddings()(ids)
+        return Query(token_ids=ids, embeddings=embeddings)
+
+
+def _has_images(inputs: dict) -> bool:
+    return inputs.get("pixel_values") is not None or (inputs.get("mm_encoder_outputs") or {}).get("image") is not None
+
+
+def _repad_index(keep: torch.Tensor, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a keep mask [B, L], the gather index [B, L'] of kept positions (order kept) and the valid mask [B, L'].
+
+    Rows are padded to L' = max kept count, on the left (generation) or on the right.
+    """
+    B, L = keep.shape
+    lengths = keep.sum(1)
+    new_length = int(lengths.max())
+    # A stable sort brings kept positions to the front of each row, in their original order.
+    order = torch.sort(keep.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :new_length]
+    slots = torch.arange(new_length, device=keep.device).expand(B, -1)
+    if left:
+        shift = (new_length - lengths)[:, None]
+        valid = slots >= shift
+        order = order.gather(1, (slots - shift).clamp(min=0))
+    else:
+        valid = slots < lengths[:, None]
+    return order, valid
+
+
+def _pad_token_id(model) -> int:
+    for source in (getattr(model, "generation_config", None), model.config, getattr(model.config, "text_config", None)):
+        pad = getattr(source, "pad_token_id", None) if source is not None else None
+        if isinstance(pad, int):
+            return pad
+    return 0

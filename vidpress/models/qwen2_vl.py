@@ -1,0 +1,81 @@
+"""Qwen2-VL and Qwen2.5-VL: one tensor of merged tokens per video in (t, h, w) raster order; 3-D M-RoPE."""
+
+from __future__ import annotations
+
+import torch
+
+from vidpress.models.base import Adapter, VideoLayout
+from vidpress.types import VideoTokens
+
+
+class Qwen2VLAdapter(Adapter):
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+    family = "Qwen2-VL / Qwen2.5-VL"
+
+    @property
+    def merge(self) -> int:
+        return self.config.vision_config.spatial_merge_size
+
+    def video_layouts(self, output, inputs: dict) -> list[VideoLayout]:
+        grids = inputs["video_grid_thw"]
+        layouts = []
+        for v, (features, grid) in enumerate(zip(output.pooler_output, grids)):
+            t, h, w = int(grid[0]), int(grid[1]) // self.merge, int(grid[2]) // self.merge
+            layouts.append(VideoLayout(VideoTokens(features.view(t, h * w, -1), (t, h, w), self.timestamps(inputs, v, t))))
+        return layouts
+
+    def timestamps(self, inputs: dict, video: int, num_frames: int) -> torch.Tensor | None:
+        seconds = inputs.get("second_per_grid_ts")
+        if seconds is None:
+            return None
+        return torch.arange(num_frames, dtype=torch.float32) * float(seconds[video])
+
+    def pack_videos(self, output, kept_rows, kept_features):
+        return type(output)(pooler_output=tuple(kept_features))
+
+    def mm_token_type_ids(self, inputs: dict) -> torch.Tensor:
+        if inputs.get("mm_token_type_ids") is not None:
+            return inputs["mm_token_type_ids"]
+        ids = inputs["input_ids"]
+        # text 0, image 1, video 2: the convention of get_rope_index
+        return (ids == self.image_token_id).int() + 2 * (ids == self.video_token_id).int()
+
+    def full_position_ids(self, inputs: dict, attention_mask: torch.Tensor, for_generate: bool) -> torch.Tensor:
+        # The model's own 3-D rope index over the FULL sequence: kept tokens keep their t/h/w ids.
+        kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        rope, _ = self.base.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=self.mm_token_type_ids(inputs), attention_mask=attention_mask, **kwargs
+        )
+        return rope  # [3, B, L]
+
+    def finish_position_ids(self, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if position_ids.shape[0] == 4:
+            position_ids = position_ids[1:]
+        # Row 0 holds plain text positions of the pruned sequence; the model builds its masks from it.
+        text = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        return torch.cat([text[None], position_ids], dim=0)  # [4, B, L']
+
+
+class Qwen3VLAdapter(Qwen2VLAdapter):
+    """Qwen3-VL: as Qwen2.5-VL, plus DeepStack features injected into early LLM layers, pruned with the same index."""
+
+    model_types = ("qwen3_vl", "qwen3_vl_moe")
+    family = "Qwen3-VL"
+
+    def video_layouts(self, output, inputs: dict) -> list[VideoLayout]:
+        layouts = super().video_layouts(output, inputs)
+        for v, layout in enumerate(layouts):
+            T, M = layout.tokens.num_frames, layout.tokens.tokens_per_frame
+            layout.tokens.side_features = {
+                f"deepstack.{level}": per_video[v].view(T, M, -1) for level, per_video in enumerate(output.deepstack_features)
+            }
+        return layouts
+
+    def timestamps(self, inputs: dict, video: int, num_frames: int) -> torch.Tensor | None:
+        return None  # Qwen3-VL writes timestamps into the text, not into positions
+
+    def pack_videos(self, output, kept_rows, kept_features):
+        deepstack = [
+            tuple(features[rows] for features, rows in zip(per_video, kept_rows)) for per_video in output.deepstack_features
+        ]
+        return type(output)(pooler_output=tuple(kept_features), deepstack_features=deepstack)

@@ -1,0 +1,31 @@
+"""The press registry: `get("vidcom2", retention=0.25)` builds a press by name; `available()` lists the names."""
+
+from __future__ import annotations
+
+from vidpress.presses.base import Press, ScorePress
+from vidpress.presses.random import RandomPress
+from vidpress.presses.uniform import UniformPress
+from vidpress.presses.vidcom2 import VidCom2Press
+
+# One line per press: the name users type -> the class.
+PRESSES: dict[str, type[Press]] = {
+    "vidcom2": VidCom2Press,
+    "random": RandomPress,
+    "uniform": UniformPress,
+}
+
+
+def available() -> list[str]:
+    """Names of the registered presses."""
+    return sorted(PRESSES)
+
+
+def get(name: str, **knobs) -> Press:
+    """Build the press registered as `name` with its knobs, e.g. get("vidcom2", retention=0.25)."""
+    key = name.strip().lower().replace("²", "2").replace("-", "_")
+    if key not in PRESSES:
+        raise ValueError(f"unknown press {name!r}; available presses: {', '.join(available())}")
+    return PRESSES[key](**knobs)
+
+
+__all__ = ["PRESSES", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "available", "get"]

@@ -1,0 +1,101 @@
+"""The press base classes.
+
+A press is a dataclass of knobs with one job, `select(VideoTokens, Query) -> Selection`. Calling a press on a
+model, `press(model)`, returns a context manager that applies it to every video the model sees and restores the
+model on exit. Score-based presses only say how good each token is and how many tokens each frame gets;
+`ScorePress` turns that into a Selection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vidpress.types import Query, Selection, VideoTokens, check_retention
+
+
+@dataclass
+class Press:
+    """Base of every press. Subclasses override `compress`.
+
+    Args:
+        retention: fraction of video tokens to keep, in (0, 1]; 1.0 keeps every token.
+    """
+
+    retention: float = 0.25
+
+    #: True when the press reads the question (Query); the adapter only builds one for such presses.
+    query_aware = False
+
+    def __post_init__(self):
+        self.retention = check_retention(self.retention)
+
+    def select(self, tokens: VideoTokens, query: Query | None = None) -> Selection:
+        """Choose the tokens of one video to keep. features [T, M, D] -> Selection over T * M."""
+        if not isinstance(tokens, VideoTokens):
+            raise ValueError(f"select expects VideoTokens; got {type(tokens).__name__}")
+        tokens.check_finite()
+        if self.retention >= 1.0:
+            T, M = tokens.num_frames, tokens.tokens_per_frame
+            return Selection(
+                torch.arange(tokens.num_tokens, device=tokens.features.device),
+                tokens.num_tokens,
+                frame_budgets=torch.full((T,), M, dtype=torch.long),
+            )
+        return self.compress(tokens, query)
+
+    def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
+        raise NotImplementedError
+
+    def __call__(self, model):
+        """Apply this press to `model` inside a `with` block; see `vidpress.models.apply_press`."""
+        from vidpress.models import apply_press
+
+        return apply_press(self, model)
+
+
+def token_budget(retention: float, num_tokens: int) -> int:
+    """Tokens to keep for a retention: round(R * N), at least 1."""
+    return max(1, min(num_tokens, round(retention * num_tokens)))
+
+
+def keep_top_per_frame(scores: torch.Tensor, frame_budgets: torch.Tensor) -> torch.Tensor:
+    """Keep the `frame_budgets[t]` highest-scoring tokens of every frame, in one vectorised step.
+
+    scores [T, M], frame_budgets LongTensor [T] -> sorted keep indices [sum(frame_budgets)] into T * M.
+    Ties go to the lower index (stable sort), so results do not depend on the backend.
+    """
+    T, M = scores.shape
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    rank_kept = torch.arange(M, device=scores.device)[None, :] < frame_budgets.to(scores.device)[:, None]
+    keep = torch.zeros(T, M, dtype=torch.bool, device=scores.device).scatter_(1, order, rank_kept)
+    return keep.flatten().nonzero().squeeze(1)
+
+
+def keep_top(scores: torch.Tensor, budget: int) -> torch.Tensor:
+    """Keep the `budget` highest-scoring tokens of the whole video. scores [T, M] -> sorted indices [budget]."""
+    flat = scores.flatten()
+    order = torch.sort(flat, descending=True, stable=True).indices[:budget]
+    return order.sort().values
+
+
+@dataclass
+class ScorePress(Press):
+    """A press defined by a score per token and, optionally, a token budget per frame.
+
+    Subclasses implement `rank`, returning scores [T, M] (higher = keep first) and either per-frame budgets
+    (LongTensor [T], each in [0, M]) or None to keep the top round(R * T * M) tokens of the whole video.
+    """
+
+    def rank(self, tokens: VideoTokens, query: Query | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
+        scores, budgets = self.rank(tokens, query)
+        if budgets is None:
+            keep = keep_top(scores, token_budget(self.retention, tokens.num_tokens))
+            budgets = torch.bincount(keep // tokens.tokens_per_frame, minlength=tokens.num_frames)
+        else:
+            keep = keep_top_per_frame(scores, budgets)
+        return Selection(keep, tokens.num_tokens, frame_budgets=budgets.cpu())

@@ -1,0 +1,27 @@
+"""Uniform baseline: keep every token of evenly spaced frames, i.e. plain frame sampling at the same budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vidpress.presses.base import ScorePress
+from vidpress.types import Query, VideoTokens
+
+
+@dataclass
+class UniformPress(ScorePress):
+    """Keep whole frames, evenly spaced, as many as the token budget buys: max(1, round(R * T)) frames.
+
+    The effective retention is (kept frames) / T, which can differ from R when R * T is not a whole number.
+    """
+
+    def rank(self, tokens: VideoTokens, query: Query | None) -> tuple[torch.Tensor, torch.Tensor]:
+        T, M = tokens.num_frames, tokens.tokens_per_frame
+        num_frames = max(1, min(T, round(self.retention * T)))
+        # Centre of each of num_frames equal segments, the usual "uniform frame sampling".
+        frames = ((torch.arange(num_frames) + 0.5) * T / num_frames).floor().long()
+        budgets = torch.zeros(T, dtype=torch.long)
+        budgets[frames] = M
+        return torch.zeros(T, M, device=tokens.features.device), budgets

@@ -1,0 +1,85 @@
+"""VidCom² — Video Compression Commander (Liu et al., arXiv 2505.14454, EMNLP 2025).
+
+Frames that differ most from the whole video get a larger share of the budget (softmax over frame uniqueness);
+inside each frame the tokens least similar to both the video centre and the frame centre are kept.
+Training-free, query-agnostic, acts after the projector, needs no attention weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vidpress.presses.base import ScorePress
+from vidpress.types import Query, VideoTokens
+
+
+@dataclass
+class VidCom2Press(ScorePress):
+    """VidCom² token selection (the released rule by default; `similarity="cosine"` is the paper's variant).
+
+    Args:
+        retention: R, fraction of video tokens kept; frame budgets average to R before clamping.
+        tau: softmax temperature of the frame budgets (0.01 released).
+        alphas: bandwidths of the multi-scale Gaussian kernel sum_a exp(-||x - c||^2 / (2a)).
+        channel_ratio: share of channels, lowest variance first, used for similarity (0.5 released).
+        similarity: "gaussian" (released code) or "cosine" (paper).
+    """
+
+    tau: float = 0.01
+    alphas: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0)
+    channel_ratio: float = 0.5
+    similarity: str = "gaussian"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0 (softmax temperature); got {self.tau!r}")
+        self.alphas = tuple(float(a) for a in self.alphas)
+        if not self.alphas or not all(a > 0 for a in self.alphas):
+            raise ValueError(f"alphas must be a non-empty list of positive kernel bandwidths; got {self.alphas!r}")
+        if not 0 < self.channel_ratio <= 1:
+            raise ValueError(f"channel_ratio must be in (0, 1]; got {self.channel_ratio!r}")
+        if self.similarity not in ("gaussian", "cosine"):
+            raise ValueError(f"similarity must be 'gaussian' or 'cosine'; got {self.similarity!r}")
+
+    def similarities(self, tokens: VideoTokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """Similarity of every token to the video centre (sv) and to its frame centre (sf), both [T, M]."""
+        x = tokens.features.float()
+        T, M, D = x.shape
+        num_channels = max(1, int(D * self.channel_ratio))
+        # Low-variance channels carry the shared "background"; similarity on them separates redundant tokens.
+        variance = x.reshape(T * M, D).var(dim=0, unbiased=False)
+        channels = torch.topk(variance, num_channels, largest=False).indices
+        x = F.normalize(x[..., channels], dim=-1)
+        video_centre = x.mean(dim=(0, 1))  # [d]
+        frame_centres = x.mean(dim=1, keepdim=True)  # [T, 1, d]
+        if self.similarity == "cosine":
+            return F.cosine_similarity(x, video_centre, dim=-1), F.cosine_similarity(x, frame_centres, dim=-1)
+        alphas = torch.tensor(self.alphas, device=x.device)
+
+        def kernel(sq_dist):  # [T, M] -> [T, M]
+            return torch.exp(-sq_dist[..., None] / (2 * alphas)).sum(-1)
+
+        sv = kernel((x - video_centre).pow(2).sum(-1))
+        sf = kernel((x - frame_centres).pow(2).sum(-1))
+        return sv, sf
+
+    def frame_retention(self, tokens: VideoTokens) -> torch.Tensor:
+        """Unclamped per-frame retention r[t] = R * (1 + p[t] - 1/T), [T]; it averages to R."""
+        sv, _ = self.similarities(tokens)
+        return self._frame_retention(sv)
+
+    def _frame_retention(self, sv: torch.Tensor) -> torch.Tensor:
+        uniqueness = -sv.mean(dim=1)  # [T]
+        p = torch.softmax((uniqueness - uniqueness.max()) / self.tau, dim=0)
+        return self.retention * (1 + p - 1 / sv.shape[0])
+
+    def rank(self, tokens: VideoTokens, query: Query | None) -> tuple[torch.Tensor, torch.Tensor]:
+        sv, sf = self.similarities(tokens)
+        r = self._frame_retention(sv).clamp(max=1.0)
+        M = tokens.tokens_per_frame
+        budgets = torch.round(r * M).long().clamp(min=1, max=M)
+        return -(sv + sf), budgets  # most distinct from the video and frame centres first
