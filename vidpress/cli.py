@@ -1,0 +1,127 @@
+"""The `vidpress` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DEMO_FAMILY = "qwen2_5_vl"
+
+
+def build_inputs(processor, video, question: str):
+    """Processor inputs for one question about one decoded video (frames used as sampled)."""
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor(
+        text=[prompt],
+        videos=[video.frames],
+        video_metadata=[video.metadata()],
+        do_sample_frames=False,
+        return_tensors="pt",
+    )
+
+
+def load_model(path: str | None, attn: str, device: str, dtype: str):
+    """A local model directory, or the bundled random-weight demo model when `path` is None."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vidpress.testing import load_tiny
+
+    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if path is None:
+        model, processor = load_tiny(DEMO_FAMILY, attn_implementation=attn)
+        return model.to(device), processor
+    if not Path(path).is_dir():
+        raise SystemExit(f"error: --model {path!r} is not a directory; pass a local model folder (from save_pretrained)")
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn, dtype=torch_dtype).to(device).eval()
+    return model, AutoProcessor.from_pretrained(path)
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from vidpress import presses, video
+    from vidpress.evaluation.timing import time_prefill
+
+    press = presses.get(args.press, retention=args.retention)
+    video_path = Path(args.video) if args.video else video.sample_video()
+    decoded = video.load(video_path, num_frames=args.num_frames)
+    model, processor = load_model(args.model, args.attn, args.device, args.dtype)
+    if args.model is None:
+        print(f"model: random-weight demo model ({DEMO_FAMILY}, tiny, untrained: its answer is noise)")
+    else:
+        print(f"model: {args.model}")
+    print(f"video: {video_path} ({len(decoded.frames)} frames of {decoded.total_frames}, {decoded.duration:.1f}s)")
+    inputs = build_inputs(processor, decoded, args.question).to(model.device)
+    prompt_length = inputs["input_ids"].shape[1]
+
+    with torch.no_grad(), press(model) as pressed:
+        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        report = pressed.last_report
+    timing = time_prefill(model, inputs, press, repeats=args.repeats)
+
+    answer = processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0]
+    print(f"press: {args.press} (requested retention {args.retention:g})")
+    print(f"answer: {answer.strip()!r}")
+    print(f"visual tokens: {report.visual_tokens_before} -> {report.visual_tokens_after} "
+          f"(effective retention {report.retention:.3f}); sequence {report.sequence_length[0]} -> {report.sequence_length[1]}")
+    for i, selection in enumerate(report.selections):
+        budgets = selection.frame_budgets.tolist() if selection.frame_budgets is not None else []
+        print(f"per-frame budgets (video {i}, {report.videos[i].tokens_per_frame} tokens per frame): {budgets}")
+    print(f"LLM prefill: {timing.llm_full_ms:.1f} ms without the press, {timing.llm_pressed_ms:.1f} ms with it "
+          f"({timing.llm_speedup:.2f}x; sequence ratio {timing.sequence_ratio:.2f}x)")
+    print(f"vision encoder: {timing.vision_ms:.1f} ms (same with and without); press: {timing.press_ms:.1f} ms "
+          f"(median of {args.repeats})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from vidpress import presses
+
+    top = argparse.ArgumentParser(prog="vidpress", description="Visual-token compression for Video LLMs.")
+    top.add_argument("-v", "--verbose", action="store_true", help="log what the presses do")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser(
+        "generate",
+        help="answer a question about a video with a press applied",
+        description="Answer a question about a video with a press applied; prints the answer, visual tokens "
+        "before/after, per-frame budgets and prefill time with and without the press. Without --model and "
+        "--video it runs the bundled random-weight demo model on the bundled sample video.",
+    )
+    gen.add_argument("--model", help="local model directory (default: the bundled random-weight demo model)")
+    gen.add_argument("--video", help="video file (default: the bundled sample clip)")
+    gen.add_argument("--question", default="What happens in this video?", help="the question (default: %(default)r)")
+    gen.add_argument("--press", default="vidcom2", choices=presses.available(), help="press name (default: %(default)s)")
+    gen.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    gen.add_argument("--num-frames", type=int, default=16, help="frames sampled evenly from the video (default: %(default)s)")
+    gen.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: %(default)s)")
+    gen.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"], help="attention implementation")
+    gen.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
+    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
+    gen.add_argument("--repeats", type=int, default=3, help="prefill timing repeats (default: %(default)s)")
+    gen.set_defaults(run=cmd_generate)
+    return top
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except ValueError as error:  # bad input: say what was wrong, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Measuring what a press costs and keeps."""

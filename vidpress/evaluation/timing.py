@@ -1,0 +1,69 @@
+"""Prefill timing split into its stages: vision encoder, press, LLM prefill with all tokens and with the kept ones."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from vidpress.models import get_adapter
+from vidpress.models.base import PIXEL_INPUTS, PressReport
+
+
+@dataclass
+class PrefillTiming:
+    """Median milliseconds per stage of one prefill, and the report of what the press kept."""
+
+    vision_ms: float
+    press_ms: float
+    llm_full_ms: float
+    llm_pressed_ms: float
+    report: PressReport
+
+    @property
+    def llm_speedup(self) -> float:
+        return self.llm_full_ms / self.llm_pressed_ms
+
+    @property
+    def sequence_ratio(self) -> float:
+        before, after = self.report.sequence_length
+        return before / after
+
+
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of fn() in ms over `repeats` runs, after one warm-up run."""
+    times = []
+    for _ in range(repeats + 1):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times[1:])
+
+
+@torch.no_grad()
+def time_prefill(model, inputs: dict, press, repeats: int = 3) -> PrefillTiming:
+    """Time each prefill stage for `inputs` (straight from the processor), with the video encoded once.
+
+    The LLM prefill is timed on exactly what the model receives: all visual tokens, or those the press keeps
+    (`logits_to_keep=1`, as generation's prefill computes only the last logits).
+    """
+    adapter = get_adapter(model)
+    inputs = dict(inputs)
+    vision_ms = median_ms(lambda: adapter.encode("video", inputs), repeats)
+    encoded = {"video": adapter.encode("video", inputs)}
+    if inputs.get("pixel_values") is not None:
+        encoded["image"] = adapter.encode("image", inputs)
+    full = {k: v for k, v in inputs.items() if k not in PIXEL_INPUTS}
+    full["mm_encoder_outputs"] = encoded
+    precomputed = {**inputs, "mm_encoder_outputs": encoded}
+    press_ms = median_ms(lambda: adapter.compress(press, precomputed, for_generate=False), repeats)
+    pressed, report = adapter.compress(press, precomputed, for_generate=False)
+    llm_full_ms = median_ms(lambda: model(**full, logits_to_keep=1), repeats)
+    llm_pressed_ms = median_ms(lambda: model(**pressed, logits_to_keep=1), repeats)
+    return PrefillTiming(vision_ms, press_ms, llm_full_ms, llm_pressed_ms, report)
