@@ -1,0 +1,108 @@
+"""What a press costs next to what it saves.
+
+1. `select` time of every registered press on video features [T, M, D] (default [64, 256, 3584]: 64 frames of a
+   7B Qwen2.5-VL), and VidCom²'s vectorised rule next to a straightforward per-frame loop of the same rule.
+2. LLM prefill time of a random-weight Qwen2.5-VL of the 7B width (`--layers` decoder layers; the real model
+   has 28) on the same features, with all tokens and with VidCom² at `--retention`, next to the token-count ideal.
+
+    python benchmarks/press_overhead.py                       # the documented run (several minutes on 2 CPU cores)
+    python benchmarks/press_overhead.py --frames 16 --layers 1  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the per-frame reference loop lives there
+
+from reference import vidcom2_loop  # noqa: E402
+
+from vidpress import VideoTokens, VidCom2Press, presses  # noqa: E402  (before transformers: torchvision shim)
+from vidpress.evaluation.timing import median_ms, time_prefill  # noqa: E402
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from transformers.modeling_outputs import BaseModelOutputWithPooling  # noqa: E402
+
+VIDEO_TOKEN, TEXT_TOKEN = 3, 4
+
+
+def qwen25vl_7b_width(layers: int) -> Qwen2_5_VLForConditionalGeneration:
+    """Random-weight Qwen2.5-VL with the 7B text shape (width 3584, 28 heads / 4 KV heads, MLP 18944), `layers` deep.
+
+    The vocabulary is cut to 1024 entries: prefill computes only the last token's logits, so it does not matter.
+    """
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers, num_attention_heads=28,
+            num_key_value_heads=4, vocab_size=1024, max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        ),
+        vision_config=dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=3584),
+        video_token_id=VIDEO_TOKEN, image_token_id=5, vision_start_token_id=6, vision_end_token_id=7,
+    )
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def prefill_inputs(features: torch.Tensor, text_tokens: int = 64) -> dict:
+    """Model inputs holding one video of features [T, M, D] (2x2-merged 32x32 patch grid per frame) plus text."""
+    T, M, _ = features.shape
+    side = int(M**0.5)
+    half = text_tokens // 2
+    ids = torch.tensor([[TEXT_TOKEN] * half + [VIDEO_TOKEN] * (T * M) + [TEXT_TOKEN] * half])
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "mm_token_type_ids": (ids == VIDEO_TOKEN).int() * 2,
+        "video_grid_thw": torch.tensor([[T, 2 * side, 2 * side]]),
+        "mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=(features.reshape(T * M, -1),))},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--tokens-per-frame", type=int, default=256)
+    parser.add_argument("--width", type=int, default=3584)
+    parser.add_argument("--retention", type=float, default=0.25)
+    parser.add_argument("--layers", type=int, default=1, help="decoder layers of the 7B-width LLM (0 skips part 2)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    T, M, D = args.frames, args.tokens_per_frame, args.width
+    features = torch.randn(T, M, D)
+    tokens = VideoTokens(features, (T, int(M**0.5), M // int(M**0.5)))
+    print(f"features [{T}, {M}, {D}], retention {args.retention}, torch threads {torch.get_num_threads()}")
+
+    print("\n1. select time per press (median ms)")
+    select_ms = {}
+    for name in presses.available():
+        press = presses.get(name, retention=args.retention)
+        select_ms[name] = median_ms(lambda: press.select(tokens), args.repeats)
+        print(f"   {name:10s} {select_ms[name]:9.1f} ms  (effective retention {press.select(tokens).retention:.3f})")
+    loop_ms = median_ms(lambda: vidcom2_loop(features, args.retention), args.repeats)
+    vectorised = VidCom2Press(retention=args.retention).select(tokens).keep_indices.tolist()
+    assert vectorised == vidcom2_loop(features, args.retention), "vectorised VidCom2 differs from the loop"
+    print(f"   vidcom2 per-frame loop {loop_ms:9.1f} ms -> vectorised is {loop_ms / select_ms['vidcom2']:.1f}x faster"
+          " (same indices)")
+
+    if args.layers <= 0:
+        return
+    print(f"\n2. LLM prefill, random-weight Qwen2.5-VL 7B width, {args.layers} decoder layer(s), float32")
+    model = qwen25vl_7b_width(args.layers)
+    timing = time_prefill(model, prefill_inputs(features), VidCom2Press(retention=args.retention), repeats=args.repeats)
+    before, after = timing.report.sequence_length
+    print(f"   sequence {before} -> {after} tokens (ideal speed-up by token count {timing.sequence_ratio:.2f}x)")
+    print(f"   LLM prefill all tokens {timing.llm_full_ms:10.1f} ms")
+    print(f"   LLM prefill VidCom2    {timing.llm_pressed_ms:10.1f} ms -> {timing.llm_speedup:.2f}x "
+          f"({timing.llm_speedup / timing.sequence_ratio:.2f} of the token-count ideal)")
+    print(f"   press step (select + slicing) {timing.press_ms:.1f} ms = "
+          f"{100 * timing.press_ms / (timing.llm_full_ms - timing.llm_pressed_ms):.2f}% of the prefill time it saves "
+          f"with {args.layers} layer(s); ~{100 * timing.press_ms / (28 / args.layers * (timing.llm_full_ms - timing.llm_pressed_ms)):.3f}%"
+          " at the full 28 layers")
+
+
+if __name__ == "__main__":
+    main()
