@@ -142,3 +142,27 @@ def test_unsupported_model_lists_the_families():
 
     with pytest.raises(ValueError, match="supported families: Qwen2-VL.*LLaVA-OneVision.*LLaVA-NeXT-Video"):
         RandomPress(retention=0.5)(NotAVideoModel()).__enter__()
+
+
+def test_labels_are_cut_with_the_tokens(tiny):
+    model, processor = tiny("qwen2_5_vl")
+    inputs = make_inputs(processor, [tiny_video(8)], "What happens?")
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.video_token_id, -100)
+    with torch.no_grad():
+        ref = model(**inputs, labels=labels).loss
+        with VidCom2Press(retention=1.0)(model):
+            assert torch.equal(model(**inputs, labels=labels).loss, ref)
+        with VidCom2Press(retention=0.25)(model):
+            # every text label is still there, so the loss is over the same targets
+            loss = model(**inputs, labels=labels).loss
+    assert torch.isfinite(loss)
+
+
+def test_beam_search_returns_the_callers_prompt_per_sequence(tiny):
+    model, processor = tiny("qwen2_5_vl")
+    inputs = make_inputs(processor, [tiny_video(8, seed=1), tiny_video(12, seed=2)], ["What happens?", "Why?"])
+    with torch.no_grad(), VidCom2Press(retention=0.25)(model):
+        out = model.generate(**inputs, max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    L = inputs["input_ids"].shape[1]
+    assert out.shape == (4, L + 3)
+    assert torch.equal(out[:, :L], inputs["input_ids"].repeat_interleave(2, dim=0))

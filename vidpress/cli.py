@@ -35,7 +35,7 @@ def load_model(path: str | None, attn: str, device: str, dtype: str):
         model, processor = load_tiny(DEMO_FAMILY, attn_implementation=attn)
         return model.to(device), processor
     if not Path(path).is_dir():
-        raise SystemExit(f"error: --model {path!r} is not a directory; pass a local model folder (from save_pretrained)")
+        raise ValueError(f"--model {path!r} is not a directory; pass a local model folder (from save_pretrained)")
     model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn, dtype=torch_dtype).to(device).eval()
     return model, AutoProcessor.from_pretrained(path)
 
