@@ -11,22 +11,24 @@ from vidpress.types import VideoTokens
 
 
 class LlavaVideoAdapter(Adapter):
-    """Shared by both LLaVA families: frames come as pixel_values_videos [V, T, C, H, W]."""
+    """Shared by both LLaVA families: every frame becomes a fixed square grid of pooled tokens."""
 
     #: rows after the T * M frame tokens that are always kept
     num_extra = 0
 
+    def frame_grid(self) -> tuple[int, int]:
+        """(h, w) of one frame's pooled token grid, from the config."""
+        raise NotImplementedError
+
     def video_layouts(self, output, inputs: dict) -> list[VideoLayout]:
-        if inputs.get("pixel_values_videos") is None:
-            raise ValueError(f"{self.family}: pass pixel_values_videos (the frame count comes from its shape [V, T, C, H, W])")
-        T = inputs["pixel_values_videos"].shape[1]
+        h, w = self.frame_grid()
         layouts = []
         for rows in self.per_video_rows(output):
             frame_rows = rows.shape[0] - self.num_extra
-            M = frame_rows // T
-            side = math.isqrt(M)
-            h, w = (side, side) if side * side == M else (1, M)
-            tokens = VideoTokens(rows[:frame_rows].view(T, M, -1), (T, h, w))
+            if frame_rows % (h * w):
+                raise ValueError(f"{self.family}: {frame_rows} video features do not split into frames of {h}x{w} tokens")
+            T = frame_rows // (h * w)
+            tokens = VideoTokens(rows[:frame_rows].view(T, h * w, -1), (T, h, w))
             layouts.append(VideoLayout(tokens, rows[frame_rows:] if self.num_extra else None))
         return layouts
 
@@ -49,6 +51,10 @@ class LlavaOnevisionAdapter(LlavaVideoAdapter):
     family = "LLaVA-OneVision"
     num_extra = 1
 
+    def frame_grid(self) -> tuple[int, int]:
+        side = math.ceil(self.config.vision_config.image_size // self.config.vision_config.patch_size / 2)
+        return side, side  # 2x2 bilinear pooling, rounding up
+
     def pack_videos(self, output, kept_rows, kept_features):
         # the model flattens pooler_output [V, N, D] over (V, N); one row of all videos gives the same order
         return type(output)(pooler_output=torch.cat(kept_features)[None])
@@ -59,6 +65,10 @@ class LlavaNextVideoAdapter(LlavaVideoAdapter):
 
     model_types = ("llava_next_video",)
     family = "LLaVA-NeXT-Video"
+
+    def frame_grid(self) -> tuple[int, int]:
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size // self.config.spatial_pool_stride
+        return side, side
 
     def pack_videos(self, output, kept_rows, kept_features):
         # the model flattens each entry over its first two dims: give each video as [1, K_v, D]
