@@ -78,6 +78,64 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from vidpress import presses
+    from vidpress.evaluation.bench import DEFAULT_RETENTIONS, format_table, run_bench, write_results
+    from vidpress.synthetic import make_split
+    from vidpress.types import check_retention
+
+    names = _names(args.presses) if args.presses else presses.available()
+    retentions = [float(r) for r in _names(args.retentions)] if args.retentions else list(DEFAULT_RETENTIONS)
+    for r in retentions:
+        check_retention(r)  # fail before the long encoding step
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be a positive number of test examples; got {args.limit}")
+    model, processor = load_bench_model(args.model, args.device)
+    examples = make_split(args.split, args.limit)
+    print(f"model: {args.model or 'the shipped reference model'}; {len(examples)} {args.split} examples; "
+          f"presses {', '.join(names)}; retentions {', '.join(f'{r:g}' for r in retentions)}")
+    rows = run_bench(model, processor, examples, names, retentions, batch_size=args.batch_size, progress=not args.quiet)
+    print(format_table(rows))
+    paths = write_results(rows, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def load_bench_model(path: str | None, device: str):
+    """The shipped reference model, or a local model directory."""
+    from vidpress.synthetic.reference import load_reference
+
+    if path is None:
+        model, processor = load_reference()
+        return model.to(device), processor
+    return load_model(path, "sdpa", device, "auto")
+
+
+def cmd_inspect(args) -> int:
+    from vidpress import presses, video
+    from vidpress.evaluation.inspect import draw
+    from vidpress.models import get_adapter
+
+    press = presses.get(args.press, retention=args.retention)
+    video_path = Path(args.video) if args.video else video.sample_video()
+    decoded = video.load(video_path, num_frames=args.num_frames)
+    if args.model:
+        model, processor = load_model(args.model, "sdpa", args.device, "auto")
+    else:
+        model, processor = load_bench_model(None, args.device)
+    inputs = dict(build_inputs(processor, decoded, args.question).to(model.device))
+    _, report = get_adapter(model).compress(press, inputs, for_generate=False)
+    selection, tokens = report.selections[0], report.videos[0]
+    title = f"{args.press} at retention {args.retention:g} on {video_path.name}: kept {selection.num_kept}/{selection.num_tokens} tokens"
+    path = draw(decoded.frames, tokens, selection, args.out, title)
+    print(f"{title}\nper-frame budgets: {selection.frame_budgets.tolist()}\nwrote {path}")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def parser() -> argparse.ArgumentParser:
     from vidpress import presses
 
@@ -104,6 +162,40 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
     gen.add_argument("--repeats", type=int, default=3, help="prefill timing repeats (default: %(default)s)")
     gen.set_defaults(run=cmd_generate)
+
+    bench = sub.add_parser(
+        "bench",
+        help="compare presses on the synthetic video-QA test split (the main job)",
+        description="Run every press at every retention on the synthetic test split with the shipped reference "
+        "model (or --model) and print accuracy (overall and per question family), evidence recall, kept visual "
+        "tokens, LLM prefill time and peak memory; write results.json, results.csv and accuracy.png to --out.",
+    )
+    bench.add_argument("--presses", help="comma-separated press names (default: all registered)")
+    bench.add_argument("--retentions", help="comma-separated retentions in (0, 1] (default: 0.5,0.25,0.15,0.1,0.05)")
+    bench.add_argument("--model", help="local model directory (default: the shipped reference model)")
+    bench.add_argument("--limit", type=int, default=600, help="number of test examples (default: %(default)s)")
+    bench.add_argument("--split", default="test", choices=["train", "val", "test"], help="synthetic split (default: test)")
+    bench.add_argument("--out", default="bench-results", help="output folder (default: %(default)s)")
+    bench.add_argument("--batch-size", type=int, default=32, help="examples per forward (default: %(default)s)")
+    bench.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(run=cmd_bench)
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="draw which tokens a press keeps on one video",
+        description="Save a PNG with the sampled frames, the kept tokens highlighted on each frame and the "
+        "per-frame budget as a bar chart.",
+    )
+    inspect.add_argument("--video", help="video file (default: the bundled sample clip)")
+    inspect.add_argument("--press", default="vidcom2", choices=presses.available(), help="press name (default: %(default)s)")
+    inspect.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept (default: %(default)s)")
+    inspect.add_argument("--model", help="local model directory (default: the shipped reference model)")
+    inspect.add_argument("--question", default="What happens in this video?", help="question, for query-aware presses")
+    inspect.add_argument("--num-frames", type=int, default=16, help="frames sampled evenly (default: %(default)s)")
+    inspect.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
+    inspect.add_argument("--out", default="inspect.png", help="PNG path (default: %(default)s)")
+    inspect.set_defaults(run=cmd_inspect)
     return top
 
 

@@ -1,0 +1,195 @@
+"""`vidpress bench`: every press at every retention on the synthetic test split, next to the full-token model.
+
+Each video is encoded once; every press then sees the same features, and the LLM answers the multiple-choice
+question in one prefill (the answer is the option letter with the highest logit at the last position). Besides
+accuracy, each row reports evidence recall: the share of examples where the press kept at least one
+answer-bearing token of every event the question needs (known from the renderer, no model involved).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from vidpress import presses as press_registry
+from vidpress.evaluation.memory import PeakMemory
+from vidpress.models import get_adapter
+from vidpress.models.base import PIXEL_INPUTS
+from vidpress.synthetic import QUESTION_FAMILIES, evidence_hits
+from vidpress.synthetic.reference import example_inputs, letter_token_ids
+
+DEFAULT_RETENTIONS = (0.5, 0.25, 0.15, 0.10, 0.05)
+FULL = "none"
+
+
+@dataclass
+class EncodedBatch:
+    """One batch of examples with its text inputs and its videos encoded once ([V] tuple of [N_v, D])."""
+
+    examples: list
+    inputs: dict
+    video_output: object
+
+
+def encode(model, processor, examples, batch_size: int, progress: bool = True) -> list[EncodedBatch]:
+    """Run the processor and the vision encoder once per batch; pixels are dropped afterwards."""
+    adapter = get_adapter(model)
+    batches = []
+    for start in tqdm(range(0, len(examples), batch_size), desc="encoding videos", disable=not progress):
+        chunk = examples[start : start + batch_size]
+        inputs = dict(example_inputs(processor, chunk).to(model.device))
+        with torch.no_grad():
+            output = adapter.encode("video", inputs)
+        batches.append(EncodedBatch(chunk, {k: v for k, v in inputs.items() if k not in PIXEL_INPUTS}, output))
+    return batches
+
+
+def evaluate(model, batches: list[EncodedBatch], press, letter_ids: list[int]) -> dict:
+    """Accuracy, evidence recall, kept tokens and timings of one press (None = all tokens) over the batches."""
+    adapter = get_adapter(model)
+    letters = torch.tensor(letter_ids, device=model.device)
+    correct, hits, families = [], [], []
+    kept = total = 0
+    press_s = llm_s = 0.0
+    with PeakMemory(model.device) as peak, torch.no_grad():
+        for batch in batches:
+            inputs = {**batch.inputs, "mm_encoder_outputs": {"video": batch.video_output}}
+            start = time.perf_counter()
+            if press is None:
+                layouts = adapter.video_layouts(batch.video_output, inputs)
+                keeps = [torch.arange(layout.tokens.num_tokens) for layout in layouts]
+                tokens = [layout.tokens for layout in layouts]
+            else:
+                inputs, report = adapter.compress(press, inputs, for_generate=False)
+                keeps = [selection.keep_indices for selection in report.selections]
+                tokens = report.videos
+            press_s += time.perf_counter() - start
+            start = time.perf_counter()
+            logits = model(**inputs, logits_to_keep=1).logits[:, -1]
+            _sync(model.device)
+            llm_s += time.perf_counter() - start
+            predictions = logits[:, letters].argmax(-1).tolist()
+            for example, prediction, keep, video in zip(batch.examples, predictions, keeps, tokens):
+                correct.append(prediction == example.answer)
+                hits.append(evidence_hits(keep, example, **_evidence_grid(example, video)))
+                families.append(example.family)
+                kept += keep.numel()
+                total += video.num_tokens
+    n = len(correct)
+    by_family = {
+        family: sum(c for c, f in zip(correct, families) if f == family) / families.count(family)
+        for family in QUESTION_FAMILIES
+        if family in families
+    }
+    return {
+        "effective_retention": kept / total,
+        "evidence_recall": sum(hits) / n,
+        "accuracy": sum(correct) / n,
+        "accuracy_by_family": by_family,
+        "visual_tokens": kept / n,
+        "press_ms": 1000 * press_s / n if press is not None else 0.0,
+        "prefill_ms": 1000 * llm_s / n,
+        "peak_mem_mb": peak.mb,
+        "examples": n,
+    }
+
+
+def _evidence_grid(example, tokens) -> dict:
+    """How the example's pixels map onto the model's token grid: frames per token and pixels per cell."""
+    frames, height, _ = example.video.shape[:3]
+    t, h, _ = tokens.grid
+    return {"temporal_patch": frames // t, "cell": height // h}
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_bench(model, processor, examples, press_names, retentions, batch_size: int = 32, progress: bool = True) -> list[dict]:
+    """Rows for the full-token model and for every (press, retention); see the module docstring."""
+    for name in press_names:
+        if name not in press_registry.available():
+            raise ValueError(f"unknown press {name!r}; available presses: {', '.join(press_registry.available())}")
+    letter_ids = letter_token_ids(processor)
+    batches = encode(model, processor, examples, batch_size, progress)
+    configs = [(FULL, 1.0)] + [(name, r) for name in press_names for r in retentions]
+    rows = []
+    for name, retention in tqdm(configs, desc="presses x retentions", disable=not progress):
+        press = None if name == FULL else press_registry.get(name, retention=retention)
+        rows.append({"press": name, "retention": retention, **evaluate(model, batches, press, letter_ids)})
+    full_accuracy = rows[0]["accuracy"]
+    for row in rows:
+        row["relative_accuracy"] = row["accuracy"] / full_accuracy if full_accuracy else float("nan")
+    return rows
+
+
+FAMILY_SHORT = {"brief_event": "brief", "static": "static", "small_detail": "detail", "order": "order", "counting": "count", "query": "query"}
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of the rows, one line per (press, retention)."""
+    families = [f for f in QUESTION_FAMILIES if any(f in r["accuracy_by_family"] for r in rows)]
+    header = ["press", "R", "eff R", "recall", "acc", "% full"] + [FAMILY_SHORT.get(f, f) for f in families]
+    header += ["tokens", "prefill ms", "peak MB"]
+    lines = [header]
+    for r in rows:
+        peak = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.1f}"
+        lines.append(
+            [r["press"], f"{r['retention']:.2f}", f"{r['effective_retention']:.3f}", f"{r['evidence_recall']:.3f}",
+             f"{r['accuracy']:.3f}", f"{100 * r['relative_accuracy']:.1f}"]
+            + [f"{r['accuracy_by_family'].get(f, float('nan')):.2f}" for f in families]
+            + [f"{r['visual_tokens']:.1f}", f"{r['prefill_ms']:.2f}", peak]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
+
+
+def write_results(rows: list[dict], out_dir) -> dict[str, Path]:
+    """Write results.json (the rows), results.csv (families as columns) and accuracy.png; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "plot": out / "accuracy.png"}
+    paths["json"].write_text(json.dumps(rows, indent=2))
+    families = [f for f in QUESTION_FAMILIES if any(f in r["accuracy_by_family"] for r in rows)]
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        scalar = [k for k in rows[0] if k != "accuracy_by_family"]
+        writer.writerow(scalar + [f"accuracy_{f}" for f in families])
+        for r in rows:
+            writer.writerow([r[k] for k in scalar] + [r["accuracy_by_family"].get(f) for f in families])
+    plot(rows, paths["plot"])
+    return paths
+
+
+def plot(rows: list[dict], path) -> None:
+    """Accuracy and evidence recall against effective retention, one line per press, the full model dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = next(r for r in rows if r["press"] == FULL)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "evidence_recall", "evidence recall")):
+        for name in dict.fromkeys(r["press"] for r in rows if r["press"] != FULL):
+            points = sorted((r["effective_retention"], r[key]) for r in rows if r["press"] == name)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        ax.axhline(full[key], color="black", linestyle="--", linewidth=1, label="all tokens")
+        ax.set_xscale("log")
+        ax.set_xlabel("effective retention (kept / all visual tokens)")
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"accuracy ({full['examples']} test examples)")
+    axes[1].set_title("evidence recall (model-free)")
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
