@@ -137,8 +137,6 @@ def _names(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from vidpress import presses
-
     top = argparse.ArgumentParser(prog="vidpress", description="Visual-token compression for Video LLMs.")
     top.add_argument("-v", "--verbose", action="store_true", help="log what the presses do")
     sub = top.add_subparsers(dest="command", required=True)
@@ -150,15 +148,9 @@ def parser() -> argparse.ArgumentParser:
         "before/after, per-frame budgets and prefill time with and without the press. Without --model and "
         "--video it runs the bundled random-weight demo model on the bundled sample video.",
     )
-    gen.add_argument("--model", help="local model directory (default: the bundled random-weight demo model)")
-    gen.add_argument("--video", help="video file (default: the bundled sample clip)")
-    gen.add_argument("--question", default="What happens in this video?", help="the question (default: %(default)r)")
-    gen.add_argument("--press", default="vidcom2", choices=presses.available(), help="press name (default: %(default)s)")
-    gen.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
-    gen.add_argument("--num-frames", type=int, default=16, help="frames sampled evenly from the video (default: %(default)s)")
+    _video_press_options(gen, "the bundled random-weight demo model")
     gen.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: %(default)s)")
     gen.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"], help="attention implementation")
-    gen.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
     gen.add_argument("--repeats", type=int, default=3, help="prefill timing repeats (default: %(default)s)")
     gen.set_defaults(run=cmd_generate)
@@ -187,16 +179,23 @@ def parser() -> argparse.ArgumentParser:
         description="Save a PNG with the sampled frames, the kept tokens highlighted on each frame and the "
         "per-frame budget as a bar chart.",
     )
-    inspect.add_argument("--video", help="video file (default: the bundled sample clip)")
-    inspect.add_argument("--press", default="vidcom2", choices=presses.available(), help="press name (default: %(default)s)")
-    inspect.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept (default: %(default)s)")
-    inspect.add_argument("--model", help="local model directory (default: the shipped reference model)")
-    inspect.add_argument("--question", default="What happens in this video?", help="question, for query-aware presses")
-    inspect.add_argument("--num-frames", type=int, default=16, help="frames sampled evenly (default: %(default)s)")
-    inspect.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
+    _video_press_options(inspect, "the shipped reference model")
     inspect.add_argument("--out", default="inspect.png", help="PNG path (default: %(default)s)")
     inspect.set_defaults(run=cmd_inspect)
     return top
+
+
+def _video_press_options(command: argparse.ArgumentParser, default_model: str) -> None:
+    """The options of the commands that press one video: model, video, question, press, retention, frames, device."""
+    from vidpress import presses
+
+    command.add_argument("--model", help=f"local model directory (default: {default_model})")
+    command.add_argument("--video", help="video file (default: the bundled sample clip)")
+    command.add_argument("--question", default="What happens in this video?", help="the question (default: %(default)r)")
+    command.add_argument("--press", default="vidcom2", choices=presses.available(), help="press name (default: %(default)s)")
+    command.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    command.add_argument("--num-frames", type=int, default=16, help="frames sampled evenly from the video (default: %(default)s)")
+    command.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
 
 
 def _cuda() -> bool:

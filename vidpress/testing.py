@@ -120,19 +120,19 @@ _CORPUS = (
 )
 
 
-def _train_tokenizer(family: str) -> transformers.PreTrainedTokenizerFast:
-    """Byte-level BPE (~400 tokens) with the family's special tokens at ids 0..k-1."""
+def _train_tokenizer(family: str, corpus=_CORPUS, vocab_size: int = 400) -> transformers.PreTrainedTokenizerFast:
+    """Byte-level BPE (~`vocab_size` tokens, trained on `corpus`) with the family's special tokens at ids 0..k-1."""
     specials = list(_SPECIALS[family])
     bpe = Tokenizer(models.BPE(unk_token="<unk>" if "<unk>" in specials else None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_CORPUS, trainer=trainer)
+    bpe.train_from_iterator(corpus, trainer=trainer)
     if family == "llava_next_video":
         # Llama tokenizers prepend BOS to every encoded text; the chat template does not write it.
         bos_id = bpe.token_to_id("<s>")
@@ -158,23 +158,31 @@ def _token_ids(tokenizer, family: str) -> dict:
     return dict(image_token_index=ids["<image>"], video_token_index=ids["<video>"])
 
 
-def _text_config(tokenizer, **extra) -> dict:
+def _text_config(tokenizer, text=None, **extra) -> dict:
     special = dict(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return {**_TEXT, **special, **extra}
+    return {**_TEXT, **special, **extra, **(text or {})}
 
 
-def _config(family: str, tokenizer) -> transformers.PreTrainedConfig:
+def _config(family: str, tokenizer, text=None, vision=None) -> transformers.PreTrainedConfig:
+    """The tiny config of `family`; `text` / `vision` override entries of its text / vision config."""
+    config = _base_config(family, tokenizer, text)
+    for key, value in (vision or {}).items():
+        setattr(config.vision_config, key, value)
+    return config
+
+
+def _base_config(family: str, tokenizer, text=None) -> transformers.PreTrainedConfig:
     ids = _token_ids(tokenizer, family)
     head_dim = _TEXT["hidden_size"] // _TEXT["num_attention_heads"]  # 32
     if family == "qwen2_vl":
         return transformers.Qwen2VLConfig(
             text_config=_text_config(
-                tokenizer, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[4, 6, 6])
+                tokenizer, text, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[4, 6, 6])
             ),
             vision_config=dict(
                 depth=2, embed_dim=64, hidden_size=_TEXT["hidden_size"], num_heads=4, mlp_ratio=2, patch_size=_PATCH
@@ -184,7 +192,7 @@ def _config(family: str, tokenizer) -> transformers.PreTrainedConfig:
     if family == "qwen2_5_vl":
         return transformers.Qwen2_5_VLConfig(
             text_config=_text_config(
-                tokenizer, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[4, 6, 6])
+                tokenizer, text, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[4, 6, 6])
             ),
             # Block 0 attends within 112 px windows (a whole 56 or 112 px frame), block 1 attends globally,
             # the real model's pattern of windowed blocks followed by a full-attention block.
@@ -204,6 +212,7 @@ def _config(family: str, tokenizer) -> transformers.PreTrainedConfig:
         return transformers.Qwen3VLConfig(
             text_config=_text_config(
                 tokenizer,
+                text,
                 head_dim=head_dim,
                 rope_parameters=dict(
                     rope_type="default", rope_theta=10000.0, mrope_section=[6, 5, 5], mrope_interleaved=True
@@ -233,7 +242,7 @@ def _config(family: str, tokenizer) -> transformers.PreTrainedConfig:
     if family == "llava_onevision":
         return transformers.LlavaOnevisionConfig(
             vision_config=dict(model_type="siglip_vision_model", vision_use_head=False, **vision),
-            text_config=dict(model_type="qwen2", **_text_config(tokenizer)),
+            text_config=dict(model_type="qwen2", **_text_config(tokenizer, text)),
             vision_feature_select_strategy="full",
             vision_feature_layer=-1,
             image_grid_pinpoints=_llava_pinpoints(),
@@ -243,7 +252,7 @@ def _config(family: str, tokenizer) -> transformers.PreTrainedConfig:
         grid = _VISION_SIZE // _PATCH
         return transformers.LlavaNextVideoConfig(
             vision_config=dict(model_type="clip_vision_model", projection_dim=64, **vision),
-            text_config=dict(model_type="llama", **_text_config(tokenizer)),
+            text_config=dict(model_type="llama", **_text_config(tokenizer, text)),
             vision_feature_select_strategy="default",  # drops CLIP's CLS token
             vision_feature_layer=-2,
             image_grid_pinpoints=_llava_pinpoints(),
@@ -327,16 +336,16 @@ _MODEL_CLASSES = {
 }
 
 
-def build_tiny_model(family: str, path, *, seed: int = 0) -> pathlib.Path:
-    """Build a random-weight tiny `family` model + processor + tokenizer and save them to `path`.
+def tiny_model_and_processor(family: str, *, seed: int = 0, text_config=None, vision_config=None, corpus=None):
+    """A random-weight tiny `family` model (eval mode) and its processor, in memory.
 
-    Deterministic given `seed`. Returns `path` as a Path; loads with `from_pretrained` / `AutoProcessor`.
+    text_config / vision_config: dicts that override the tiny defaults (e.g. num_hidden_layers=4);
+    corpus: texts the BPE tokenizer is trained on (default: a small generic corpus). Deterministic given `seed`.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    path = pathlib.Path(path)
-    tokenizer = _train_tokenizer(family)
-    config = _config(family, tokenizer)
+    tokenizer = _train_tokenizer(family, corpus if corpus is not None else _CORPUS)
+    config = _config(family, tokenizer, text_config, vision_config)
     torch.manual_seed(seed)
     model = getattr(transformers, _MODEL_CLASSES[family])(config).eval()
     gen = model.generation_config
@@ -345,8 +354,18 @@ def build_tiny_model(family: str, path, *, seed: int = 0) -> pathlib.Path:
         tokenizer.eos_token_id,
         tokenizer.pad_token_id,
     )
+    return model, _processor(family, tokenizer)
+
+
+def build_tiny_model(family: str, path, *, seed: int = 0) -> pathlib.Path:
+    """Build a random-weight tiny `family` model + processor + tokenizer and save them to `path`.
+
+    Deterministic given `seed`. Returns `path` as a Path; loads with `from_pretrained` / `AutoProcessor`.
+    """
+    path = pathlib.Path(path)
+    model, processor = tiny_model_and_processor(family, seed=seed)
     model.save_pretrained(path)
-    _processor(family, tokenizer).save_pretrained(path)
+    processor.save_pretrained(path)
     (path / _MARKER).write_text(json.dumps({"family": family, "seed": seed, "version": _TINY_VERSION}))
     return path
 
