@@ -67,6 +67,8 @@ class PressedModel:
         if args:  # generate(input_ids, ...) positional form
             kwargs["input_ids"] = args[0]
             args = args[1:]
+        if "inputs" in kwargs and kwargs.get("input_ids") is None:  # generate(inputs=input_ids, ...)
+            kwargs["input_ids"] = kwargs.pop("inputs")
         original_ids = kwargs.get("input_ids")
         pressed = self._prepare(kwargs, for_generate=True)
         self._in_generate = True
