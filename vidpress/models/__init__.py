@@ -11,6 +11,7 @@ import logging
 import torch
 
 from vidpress.models.base import Adapter, PressReport
+from vidpress.models.layer_pruning import LayerPruner
 from vidpress.models.llava import LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from vidpress.models.qwen2_vl import Qwen2VLAdapter, Qwen3VLAdapter
 
@@ -40,8 +41,8 @@ def get_adapter(model) -> Adapter:
 class PressedModel:
     """Handle yielded by `with press(model) as pressed`: `pressed.last_report` describes the latest call."""
 
-    def __init__(self, press, model, adapter: Adapter):
-        self.press, self.model, self.adapter = press, model, adapter
+    def __init__(self, press, model, adapter: Adapter, pruner: LayerPruner | None = None):
+        self.press, self.model, self.adapter, self.pruner = press, model, adapter, pruner
         self.last_report: PressReport | None = None
         self._warned_no_video = False
         self._in_generate = False
@@ -52,8 +53,12 @@ class PressedModel:
                 logger.warning("%s: no video in the inputs; the press does nothing for such calls", type(self.press).__name__)
                 self._warned_no_video = True
             self.last_report = PressReport()
+            if self.pruner is not None:
+                self.pruner.report = None
             return kwargs
         kwargs, self.last_report = self.adapter.compress(self.press, kwargs, for_generate)
+        if self.pruner is not None:
+            self.pruner.begin(kwargs["input_ids"], kwargs.get("attention_mask"), self.last_report)
         return kwargs
 
     def forward_pre_hook(self, module, args, kwargs):
@@ -61,6 +66,9 @@ class PressedModel:
             return None
         kwargs = dict(inspect.signature(self.model.forward).bind_partial(*args, **kwargs).arguments)
         kwargs.update(kwargs.pop("kwargs", {}))
+        cache = kwargs.get("past_key_values")
+        if cache is not None and cache.get_seq_length() > 0:  # a decoding step of the caller's own loop
+            return None
         return (), self._prepare(kwargs, for_generate=False)
 
     def generate(self, original, *args, **kwargs):
@@ -102,14 +110,19 @@ def apply_press(press, model):
     Yields a PressedModel whose `last_report` tells what the latest call kept.
     """
     adapter = get_adapter(model)
-    pressed = PressedModel(press, model, adapter)
+    pruner = LayerPruner(press, adapter) if getattr(press, "acts_in_llm", False) and press.retention < 1 else None
+    pressed = PressedModel(press, model, adapter, pruner)
     original_generate = model.generate
     had_instance_generate = "generate" in vars(model)
     handle = model.register_forward_pre_hook(pressed.forward_pre_hook, with_kwargs=True)
     model.generate = functools.wraps(original_generate)(functools.partial(pressed.generate, original_generate))
+    if pruner is not None:
+        pruner.install()
     try:
         yield pressed
     finally:
+        if pruner is not None:
+            pruner.remove()
         handle.remove()
         if had_instance_generate:
             model.generate = original_generate

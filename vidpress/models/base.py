@@ -26,16 +26,21 @@ PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")
 class PressReport:
     """What one pressed call did.
 
-    selections: one Selection per video, in placeholder order over (batch, sequence).
+    selections: one Selection per video, in placeholder order over (batch, sequence); for presses acting inside
+        the LLM, what survives the last stage.
     videos: the VideoTokens each selection was made from (same order).
     sample_of_video: batch index of each video.
-    sequence_length: (before, after) padded sequence length.
+    extra_tokens: per video, always-kept placeholder tokens after its frame tokens (LLaVA-OneVision's newline).
+    sequence_length: (before, after) padded sequence length entering the LLM.
+    layer_tokens: for presses acting inside the LLM, frame tokens each decoder layer processed (whole batch).
     """
 
     selections: list[Selection] = field(default_factory=list)
     videos: list[VideoTokens] = field(default_factory=list)
     sample_of_video: list[int] = field(default_factory=list)
+    extra_tokens: list[int] = field(default_factory=list)
     sequence_length: tuple[int, int] = (0, 0)
+    layer_tokens: list[int] | None = None
 
     @property
     def visual_tokens_before(self) -> int:
@@ -47,9 +52,14 @@ class PressReport:
 
     @property
     def retention(self) -> float:
-        """Effective retention over all videos of the call (1.0 when there was no video)."""
+        """Effective retention over all videos of the call: kept / all frame tokens, averaged over the LLM's
+        layers for presses acting inside it (1.0 when there was no video)."""
         before = self.visual_tokens_before
-        return self.visual_tokens_after / before if before else 1.0
+        if not before:
+            return 1.0
+        if self.layer_tokens:
+            return sum(self.layer_tokens) / len(self.layer_tokens) / before
+        return self.visual_tokens_after / before
 
 
 @dataclass
@@ -70,6 +80,8 @@ class Adapter:
 
     model_types: tuple[str, ...] = ()
     family = ""
+    #: first decoder layer before which tokens may be dropped inside the LLM
+    min_prune_layer = 1
 
     def __init__(self, model):
         self.model = model
@@ -94,6 +106,10 @@ class Adapter:
     def finish_position_ids(self, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Adjust sliced positions [.., B, L'] for the pruned sequence (default: unchanged)."""
         return position_ids
+
+    def text_layers(self):
+        """The LLM's decoder layers, in order."""
+        return self.base.language_model.layers
 
     # -- shared mechanism ---------------------------------------------------------------------------------
     def has_video(self, inputs: dict) -> bool:
@@ -164,6 +180,7 @@ class Adapter:
             report.selections.append(selection)
             report.videos.append(tokens)
             report.sample_of_video.append(sample)
+            report.extra_tokens.append(layout.num_rows - tokens.num_tokens)
             offset += layout.num_rows
 
         keep_mask = real & ~drop.view(B, L)

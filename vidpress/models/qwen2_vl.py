@@ -62,6 +62,11 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     model_types = ("qwen3_vl", "qwen3_vl_moe")
     family = "Qwen3-VL"
 
+    @property
+    def min_prune_layer(self) -> int:
+        # DeepStack adds features to the video positions after each of the first n layers: prune after them.
+        return max(1, len(self.config.vision_config.deepstack_visual_indexes))
+
     def video_layouts(self, output, inputs: dict) -> list[VideoLayout]:
         layouts = super().video_layouts(output, inputs)
         for v, layout in enumerate(layouts):

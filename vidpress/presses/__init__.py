@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from vidpress.presses.base import Press, ScorePress
+from vidpress.presses.base import LayerPress, Press, ScorePress
+from vidpress.presses.divprune import DivPrunePress
+from vidpress.presses.dycoke import DyCokePress
+from vidpress.presses.fastv import FastVPress
+from vidpress.presses.fastvid import FastVIDPress
+from vidpress.presses.pdrop import PDropPress
 from vidpress.presses.random import RandomPress
 from vidpress.presses.uniform import UniformPress
 from vidpress.presses.vidcom2 import VidCom2Press
@@ -12,6 +17,11 @@ PRESSES: dict[str, type[Press]] = {
     "vidcom2": VidCom2Press,
     "random": RandomPress,
     "uniform": UniformPress,
+    "fastv": FastVPress,
+    "pdrop": PDropPress,
+    "divprune": DivPrunePress,
+    "dycoke": DyCokePress,
+    "fastvid": FastVIDPress,
 }
 
 
@@ -28,4 +38,4 @@ def get(name: str, **knobs) -> Press:
     return PRESSES[key](**knobs)
 
 
-__all__ = ["PRESSES", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "available", "get"]
+__all__ = ["PRESSES", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "PDropPress", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "available", "get"]

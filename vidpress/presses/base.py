@@ -55,6 +55,30 @@ class Press:
         return apply_press(self, model)
 
 
+@dataclass
+class LayerPress(Press):
+    """Base of presses that act inside the LLM: the video reaches the LLM whole, and from some decoder layers on
+    only the frame tokens the last prompt token attends to most are processed (ranked in the layer before).
+
+    Subclasses implement `schedule`. `retention` is the share of frame tokens the LLM processes averaged over its
+    layers, the same compute measure as for presses acting before the LLM; the layers before the first stage see
+    every token, so a retention below (first stage layer / layers) cannot be reached: such a press keeps one token
+    per sample after the stage and reports the effective retention it reached.
+    """
+
+    acts_in_llm = True
+
+    def schedule(self, num_layers: int) -> list[tuple[int, float]]:
+        """Stages [(layer, fraction)]: from `layer` on, `fraction` of each sample's frame tokens are processed."""
+        raise NotImplementedError
+
+    def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
+        # Nothing is dropped before the LLM; the pruning happens between decoder layers.
+        T, M = tokens.num_frames, tokens.tokens_per_frame
+        return Selection(torch.arange(tokens.num_tokens, device=tokens.features.device), tokens.num_tokens,
+                         frame_budgets=torch.full((T,), M, dtype=torch.long))
+
+
 def token_budget(retention: float, num_tokens: int) -> int:
     """Tokens to keep for a retention: round(R * N), at least 1."""
     return max(1, min(num_tokens, round(retention * num_tokens)))

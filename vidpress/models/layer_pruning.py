@@ -1,0 +1,219 @@
+"""Dropping video tokens inside the LLM (FastV, PDrop): the machinery behind `LayerPress`.
+
+A press gives a schedule of stages `(layer, fraction)`: from `layer` on, only the best `fraction` of each sample's
+video tokens are processed, ranked by the attention the last prompt token pays them in the layer just before.
+Hooks, all removed on exit, do the work without touching transformers' files:
+
+- the scoring layer's attention module runs through `vidpress_scoring`, a registered AttentionInterface function
+  that calls the model's own attention (eager, SDPA, ...) and also computes the last query row's attention
+  probabilities, [B, H, kv] — never the full [B, H, L, L] matrix;
+- a forward pre-hook on every decoder layer from the first stage on cuts the hidden states at the stage's layer
+  and gives every later layer position embeddings, text positions and an attention mask for the shorter sequence,
+  in prefill and in every decoding step (the cache of those layers holds only the kept tokens).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from vidpress.models.base import PressReport, _repad_index
+from vidpress.types import Selection
+
+SCORING = "vidpress_scoring"
+
+
+def _scoring_attention(module, query, key, value, attention_mask, **kwargs):
+    """The model's own attention, plus the last prompt token's attention row recorded for ranking tokens."""
+    pruner = module._vidpress_pruner
+    own = ALL_ATTENTION_FUNCTIONS.get_interface(pruner.attn_implementation, _eager_of(module))
+    output = own(module, query, key, value, attention_mask, **kwargs)
+    if query.shape[2] > 1:  # prefill only; decoding steps are not ranked
+        pruner.record(query, key, kwargs.get("scaling", query.shape[-1] ** -0.5))
+    return output
+
+
+def _eager_of(module):
+    return sys.modules[type(module).__module__].eager_attention_forward
+
+
+AttentionInterface.register(SCORING, _scoring_attention)
+
+
+class LayerPruner:
+    """Applies a LayerPress's schedule to one model while installed. See the module docstring."""
+
+    def __init__(self, press, adapter):
+        self.press, self.adapter = press, adapter
+        self.layers = adapter.text_layers()
+        num_layers = len(self.layers)
+        self.stages = press.schedule(num_layers)
+        first = self.stages[0][0]
+        if first < adapter.min_prune_layer or self.stages[-1][0] >= num_layers:
+            raise ValueError(
+                f"{type(press).__name__} drops tokens before layers {[s[0] for s in self.stages]}, but this "
+                f"{adapter.family} model ({num_layers} LLM layers) accepts layers {adapter.min_prune_layer} to "
+                f"{num_layers - 1} only" + (" (its DeepStack features enter the first layers)" if adapter.min_prune_layer > 1 else "")
+            )
+        self.attn_implementation = adapter.config.get_text_config()._attn_implementation
+        self._handles, self._scoring_modules = [], []
+        self.report: PressReport | None = None
+
+    # -- install / remove ----------------------------------------------------------------------------------
+    def install(self):
+        for stage_layer, _ in self.stages:
+            attention = self.layers[stage_layer - 1].self_attn
+            attention._vidpress_pruner = self
+            attention._vidpress_config = attention.config
+            config = copy.copy(attention.config)
+            config._attn_implementation_internal = SCORING
+            attention.config = config
+            self._scoring_modules.append(attention)
+        for index in range(self.stages[0][0], len(self.layers)):
+            self._handles.append(
+                self.layers[index].register_forward_pre_hook(self._layer_hook(index), with_kwargs=True)
+            )
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+        for attention in self._scoring_modules:
+            attention.config = attention._vidpress_config
+            del attention._vidpress_config, attention._vidpress_pruner
+        self._handles, self._scoring_modules = [], []
+
+    # -- per call --------------------------------------------------------------------------------------------
+    def begin(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, report: PressReport):
+        """Start a prefill: which positions hold frame tokens of which video ([B, L] owner / index maps)."""
+        B, L = input_ids.shape
+        self.report = report
+        self.full_length = L
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        self.owner = torch.full((B, L), -1, dtype=torch.long, device=input_ids.device)
+        self.token = torch.full((B, L), -1, dtype=torch.long, device=input_ids.device)
+        placeholders = ((input_ids == self.adapter.video_token_id) & valid).flatten().nonzero().squeeze(1)
+        offset = 0
+        for video, (selection, extra) in enumerate(zip(report.selections, report.extra_tokens)):
+            positions = placeholders[offset : offset + selection.num_kept]
+            self.owner.view(-1)[positions] = video
+            self.token.view(-1)[positions] = selection.keep_indices.to(positions.device)
+            offset += selection.num_kept + extra
+        self.visual_full = (self.owner >= 0).sum(1)  # [B] frame tokens per sample before any stage
+        self.index = torch.arange(L, device=input_ids.device).expand(B, L)  # current sequence -> full positions
+        self.valid = valid
+        self.left = not bool((~valid[:, -1]).any())
+        self.stage_state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # stage layer -> (index, valid)
+        self.layer_tokens = [int(self.visual_full.sum())] * len(self.layers)
+        self.scores = None
+
+    def record(self, query: torch.Tensor, key: torch.Tensor, scaling: float):
+        """Head-averaged attention of each row's last real token over the current keys -> self.scores [B, kv]."""
+        B, H, _, d = query.shape
+        groups = H // key.shape[1]
+        last = self.valid.shape[1] - 1 - self.valid.flip(1).int().argmax(1)  # last real position per row
+        q = query[torch.arange(B), :, last].view(B, key.shape[1], groups, d)  # [B, Hkv, g, d]
+        logits = torch.einsum("bkgd,bknd->bkgn", q.float(), key.float()) * scaling
+        logits = logits.masked_fill(~self.valid[:, None, None, :], float("-inf"))
+        self.scores = torch.softmax(logits, dim=-1).mean(dim=(1, 2))  # [B, kv]
+
+    def _layer_hook(self, layer_index: int):
+        def hook(module, args, kwargs):
+            if self.report is None:
+                return None
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            cache = kwargs.get("past_key_values")
+            prefill = cache is None or cache.get_seq_length(layer_index) == 0
+            if prefill and layer_index in dict(self.stages):
+                hidden = self._prune(layer_index, hidden)
+            index, valid = self._active(layer_index)
+            if index is None:
+                return None
+            kwargs = self._cut_kwargs(kwargs, layer_index, index, valid, hidden.shape[1], prefill)
+            return (hidden, *args[1:]), kwargs
+
+        return hook
+
+    def _active(self, layer_index: int):
+        active = [layer for layer in self.stage_state if layer <= layer_index]
+        return self.stage_state[max(active)] if active else (None, None)
+
+    def _prune(self, layer_index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Keep the best-ranked frame tokens of each sample; re-pad; remember the stage's index into the full sequence."""
+        if self.scores is None:
+            raise RuntimeError("vidpress: the scoring layer did not run before the pruning layer")
+        fraction = dict(self.stages)[layer_index]
+        frame = (self.owner.gather(1, self.index) >= 0) & self.valid
+        budget = (fraction * self.visual_full.float()).round().long().clamp(min=1)
+        scores = self.scores.masked_fill(~frame, float("-inf"))
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        keep = (self.valid & ~frame) | (frame & (rank < budget[:, None]))
+        gather, valid = _repad_index(keep, self.left)
+        hidden = hidden.gather(1, gather[..., None].expand(-1, -1, hidden.shape[-1])) * valid[..., None]
+        self.index, self.valid = self.index.gather(1, gather), valid
+        self.stage_state[layer_index] = (self.index, self.valid)
+        kept = int((self.owner.gather(1, self.index) >= 0).logical_and(valid).sum())
+        for layer in range(layer_index, len(self.layers)):
+            self.layer_tokens[layer] = kept
+        self.scores = None
+        if layer_index == self.stages[-1][0]:
+            self._finish()
+        return hidden
+
+    def _finish(self):
+        """Write what survived the last stage back into the report, per video, with the per-layer token counts."""
+        owner = self.owner.gather(1, self.index).masked_fill(~self.valid, -1)
+        token = self.token.gather(1, self.index)
+        selections = []
+        for video, before in enumerate(self.report.selections):
+            kept = token[owner == video].sort().values
+            selections.append(Selection(kept, before.num_tokens))
+        self.report.selections = selections
+        self.report.layer_tokens = list(self.layer_tokens)
+
+    def _cut_kwargs(self, kwargs: dict, layer_index: int, index: torch.Tensor, valid: torch.Tensor, query_length: int, prefill: bool) -> dict:
+        """Position embeddings, text positions and the attention mask for the kept sequence."""
+        if prefill:
+            if kwargs.get("position_embeddings") is not None:
+                kwargs["position_embeddings"] = tuple(_gather_embedding(t, index) for t in kwargs["position_embeddings"])
+            if isinstance(kwargs.get("position_ids"), torch.Tensor):
+                positions = kwargs["position_ids"]
+                kwargs["position_ids"] = positions.expand(index.shape[0], -1).gather(-1, index)
+            generated = 0
+        else:  # this layer's cache holds the kept prompt and the tokens generated before this step
+            generated = kwargs["past_key_values"].get_seq_length(layer_index) - index.shape[1] + query_length
+        kwargs["attention_mask"] = self._mask(kwargs.get("attention_mask"), index, valid, query_length, generated)
+        return kwargs
+
+    def _mask(self, mask, index: torch.Tensor, valid: torch.Tensor, query_length: int, generated: int):
+        """4-D mask [B, 1, q, kept + generated] in the format the model's attention expects (bool or additive)."""
+        B, kept = index.shape
+        device = index.device
+        if generated == 0:  # prefill: causal over the kept prompt, padding masked
+            allowed = torch.ones(kept, kept, dtype=torch.bool, device=device).tril()[None] & valid[:, None, :]
+            allowed |= torch.eye(kept, dtype=torch.bool, device=device)[None]  # pad rows attend to themselves
+            allowed = allowed[:, None]
+        else:  # decoding: every kept prompt token, then the generated tokens as the model's own mask says
+            if mask is None:
+                recent = torch.ones(B, 1, query_length, generated, dtype=torch.bool, device=device)
+                recent = recent & torch.ones(query_length, generated, dtype=torch.bool, device=device).tril(generated - query_length)
+            else:
+                recent = mask[..., self.full_length :]
+                recent = recent if recent.dtype == torch.bool else recent == 0
+            allowed = torch.cat([valid[:, None, None, :].expand(-1, 1, query_length, -1), recent], dim=-1)
+        if mask is not None and mask.dtype == torch.bool or mask is None and self.attn_implementation != "eager":
+            return allowed
+        dtype = mask.dtype if mask is not None else torch.float32
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _gather_embedding(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Gather rotary cos/sin [..., B or 1, L, d] along the sequence with index [B, L']."""
+    *lead, _, _, d = tensor.shape
+    B, kept = index.shape
+    tensor = tensor.expand(*lead, B, tensor.shape[-2], d)
+    return tensor.gather(-2, index[..., None].expand(*lead, B, kept, d))
