@@ -8,6 +8,7 @@ answer-bearing token of every event the question needs (known from the renderer,
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import time
@@ -51,35 +52,41 @@ def encode(model, processor, examples, batch_size: int, progress: bool = True) -
 
 
 def evaluate(model, batches: list[EncodedBatch], press, letter_ids: list[int]) -> dict:
-    """Accuracy, evidence recall, kept tokens and timings of one press (None = all tokens) over the batches."""
+    """Accuracy, evidence recall, kept tokens and timings of one press (None = all tokens) over the batches.
+
+    Presses acting inside the LLM count the frame tokens its layers process on average (their effective
+    retention); evidence recall uses what survives their last stage.
+    """
     adapter = get_adapter(model)
     letters = torch.tensor(letter_ids, device=model.device)
     correct, hits, families = [], [], []
-    kept = total = 0
+    kept = total = 0.0
     press_s = llm_s = 0.0
-    with PeakMemory(model.device) as peak, torch.no_grad():
+    with PeakMemory(model.device) as peak, torch.no_grad(), _applied(press, model) as pressed:
         for batch in batches:
             inputs = {**batch.inputs, "mm_encoder_outputs": {"video": batch.video_output}}
             start = time.perf_counter()
-            if press is None:
-                layouts = adapter.video_layouts(batch.video_output, inputs)
-                keeps = [torch.arange(layout.tokens.num_tokens) for layout in layouts]
-                tokens = [layout.tokens for layout in layouts]
-            else:
-                inputs, report = adapter.compress(press, inputs, for_generate=False)
-                keeps = [selection.keep_indices for selection in report.selections]
-                tokens = report.videos
+            if pressed is not None:
+                inputs = pressed.prepare(inputs)
             press_s += time.perf_counter() - start
             start = time.perf_counter()
-            logits = model(**inputs, logits_to_keep=1).logits[:, -1]
+            with pressed.passthrough() if pressed is not None else contextlib.nullcontext():
+                logits = model(**inputs, logits_to_keep=1).logits[:, -1]
             _sync(model.device)
             llm_s += time.perf_counter() - start
+            if pressed is None:
+                videos = [layout.tokens for layout in adapter.video_layouts(batch.video_output, inputs)]
+                keeps = [torch.arange(video.num_tokens) for video in videos]
+                retention = 1.0
+            else:
+                report = pressed.last_report
+                videos, keeps, retention = report.videos, [s.keep_indices for s in report.selections], report.retention
             predictions = logits[:, letters].argmax(-1).tolist()
-            for example, prediction, keep, video in zip(batch.examples, predictions, keeps, tokens):
+            for example, prediction, keep, video in zip(batch.examples, predictions, keeps, videos):
                 correct.append(prediction == example.answer)
                 hits.append(evidence_hits(keep, example, **_evidence_grid(example, video)))
                 families.append(example.family)
-                kept += keep.numel()
+                kept += retention * video.num_tokens
                 total += video.num_tokens
     n = len(correct)
     by_family = {
@@ -98,6 +105,11 @@ def evaluate(model, batches: list[EncodedBatch], press, letter_ids: list[int]) -
         "peak_mem_mb": peak.mb,
         "examples": n,
     }
+
+
+def _applied(press, model):
+    """`press(model)`, or a null context yielding None for the full-token row."""
+    return press(model) if press is not None else contextlib.nullcontext()
 
 
 def _evidence_grid(example, tokens) -> dict:

@@ -61,9 +61,11 @@ def time_prefill(model, inputs: dict, press, repeats: int = 3) -> PrefillTiming:
         encoded["image"] = adapter.encode("image", inputs)
     full = {k: v for k, v in inputs.items() if k not in PIXEL_INPUTS}
     full["mm_encoder_outputs"] = encoded
-    precomputed = {**inputs, "mm_encoder_outputs": encoded}
-    press_ms = median_ms(lambda: adapter.compress(press, precomputed, for_generate=False), repeats)
-    pressed, report = adapter.compress(press, precomputed, for_generate=False)
     llm_full_ms = median_ms(lambda: model(**full, logits_to_keep=1), repeats)
-    llm_pressed_ms = median_ms(lambda: model(**pressed, logits_to_keep=1), repeats)
-    return PrefillTiming(vision_ms, press_ms, llm_full_ms, llm_pressed_ms, report)
+    with press(model) as pressed:
+        precomputed = {**full, "mm_encoder_outputs": dict(encoded)}
+        press_ms = median_ms(lambda: pressed.prepare(precomputed), repeats)
+        kwargs = pressed.prepare(precomputed)
+        with pressed.passthrough():  # presses acting inside the LLM run here, as in a real prefill
+            llm_pressed_ms = median_ms(lambda: model(**kwargs, logits_to_keep=1), repeats)
+    return PrefillTiming(vision_ms, press_ms, llm_full_ms, llm_pressed_ms, pressed.last_report)

@@ -45,7 +45,23 @@ class PressedModel:
         self.press, self.model, self.adapter, self.pruner = press, model, adapter, pruner
         self.last_report: PressReport | None = None
         self._warned_no_video = False
-        self._in_generate = False
+        self._passthrough = False
+
+    def prepare(self, inputs: dict, for_generate: bool = False) -> dict:
+        """Press `inputs` now and return the model kwargs; call the model on them inside `passthrough()`.
+
+        Lets callers time the press step apart from the LLM; `model(**inputs)` does both in one go.
+        """
+        return self._prepare(dict(inputs), for_generate)
+
+    @contextlib.contextmanager
+    def passthrough(self):
+        """Inside this block the model's calls are not pressed again (their inputs already were)."""
+        previous, self._passthrough = self._passthrough, True
+        try:
+            yield
+        finally:
+            self._passthrough = previous
 
     def _prepare(self, kwargs: dict, for_generate: bool) -> dict:
         if not self.adapter.has_video(kwargs):
@@ -62,7 +78,7 @@ class PressedModel:
         return kwargs
 
     def forward_pre_hook(self, module, args, kwargs):
-        if self._in_generate:  # generate already pressed its inputs
+        if self._passthrough:  # the inputs were pressed already (generate, prepare)
             return None
         kwargs = dict(inspect.signature(self.model.forward).bind_partial(*args, **kwargs).arguments)
         kwargs.update(kwargs.pop("kwargs", {}))
@@ -79,11 +95,8 @@ class PressedModel:
             kwargs["input_ids"] = kwargs.pop("inputs")
         original_ids = kwargs.get("input_ids")
         pressed = self._prepare(kwargs, for_generate=True)
-        self._in_generate = True
-        try:
+        with self.passthrough():
             output = original(*args, **pressed)
-        finally:
-            self._in_generate = False
         if pressed is kwargs or original_ids is None:
             return output
         return _restore_prompt(output, original_ids, pressed["input_ids"].shape[1])

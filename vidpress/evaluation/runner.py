@@ -1,0 +1,176 @@
+"""`vidpress eval`: answer a benchmark's questions with a pressed model, one result file per question.
+
+Each question's result is written to `<out>/samples/<id>.json` as soon as it is answered, so an interrupted run
+resumes where it stopped. Under `accelerate launch` (or torchrun) every process takes every N-th question that
+has no result yet; the main process then scores all results and writes `<out>/results.json`.
+`<out>/run.json` records the settings that change answers; resuming with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from vidpress.evaluation.benchmarks import Benchmark, Sample
+from vidpress.video import VideoDecodeError
+
+
+class Shard:
+    """This process's place among the processes of an `accelerate launch` / torchrun run (rank 0 of 1 alone)."""
+
+    def __init__(self, device: str):
+        try:
+            from accelerate import PartialState
+        except ImportError:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ValueError("sharding over several processes needs accelerate: pip install accelerate") from None
+            self._state, self.rank, self.world = None, 0, 1
+            return
+        # cpu=True lets accelerate form a CPU process group (gloo) instead of expecting one GPU per process.
+        self._state = PartialState(cpu=torch.device(device).type == "cpu")
+        self.rank, self.world = self._state.process_index, self._state.num_processes
+
+    @property
+    def device(self) -> str | None:
+        """The device accelerate assigned to this process on a multi-GPU run, else None (use the caller's)."""
+        if self._state is None or self.world == 1 or self._state.device.type == "cpu":
+            return None
+        return str(self._state.device)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wait(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()
+
+
+def check_run_settings(out_dir: Path, settings: dict) -> None:
+    """Write `run.json`, or check that an existing one holds the same settings; ValueError naming differences."""
+    path = out_dir / "run.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        differ = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        if differ:
+            changes = ", ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in differ)
+            raise ValueError(
+                f"{out_dir} holds results of a run with other settings ({changes}); "
+                "pass another --out, or the same settings to resume it"
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(path, settings)
+
+
+def _write_json(path: Path, data) -> None:
+    # Write beside and rename, so an interrupted write never leaves a truncated result that resuming would trust.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def build_prompt(processor, benchmark: Benchmark, sample: Sample, video) -> dict:
+    """Processor inputs for one question: the benchmark's system turn, the video, its question text, and the
+    assistant turn opened with the benchmark's answer prefix. video: a DecodedVideo (frames as sampled)."""
+    messages = []
+    if benchmark.system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": benchmark.system_prompt}]})
+    content = [{"type": "video"}, {"type": "text", "text": benchmark.prompt(sample)}]
+    messages.append({"role": "user", "content": content})
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + benchmark.answer_prefix
+    return processor(
+        text=[text], videos=[video.frames], video_metadata=[video.metadata()], do_sample_frames=False, return_tensors="pt"
+    )
+
+
+@torch.no_grad()
+def answer(model, processor, benchmark: Benchmark, sample: Sample, press, num_frames: int, max_new_tokens: int) -> dict:
+    """Answer one question (greedy) and score it; a video that cannot be decoded gives a wrong answer with its error.
+
+    Returns the per-question record: id, categories, response, prediction (letter or None), answer, correct,
+    visual_tokens / kept_tokens (before / after the press), frames, seconds.
+    """
+    start = time.perf_counter()
+    record = {"id": sample.id, "categories": sample.categories, "answer": sample.answer}
+    try:
+        video = benchmark.frames(sample, num_frames)
+    except VideoDecodeError as error:
+        return {**record, "response": "", "prediction": None, "correct": False, "error": str(error)}
+    inputs = build_prompt(processor, benchmark, sample, video).to(model.device)
+    prompt_length = inputs["input_ids"].shape[1]
+    visual = int((inputs["input_ids"] == model.config.video_token_id).sum())
+    kept = visual
+    context = press(model) if press is not None else contextlib.nullcontext()
+    with context as pressed:
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        if pressed is not None:
+            report = pressed.last_report
+            kept = visual - report.visual_tokens_before + report.visual_tokens_after
+    response = processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0]
+    return {
+        **record,
+        "response": response,
+        "prediction": benchmark.extract(response, sample),
+        "correct": benchmark.is_correct(response, sample),
+        "visual_tokens": visual,
+        "kept_tokens": kept,
+        "frames": len(video.frames),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def run(model, processor, benchmark: Benchmark, samples: list[Sample], press, out_dir, settings: dict, shard: Shard,
+        num_frames: int = 16, max_new_tokens: int = 32, progress: bool = True) -> dict | None:
+    """Answer every sample without a result in `out_dir` (this process's share), then score all of them.
+
+    Returns the summary on the main process (also written to `<out_dir>/results.json`), None on the others.
+    """
+    out_dir = Path(out_dir)
+    samples_dir = out_dir / "samples"
+    if shard.is_main:
+        check_run_settings(out_dir, settings)
+        samples_dir.mkdir(parents=True, exist_ok=True)
+    shard.wait()
+    todo = [s for s in samples if not (samples_dir / f"{s.id}.json").exists()][shard.rank :: shard.world]
+    bar = tqdm(todo, desc=f"{benchmark.name} (process {shard.rank + 1}/{shard.world})", disable=not progress or not shard.is_main)
+    for sample in bar:
+        record = answer(model, processor, benchmark, sample, press, num_frames, max_new_tokens)
+        _write_json(samples_dir / f"{sample.id}.json", record)
+    shard.wait()
+    if not shard.is_main:
+        return None
+    records = [json.loads((samples_dir / f"{s.id}.json").read_text()) for s in samples]
+    summary = benchmark.summarize(records)
+    summary["settings"] = settings
+    kept = [r["kept_tokens"] / r["visual_tokens"] for r in records if r.get("visual_tokens")]
+    summary["effective_retention"] = sum(kept) / len(kept) if kept else float("nan")
+    _write_json(out_dir / "results.json", summary)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A plain-text report: overall accuracy, then one line per category value."""
+    lines = [
+        f"{summary['benchmark']}: accuracy {_pct(summary['accuracy'])} over {summary['samples']} questions"
+        + (f" ({summary['errors']} unreadable videos counted wrong)" if summary["errors"] else "")
+        + f"; effective retention {summary['effective_retention']:.3f}"
+    ]
+    if "m_avg" in summary:
+        lines.append(f"M-Avg (mean over tasks): {_pct(summary['m_avg'])}")
+    for key, groups in summary["by"].items():
+        lines.append(f"by {key}:")
+        width = max(len(v) for v in groups) if groups else 0
+        lines += [f"  {value.ljust(width)}  {_pct(g['accuracy'])}  ({g['samples']})" for value, g in groups.items()]
+    return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
