@@ -4,6 +4,9 @@
    7B Qwen2.5-VL), and VidCom²'s vectorised rule next to a straightforward per-frame loop of the same rule.
 2. LLM prefill time of a random-weight Qwen2.5-VL of the 7B width (`--layers` decoder layers; the real model
    has 28) on the same features, with all tokens and with VidCom² at `--retention`, next to the token-count ideal.
+3. Presses acting inside the LLM (FastV, PDrop) on the same model shape with `--llm-layers` layers and
+   `--llm-frames` frames: prefill time at `--retention` (layer-averaged), and their extra cost: the prefill with
+   the whole pruning machinery (scoring attention row, cuts, masks) keeping every token, next to the plain prefill.
 
     python benchmarks/press_overhead.py                       # the documented run (several minutes on 2 CPU cores)
     python benchmarks/press_overhead.py --frames 16 --layers 1  # a quick look
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the pe
 from reference import vidcom2_loop  # noqa: E402
 
 from vidpress import VideoTokens, VidCom2Press, presses  # noqa: E402  (before transformers: torchvision shim)
+from vidpress.presses import FastVPress, PDropPress  # noqa: E402
 from vidpress.evaluation.timing import median_ms, time_prefill  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from transformers.modeling_outputs import BaseModelOutputWithPooling  # noqa: E402
@@ -68,6 +73,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=3584)
     parser.add_argument("--retention", type=float, default=0.25)
     parser.add_argument("--layers", type=int, default=1, help="decoder layers of the 7B-width LLM (0 skips part 2)")
+    parser.add_argument("--llm-layers", type=int, default=4, help="layers for part 3 (0 skips it)")
+    parser.add_argument("--llm-frames", type=int, default=8, help="frames for part 3")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -76,10 +83,12 @@ def main() -> None:
     tokens = VideoTokens(features, (T, int(M**0.5), M // int(M**0.5)))
     print(f"features [{T}, {M}, {D}], retention {args.retention}, torch threads {torch.get_num_threads()}")
 
-    print("\n1. select time per press (median ms)")
+    print("\n1. select time per press that works on the features alone (median ms)")
     select_ms = {}
     for name in presses.available():
         press = presses.get(name, retention=args.retention)
+        if getattr(press, "acts_in_llm", False) or getattr(press, "needs_vision_stats", False):
+            continue
         select_ms[name] = median_ms(lambda: press.select(tokens), args.repeats)
         print(f"   {name:10s} {select_ms[name]:9.1f} ms  (effective retention {press.select(tokens).retention:.3f})")
     loop_ms = median_ms(lambda: vidcom2_loop(features, args.retention), args.repeats)
@@ -88,8 +97,13 @@ def main() -> None:
     print(f"   vidcom2 per-frame loop {loop_ms:9.1f} ms -> vectorised is {loop_ms / select_ms['vidcom2']:.1f}x faster"
           " (same indices)")
 
-    if args.layers <= 0:
-        return
+    if args.layers > 0:
+        llm_prefill(features, args)
+    if args.llm_layers > 0:
+        in_llm_presses(args)
+
+
+def llm_prefill(features: torch.Tensor, args) -> None:
     print(f"\n2. LLM prefill, random-weight Qwen2.5-VL 7B width, {args.layers} decoder layer(s), float32")
     model = qwen25vl_7b_width(args.layers)
     timing = time_prefill(model, prefill_inputs(features), VidCom2Press(retention=args.retention), repeats=args.repeats)
@@ -102,6 +116,39 @@ def main() -> None:
           f"{100 * timing.press_ms / (timing.llm_full_ms - timing.llm_pressed_ms):.2f}% of the prefill time it saves "
           f"with {args.layers} layer(s); ~{100 * timing.press_ms / (28 / args.layers * (timing.llm_full_ms - timing.llm_pressed_ms)):.3f}%"
           " at the full 28 layers")
+
+
+@dataclass
+class KeepEverythingAfter(FastVPress):
+    """FastV's machinery (scoring row, cut, re-pad, masks) with nothing dropped: its cost alone."""
+
+    def schedule(self, num_layers):
+        return [(self.layer, 1.0)]
+
+
+def in_llm_presses(args) -> None:
+    T = args.llm_frames
+    print(f"\n3. presses inside the LLM: 7B width, {args.llm_layers} layers, {T} frames x {args.tokens_per_frame} tokens")
+    model = qwen25vl_7b_width(args.llm_layers)
+    inputs = prefill_inputs(torch.randn(T, args.tokens_per_frame, args.width))
+    overhead = time_prefill(model, inputs, KeepEverythingAfter(retention=0.5, layer=2), repeats=args.repeats)
+    print(f"   plain prefill {overhead.llm_full_ms:9.1f} ms; with FastV's machinery keeping every token "
+          f"{overhead.llm_pressed_ms:9.1f} ms -> extra cost {overhead.llm_pressed_ms - overhead.llm_full_ms:+.1f} ms "
+          f"({100 * (overhead.llm_pressed_ms / overhead.llm_full_ms - 1):+.1f}%)")
+    for name, press in (("fastv", FastVPress(retention=args.retention)), ("pdrop", PDropPress(retention=args.retention))):
+        try:
+            timing = time_prefill(model, inputs, press, repeats=args.repeats)
+        except ValueError as error:  # e.g. a retention below the press's floor on this depth
+            print(f"   {name}: {error}")
+            continue
+        print(f"   {name:6s} requested {args.retention:.2f}, effective {timing.report.retention:.3f}: prefill "
+              f"{timing.llm_pressed_ms:9.1f} ms -> {timing.llm_speedup:.2f}x (ideal by layer-averaged tokens "
+              f"{1 / (1 - (1 - timing.report.retention) * _visual_share(timing)):.2f}x)")
+
+
+def _visual_share(timing) -> float:
+    """Share of the full sequence that is video tokens (for the ideal speed-up of in-LLM presses)."""
+    return timing.report.visual_tokens_before / timing.report.sequence_length[0]
 
 
 if __name__ == "__main__":

@@ -119,3 +119,14 @@ def test_layers_the_model_cannot_prune_are_a_clear_error(tiny_model):
         FastVPress(retention=0.5, layer=1)(model).__enter__()
     with pytest.raises(ValueError, match="below the LLM's 2 layers"):
         FastVPress(retention=0.5, layer=2)(tiny_model("qwen2_5_vl")[0]).__enter__()
+
+
+def test_prepared_inputs_can_run_twice(tiny_model):
+    model, processor = tiny_model("qwen2_5_vl")
+    inputs = make_inputs(processor, [tiny_video(8)], "What happens?")
+    with torch.no_grad(), FastVPress(retention=0.6, layer=1)(model) as pressed:
+        kwargs = pressed.prepare(inputs)
+        with pressed.passthrough():
+            first = model(**kwargs).logits
+            second = model(**kwargs).logits
+        assert torch.equal(first, second) and pressed.last_report.layer_tokens[-1] < pressed.last_report.layer_tokens[0]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vidpress.models.vision_stats import VisionStatsRecorder
 from vidpress.types import Query, Selection, VideoTokens
 
 # Per-token model inputs that must be cut with the keep mask, with their padding value (None: pad token id).
@@ -111,6 +112,17 @@ class Adapter:
         """The LLM's decoder layers, in order."""
         return self.base.language_model.layers
 
+    # -- vision-encoder statistics (presses with `needs_vision_stats`, e.g. VisionZip) ----------------------------
+    def vision_attention(self, layer: int | None) -> torch.nn.Module:
+        """The self-attention module of vision-encoder block `layer` (Python indexing; None: the family's default,
+        the last block whose output the model uses)."""
+        raise ValueError(f"{self.family}: vidpress cannot record attention statistics in this model's vision encoder")
+
+    def vision_token_stats(self, recorder: VisionStatsRecorder, inputs: dict, layouts: list[VideoLayout]) -> list[dict]:
+        """Map what `recorder` saw (per encoder token) to each video's LLM tokens, one dict per layout:
+        "vision_attention" [T, M] (attention received) and "vision_keys" [T, M, d] (head-averaged keys)."""
+        raise ValueError(f"{self.family}: vidpress cannot map vision-encoder statistics to this model's video tokens")
+
     # -- shared mechanism ---------------------------------------------------------------------------------
     def has_video(self, inputs: dict) -> bool:
         outputs = inputs.get("mm_encoder_outputs") or {}
@@ -137,9 +149,8 @@ class Adapter:
         real = attention_mask.bool()
 
         with torch.no_grad():
-            video_output = self.encode("video", inputs)
+            video_output, layouts = self.encode_videos(press, inputs)
             image_output = self.encode("image", inputs) if _has_images(inputs) else None
-        layouts = self.video_layouts(video_output, inputs)
 
         # Feature rows fill the video placeholders in (batch, sequence) order.
         placeholder = (input_ids == self.video_token_id) & real
@@ -203,6 +214,29 @@ class Adapter:
         report.sequence_length = (L, gather.shape[1])
         return out, report
 
+    def encode_videos(self, press, inputs: dict) -> tuple[object, list[VideoLayout]]:
+        """`get_video_features` output and its VideoLayouts. For a press with `needs_vision_stats`, the encoder runs
+        with a recorder on one vision attention layer (`press.vision_layer`) and every video's VideoTokens get the
+        side features "vision_attention" [T, M] and "vision_keys" [T, M, d] (skipped at retention 1)."""
+        if not getattr(press, "needs_vision_stats", False) or press.retention >= 1.0:
+            output = self.encode("video", inputs)
+            return output, self.video_layouts(output, inputs)
+        if (inputs.get("mm_encoder_outputs") or {}).get("video") is not None:
+            raise ValueError(
+                f"{type(press).__name__} needs statistics recorded inside the vision encoder while it encodes the "
+                "video; pre-computed mm_encoder_outputs carry none: pass the pixel values (pixel_values_videos) instead"
+            )
+        with VisionStatsRecorder(self.vision_attention(getattr(press, "vision_layer", None))) as recorder:
+            output = self.encode("video", inputs)
+        layouts = self.video_layouts(output, inputs)
+        for layout, stats in zip(layouts, self.vision_token_stats(recorder, inputs, layouts), strict=True):
+            T, M = layout.tokens.num_frames, layout.tokens.tokens_per_frame
+            for name, value in stats.items():
+                if value.shape[:2] != (T, M):
+                    raise RuntimeError(f"vidpress: {self.family} gave {name} of shape {tuple(value.shape)} for a video of [{T}, {M}] tokens")
+            layout.tokens.side_features.update(stats)
+        return output, layouts
+
     def query(self, input_ids: torch.Tensor, real: torch.Tensor) -> Query:
         """The sample's text tokens (no visual placeholders, no padding) and their embeddings."""
         visual = input_ids == self.video_token_id
@@ -212,6 +246,14 @@ class Adapter:
         with torch.no_grad():
             embeddings = self.model.get_input_embeddings()(ids)
         return Query(token_ids=ids, embeddings=embeddings)
+
+
+def pick_block(blocks, layer: int, family: str):
+    """blocks[layer] with Python indexing, or a ValueError naming the valid range."""
+    n = len(blocks)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
+        raise ValueError(f"vision_layer must be an integer in [{-n}, {n - 1}] for this {family} vision encoder ({n} blocks); got {layer!r}")
+    return blocks[layer]
 
 
 def _has_images(inputs: dict) -> bool:

@@ -73,6 +73,8 @@ class LayerPruner:
             config._attn_implementation_internal = SCORING
             attention.config = config
             self._scoring_modules.append(attention)
+        # Every prefill starts from the full sequence again, also when the same inputs run twice.
+        self._handles.append(self.layers[0].register_forward_pre_hook(self._reset_hook, with_kwargs=True))
         for index in range(self.stages[0][0], len(self.layers)):
             self._handles.append(
                 self.layers[index].register_forward_pre_hook(self._layer_hook(index), with_kwargs=True)
@@ -103,12 +105,22 @@ class LayerPruner:
             self.token.view(-1)[positions] = selection.keep_indices.to(positions.device)
             offset += selection.num_kept + extra
         self.visual_full = (self.owner >= 0).sum(1)  # [B] frame tokens per sample before any stage
-        self.index = torch.arange(L, device=input_ids.device).expand(B, L)  # current sequence -> full positions
-        self.valid = valid
+        self.full_valid = valid
         self.left = not bool((~valid[:, -1]).any())
+        self._restart()
+
+    def _restart(self):
+        B, L = self.full_valid.shape
+        self.index = torch.arange(L, device=self.full_valid.device).expand(B, L)  # current sequence -> full positions
+        self.valid = self.full_valid
         self.stage_state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # stage layer -> (index, valid)
         self.layer_tokens = [int(self.visual_full.sum())] * len(self.layers)
         self.scores = None
+
+    def _reset_hook(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        if self.report is not None and (cache is None or cache.get_seq_length(0) == 0):
+            self._restart()
 
     def record(self, query: torch.Tensor, key: torch.Tensor, scaling: float):
         """Head-averaged attention of each row's last real token over the current keys -> self.scores [B, kv]."""

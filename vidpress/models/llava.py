@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-from vidpress.models.base import Adapter, VideoLayout
+from vidpress.models.base import Adapter, VideoLayout, pick_block
 from vidpress.types import VideoTokens
 
 
@@ -36,6 +37,72 @@ class LlavaVideoAdapter(Adapter):
         """Each video's rows [N_v, D] of the encoder output."""
         return list(output.pooler_output)
 
+    # -- vision-encoder statistics -------------------------------------------------------------------------
+    def vision_layers(self):
+        """The vision tower's encoder layers (SigLIP / CLIP: vision_model.encoder.layers[i].self_attn)."""
+        tower = self.base.vision_tower
+        layers = getattr(getattr(getattr(tower, "vision_model", tower), "encoder", None), "layers", None)
+        if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):
+            raise ValueError(
+                f"{self.family}: the vision tower {type(tower).__name__} has no encoder.layers[i].self_attn, so vidpress "
+                "cannot record its attention statistics"
+            )
+        return layers
+
+    def feature_select(self, inputs: dict) -> tuple[int | list[int], str]:
+        """(vision_feature_layer, vision_feature_select_strategy) of this call, as get_video_features resolves them."""
+        layer, strategy = inputs.get("vision_feature_layer"), inputs.get("vision_feature_select_strategy")
+        return (self.config.vision_feature_layer if layer is None else layer,
+                self.config.vision_feature_select_strategy if strategy is None else strategy)
+
+    def vision_attention(self, layer: int | None) -> torch.nn.Module:
+        layers = self.vision_layers()
+        if layer is None:
+            # The default: the block whose output the model reads. hidden_states[k] is the output of block k - 1
+            # (k = 0: the embeddings), so negative k names the same block as negative block indexing; of several
+            # feature layers, the deepest.
+            feature_layers = self.config.vision_feature_layer
+            feature_layers = [feature_layers] if isinstance(feature_layers, int) else list(feature_layers)
+            blocks = [k - 1 if k > 0 else len(layers) + k for k in feature_layers if k != 0]
+            if not blocks:
+                raise ValueError(
+                    f"{self.family}: vision_feature_layer={self.config.vision_feature_layer} reads the patch embeddings, "
+                    "which have no attention; pass vision_layer"
+                )
+            layer = max(blocks)
+        return pick_block(layers, layer, self.family).self_attn
+
+    def vision_token_stats(self, recorder, inputs: dict, layouts: list[VideoLayout]) -> list[dict]:
+        """Per-patch statistics of every frame -> that frame's LLM tokens: the [CLS] query's attention where the
+        model drops a [CLS] token ("default" strategy on a tower with a class embedding; VisionZip's rule), else the
+        mean attention each patch receives; the first token dropped as the "default" strategy drops it; then the
+        family's spatial pooling (`pool_stats`)."""
+        received, first_row, keys = recorder.stacked()  # [F, n], [F, n], [F, n, d], frames of all videos in order
+        _, strategy = self.feature_select(inputs)
+        tower = self.base.vision_tower
+        has_cls = hasattr(getattr(getattr(tower, "vision_model", tower), "embeddings", None), "class_embedding")
+        attention = first_row if strategy == "default" and has_cls else received
+        if strategy == "default":
+            attention, keys = attention[:, 1:], keys[:, 1:]
+        side = math.isqrt(attention.shape[1])
+        if side * side != attention.shape[1]:
+            raise ValueError(f"{self.family}: {attention.shape[1]} vision tokens per frame do not form a square grid")
+        stats = self.pool_stats(torch.cat([attention[..., None], keys], dim=-1).view(-1, side, side, 1 + keys.shape[-1]))
+        frames = sum(layout.tokens.num_frames for layout in layouts)
+        if stats.shape[0] != frames:
+            raise RuntimeError(f"vidpress: recorded {stats.shape[0]} frames in the vision encoder but the videos hold {frames}")
+        out, start = [], 0
+        for layout in layouts:
+            T, M = layout.tokens.num_frames, layout.tokens.tokens_per_frame
+            chunk = stats[start : start + T].reshape(T, M, -1)
+            out.append({"vision_attention": chunk[..., 0], "vision_keys": chunk[..., 1:]})
+            start += T
+        return out
+
+    def pool_stats(self, grid: torch.Tensor) -> torch.Tensor:
+        """Per-patch statistics [F, h, w, C] -> per-token [F, h', w', C], pooled as the model pools features."""
+        raise NotImplementedError
+
     def full_position_ids(self, inputs: dict, attention_mask: torch.Tensor, for_generate: bool) -> torch.Tensor:
         if for_generate:  # what generate builds: positions count real tokens only
             return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
@@ -59,6 +126,12 @@ class LlavaOnevisionAdapter(LlavaVideoAdapter):
         # the model flattens pooler_output [V, N, D] over (V, N); one row of all videos gives the same order
         return type(output)(pooler_output=torch.cat(kept_features)[None])
 
+    def pool_stats(self, grid: torch.Tensor) -> torch.Tensor:
+        # the model's apply_pooling: bilinear resize to ceil(h/2) x ceil(w/2)
+        h, w = grid.shape[1:3]
+        pooled = F.interpolate(grid.permute(0, 3, 1, 2), size=[math.ceil(h / 2), math.ceil(w / 2)], mode="bilinear")
+        return pooled.permute(0, 2, 3, 1)
+
 
 class LlavaNextVideoAdapter(LlavaVideoAdapter):
     """LLaVA-NeXT-Video: CLIP -> pooling resampler -> projector; no newline token."""
@@ -73,3 +146,9 @@ class LlavaNextVideoAdapter(LlavaVideoAdapter):
     def pack_videos(self, output, kept_rows, kept_features):
         # the model flattens each entry over its first two dims: give each video as [1, K_v, D]
         return type(output)(pooler_output=tuple(features[None] for features in kept_features))
+
+    def pool_stats(self, grid: torch.Tensor) -> torch.Tensor:
+        # the resampler pools stride x stride windows ("average" mode; "max" / "conv" also map each window to one
+        # token, whose statistics are taken as the window's mean)
+        stride = self.config.spatial_pool_stride
+        return F.avg_pool2d(grid.permute(0, 3, 1, 2), kernel_size=stride, stride=stride).permute(0, 2, 3, 1)

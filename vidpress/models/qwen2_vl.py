@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+from transformers.vision_utils import get_vision_window_index
 
-from vidpress.models.base import Adapter, VideoLayout
+from vidpress.models.base import Adapter, VideoLayout, pick_block
 from vidpress.types import VideoTokens
 
 
@@ -32,6 +33,44 @@ class Qwen2VLAdapter(Adapter):
 
     def pack_videos(self, output, kept_rows, kept_features):
         return type(output)(pooler_output=tuple(kept_features))
+
+    def vision_attention(self, layer: int | None) -> torch.nn.Module:
+        # the merger reads the last block's output
+        return pick_block(self.base.visual.blocks, -1 if layer is None else layer, self.family).attn
+
+    def vision_token_stats(self, recorder, inputs: dict, layouts: list[VideoLayout]) -> list[dict]:
+        """Per-patch statistics -> merged tokens: the vision attention runs per frame (non-flash implementations
+        get one call per cu_seqlens chunk) over patches in the processor's order, where every spatial_merge_size^2
+        consecutive patches form one merged token; a merged token gets their mean. Qwen2.5-VL first permutes merged
+        units into attention windows (`get_window_index`): undone here, as the model undoes it after its merger."""
+        received, _, keys = recorder.packed()
+        grids = inputs["video_grid_thw"]
+        unit = self.merge**2
+        if received.numel() != int(grids.prod(-1).sum()):
+            raise RuntimeError(
+                f"vidpress: recorded {received.numel()} vision tokens but the videos hold {int(grids.prod(-1).sum())} patches"
+            )
+        received = received.view(-1, unit).mean(1)
+        keys = keys.view(-1, unit, keys.shape[-1]).mean(1)
+        order = self.merged_unit_order(grids)
+        if order is not None:  # encoder order -> (t, h, w) raster order
+            raster = torch.argsort(order.to(received.device))
+            received, keys = received[raster], keys[raster]
+        stats, start = [], 0
+        for layout in layouts:
+            T, M = layout.tokens.num_frames, layout.tokens.tokens_per_frame
+            stats.append({"vision_attention": received[start : start + T * M].view(T, M),
+                          "vision_keys": keys[start : start + T * M].view(T, M, -1)})
+            start += T * M
+        return stats
+
+    def merged_unit_order(self, grids: torch.Tensor) -> torch.Tensor | None:
+        """Raster index of each merged unit in the encoder's block order (None: the raster order itself)."""
+        vision = self.config.vision_config
+        if self.config.model_type != "qwen2_5_vl":
+            return None
+        order, _ = get_vision_window_index(grids, vision.spatial_merge_size, vision.window_size, vision.patch_size)
+        return order
 
     def mm_token_type_ids(self, inputs: dict) -> torch.Tensor:
         if inputs.get("mm_token_type_ids") is not None:
