@@ -97,6 +97,26 @@ def keep_top_per_frame(scores: torch.Tensor, frame_budgets: torch.Tensor) -> tor
     return keep.flatten().nonzero().squeeze(1)
 
 
+def average_into_kept(features: torch.Tensor, keep: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Merged features of the kept tokens: each the mean of itself and every token merged into it.
+
+    features [N, D]; keep sorted LongTensor [K]; target LongTensor [N], the kept token (a flat index in `keep`) that
+    each token goes to (kept tokens point to themselves). Returns [K, D] in the features' dtype. Computed as
+    kept + mean of (merged - kept), so identical tokens merge to exactly their own value.
+    """
+    N = features.shape[0]
+    slot = torch.full((N,), -1, dtype=torch.long, device=features.device)
+    slot[keep] = torch.arange(keep.numel(), device=features.device)
+    kept = features[keep].float()
+    dropped = (slot < 0).nonzero().squeeze(1)
+    if dropped.numel() == 0:
+        return features[keep]
+    into = slot[target[dropped]]
+    counts = torch.bincount(into, minlength=keep.numel()).to(kept.dtype) + 1  # +1: the kept token itself
+    deltas = torch.zeros_like(kept).index_add_(0, into, features[dropped].float() - kept[into])
+    return (kept + deltas / counts[:, None]).to(features.dtype)
+
+
 def keep_top(scores: torch.Tensor, budget: int) -> torch.Tensor:
     """Keep the `budget` highest-scoring tokens of the whole video. scores [T, M] -> sorted indices [budget]."""
     flat = scores.flatten()

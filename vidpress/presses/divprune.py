@@ -19,6 +19,8 @@ from vidpress.types import Query, Selection, VideoTokens
 _ROWS_PER_BLOCK = 1024
 # Picks folded into the running min-distance vector at once (one [N, D] x [D, 64] product instead of 64 [N] updates).
 _PICKS_PER_FOLD = 64
+# Most stale candidates brought up to date before folding instead.
+_MAX_CANDIDATES = 1024
 
 
 @dataclass
@@ -31,10 +33,11 @@ class DivPrunePress(Press):
          argmax_{i not kept} min_{j kept} d(i, j). Ties go to the lower index.
     Effective retention: exactly round(R * T * M) / (T * M). Kept tokens keep their features (no merging).
 
-    Cost: step 1 needs every pair once (N^2 D / 2 multiply-adds, in blocks of rows); step 2 keeps a running [N]
-    min-distance vector, refreshed every 64 picks by one matrix product with the new picks; in between, only the few
-    best candidates are brought up to date (their distances can only shrink, so a candidate whose exact value beats
-    every other candidate's stale upper bound is the exact argmax). Memory stays O(N * 1024), never [N, N].
+    Cost: step 1 needs every pair once (N^2 D / 2 multiply-adds, in blocks of 1024 rows); step 2 keeps a running [N]
+    min-distance vector, updated by one matrix product with the newest picks every 64 picks; in between, only the
+    best few candidates are brought up to date (min distances only shrink, so a candidate whose exact value beats
+    every other candidate's stale upper bound is the exact argmax; when none does, the update is made early).
+    Memory stays O(1024 N), never [N, N].
 
     Args:
         retention: R, fraction of video tokens kept.
@@ -81,23 +84,25 @@ def greedy_max_min(x: torch.Tensor, budget: int) -> list[int]:
     min_dist[first] = -float("inf")
     pending: list[int] = []  # picks not yet folded into min_dist
     while len(picks) < budget:
-        pick = _best_candidate(x, min_dist, pending, N - len(picks))
+        pick = _best_candidate(x, min_dist, pending, N - len(picks)) if pending else int(torch.argmax(min_dist))
+        if pick is None or len(pending) == _PICKS_PER_FOLD:
+            # too stale to decide from a few candidates, or due: fold the pending picks into min_dist
+            min_dist = torch.minimum(min_dist, 1 - (x @ x[pending].T).amax(dim=1))
+            pending = []
+            if pick is None:
+                pick = int(torch.argmax(min_dist))
         picks.append(pick)
         pending.append(pick)
         min_dist[pick] = -float("inf")
-        if len(pending) == _PICKS_PER_FOLD:
-            min_dist = torch.minimum(min_dist, 1 - (x @ x[pending].T).amax(dim=1))
-            pending = []
     return picks
 
 
-def _best_candidate(x: torch.Tensor, min_dist: torch.Tensor, pending: list[int], available: int) -> int:
-    """argmax over not-kept tokens of min(min_dist, distance to the pending picks), lowest index on ties."""
-    if not pending:
-        return int(torch.argmax(min_dist))
+def _best_candidate(x: torch.Tensor, min_dist: torch.Tensor, pending: list[int], available: int) -> int | None:
+    """argmax over not-kept tokens of min(min_dist, distance to the pending picks), lowest index on ties, found among
+    the few best stale candidates; None when that does not settle it (then folding the pending picks is cheaper)."""
     recent = x[pending]  # [P, D]
     width = 16
-    while width < available:
+    while width < min(available, _MAX_CANDIDATES):
         stale, idx = torch.topk(min_dist, width + 1)  # stale upper bounds, best first
         exact = torch.minimum(stale[:width], 1 - (x[idx[:width]] @ recent.T).amax(dim=1))
         top = exact.max()
@@ -106,5 +111,4 @@ def _best_candidate(x: torch.Tensor, min_dist: torch.Tensor, pending: list[int],
         if bool(top > stale[width]):
             return int(idx[:width][exact == top].min())
         width *= 4
-    exact = torch.minimum(min_dist, 1 - (x @ recent.T).amax(dim=1))
-    return int(torch.argmax(exact))
+    return None

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, token_budget
-from vidpress.presses.dycoke import average_into_kept
+from vidpress.presses.base import Press, average_into_kept, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
-# Rows per block in the pairwise passes: [ROWS, C] distances at a time.
+# Entries per block in the pairwise passes (rows = this // columns): at most 64 MB of float32 at a time.
 _BLOCK_ELEMENTS = 1 << 24
 
 
