@@ -38,15 +38,16 @@ class EncodedBatch:
     video_output: object
 
 
-def encode(model, processor, examples, batch_size: int, progress: bool = True) -> list[EncodedBatch]:
-    """Run the processor and the vision encoder once per batch; pixels are dropped afterwards."""
+def encode(model, processor, examples, batch_size: int, progress: bool = True, vision_stats: bool = False) -> list[EncodedBatch]:
+    """Run the processor and the vision encoder once per batch; pixels are dropped afterwards. With `vision_stats`,
+    the default vision layer's attention statistics are recorded too (presses with `needs_vision_stats`)."""
     adapter = get_adapter(model)
     batches = []
     for start in tqdm(range(0, len(examples), batch_size), desc="encoding videos", disable=not progress):
         chunk = examples[start : start + batch_size]
         inputs = dict(example_inputs(processor, chunk).to(model.device))
         with torch.no_grad():
-            output = adapter.encode("video", inputs)
+            output = adapter.encode_with_vision_stats(inputs) if vision_stats else adapter.encode("video", inputs)
         batches.append(EncodedBatch(chunk, {k: v for k, v in inputs.items() if k not in PIXEL_INPUTS}, output))
     return batches
 
@@ -130,7 +131,8 @@ def run_bench(model, processor, examples, press_names, retentions, batch_size: i
         if name not in press_registry.available():
             raise ValueError(f"unknown press {name!r}; available presses: {', '.join(press_registry.available())}")
     letter_ids = letter_token_ids(processor)
-    batches = encode(model, processor, examples, batch_size, progress)
+    vision_stats = any(getattr(press_registry.PRESSES[name], "needs_vision_stats", False) for name in press_names)
+    batches = encode(model, processor, examples, batch_size, progress, vision_stats)
     configs = [(FULL, 1.0)] + [(name, r) for name in press_names for r in retentions]
     rows = []
     for name, retention in tqdm(configs, desc="presses x retentions", disable=not progress):

@@ -56,7 +56,10 @@ def time_prefill(model, inputs: dict, press, repeats: int = 3) -> PrefillTiming:
     adapter = get_adapter(model)
     inputs = dict(inputs)
     vision_ms = median_ms(lambda: adapter.encode("video", inputs), repeats)
-    encoded = {"video": adapter.encode("video", inputs)}
+    if getattr(press, "needs_vision_stats", False) and press.retention < 1.0:  # e.g. VisionZip
+        encoded = {"video": adapter.encode_with_vision_stats(inputs, press.vision_layer)}
+    else:
+        encoded = {"video": adapter.encode("video", inputs)}
     if inputs.get("pixel_values") is not None:
         encoded["image"] = adapter.encode("image", inputs)
     full = {k: v for k, v in inputs.items() if k not in PIXEL_INPUTS}

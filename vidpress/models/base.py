@@ -215,27 +215,45 @@ class Adapter:
         return out, report
 
     def encode_videos(self, press, inputs: dict) -> tuple[object, list[VideoLayout]]:
-        """`get_video_features` output and its VideoLayouts. For a press with `needs_vision_stats`, the encoder runs
-        with a recorder on one vision attention layer (`press.vision_layer`) and every video's VideoTokens get the
-        side features "vision_attention" [T, M] and "vision_keys" [T, M, d] (skipped at retention 1)."""
+        """`get_video_features` output and its VideoLayouts. For a press with `needs_vision_stats` (below retention
+        1), every video's VideoTokens also get the side features "vision_attention" [T, M] and "vision_keys"
+        [T, M, d] of vision block `press.vision_layer`: recorded while the encoder runs (`encode_with_vision_stats`),
+        or taken from pre-computed `mm_encoder_outputs["video"]` that this method produced."""
         if not getattr(press, "needs_vision_stats", False) or press.retention >= 1.0:
             output = self.encode("video", inputs)
             return output, self.video_layouts(output, inputs)
-        if (inputs.get("mm_encoder_outputs") or {}).get("video") is not None:
+        layer = getattr(press, "vision_layer", None)
+        output = (inputs.get("mm_encoder_outputs") or {}).get("video")
+        if output is None:
+            output = self.encode_with_vision_stats(inputs, layer)
+        elif layer not in getattr(output, "vidpress_vision_stats", {}):
             raise ValueError(
-                f"{type(press).__name__} needs statistics recorded inside the vision encoder while it encodes the "
-                "video; pre-computed mm_encoder_outputs carry none: pass the pixel values (pixel_values_videos) instead"
+                f"{type(press).__name__} needs statistics recorded inside the vision encoder (block {'default' if layer is None else layer}) while it "
+                "encodes the video, and these pre-computed mm_encoder_outputs carry none: pass the pixel values, or "
+                "encode with get_adapter(model).encode_with_vision_stats(inputs, vision_layer)"
             )
-        with VisionStatsRecorder(self.vision_attention(getattr(press, "vision_layer", None))) as recorder:
-            output = self.encode("video", inputs)
         layouts = self.video_layouts(output, inputs)
-        for layout, stats in zip(layouts, self.vision_token_stats(recorder, inputs, layouts), strict=True):
-            T, M = layout.tokens.num_frames, layout.tokens.tokens_per_frame
-            for name, value in stats.items():
-                if value.shape[:2] != (T, M):
-                    raise RuntimeError(f"vidpress: {self.family} gave {name} of shape {tuple(value.shape)} for a video of [{T}, {M}] tokens")
+        for layout, stats in zip(layouts, output.vidpress_vision_stats[layer], strict=True):
             layout.tokens.side_features.update(stats)
         return output, layouts
+
+    def encode_with_vision_stats(self, inputs: dict, layer: int | None = None):
+        """Run the model's own `get_video_features` with a `VisionStatsRecorder` on vision block `layer` (None: the
+        family's default) and return its output with `vidpress_vision_stats[layer]` attached: per video, the
+        side features "vision_attention" [T, M] and "vision_keys" [T, M, d]. The output can be passed as
+        pre-computed `mm_encoder_outputs["video"]` to presses that need these statistics."""
+        inputs = {k: v for k, v in inputs.items() if k != "mm_encoder_outputs"}
+        with torch.no_grad(), VisionStatsRecorder(self.vision_attention(layer)) as recorder:
+            output = self.encode("video", inputs)
+        layouts = self.video_layouts(output, inputs)
+        stats = self.vision_token_stats(recorder, inputs, layouts)
+        for layout, video_stats in zip(layouts, stats, strict=True):
+            T, M = layout.tokens.num_frames, layout.tokens.tokens_per_frame
+            for name, value in video_stats.items():
+                if value.shape[:2] != (T, M):
+                    raise RuntimeError(f"vidpress: {self.family} gave {name} of shape {tuple(value.shape)} for a video of [{T}, {M}] tokens")
+        output.vidpress_vision_stats = {**getattr(output, "vidpress_vision_stats", {}), layer: stats}
+        return output
 
     def query(self, input_ids: torch.Tensor, real: torch.Tensor) -> Query:
         """The sample's text tokens (no visual placeholders, no padding) and their embeddings."""

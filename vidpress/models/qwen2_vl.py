@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from transformers.vision_utils import get_vision_window_index
 
 from vidpress.models.base import Adapter, VideoLayout, pick_block
 from vidpress.types import VideoTokens
@@ -66,11 +65,15 @@ class Qwen2VLAdapter(Adapter):
 
     def merged_unit_order(self, grids: torch.Tensor) -> torch.Tensor | None:
         """Raster index of each merged unit in the encoder's block order (None: the raster order itself)."""
-        vision = self.config.vision_config
         if self.config.model_type != "qwen2_5_vl":
             return None
-        order, _ = get_vision_window_index(grids, vision.spatial_merge_size, vision.window_size, vision.patch_size)
-        return order
+        visual = self.base.visual
+        if hasattr(visual, "get_window_index"):  # transformers before the vision_utils helpers
+            return visual.get_window_index(grids)[0]
+        from transformers.vision_utils import get_vision_window_index
+
+        vision = self.config.vision_config
+        return get_vision_window_index(grids, vision.spatial_merge_size, vision.window_size, vision.patch_size)[0]
 
     def mm_token_type_ids(self, inputs: dict) -> torch.Tensor:
         if inputs.get("mm_token_type_ids") is not None:

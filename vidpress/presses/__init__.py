@@ -11,6 +11,7 @@ from vidpress.presses.pdrop import PDropPress
 from vidpress.presses.random import RandomPress
 from vidpress.presses.uniform import UniformPress
 from vidpress.presses.vidcom2 import VidCom2Press
+from vidpress.presses.visionzip import VisionZipPress
 
 # One line per press: the name users type -> the class.
 PRESSES: dict[str, type[Press]] = {
@@ -22,6 +23,7 @@ PRESSES: dict[str, type[Press]] = {
     "divprune": DivPrunePress,
     "dycoke": DyCokePress,
     "fastvid": FastVIDPress,
+    "visionzip": VisionZipPress,
 }
 
 
@@ -38,4 +40,4 @@ def get(name: str, **knobs) -> Press:
     return PRESSES[key](**knobs)
 
 
-__all__ = ["PRESSES", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "PDropPress", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "available", "get"]
+__all__ = ["PRESSES", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "PDropPress", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get"]
