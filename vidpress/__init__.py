@@ -10,8 +10,24 @@ from vidpress._compat import ensure_torchvision_importable
 ensure_torchvision_importable()
 
 from vidpress import presses  # noqa: E402
-from vidpress.presses import Press, RandomPress, ScorePress, UniformPress, VidCom2Press  # noqa: E402
+from vidpress.presses import (  # noqa: E402
+    DivPrunePress,
+    DyCokePress,
+    FastVIDPress,
+    FastVPress,
+    LayerPress,
+    PDropPress,
+    Press,
+    RandomPress,
+    ScorePress,
+    UniformPress,
+    VidCom2Press,
+    VisionZipPress,
+)
 from vidpress.types import Query, Selection, VideoTokens  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Press", "Query", "RandomPress", "ScorePress", "Selection", "UniformPress", "VidCom2Press", "VideoTokens", "presses"]
+__all__ = [
+    "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "PDropPress", "Press", "Query",
+    "RandomPress", "ScorePress", "Selection", "UniformPress", "VidCom2Press", "VideoTokens", "VisionZipPress", "presses",
+]
