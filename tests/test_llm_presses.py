@@ -66,7 +66,7 @@ def test_batched_equals_per_sample_and_model_restored(tiny_model, family, name):
                 assert torch.allclose(a[0], b[i], atol=1e-5, rtol=0)
         assert torch.equal(model(**single_inputs).logits, ref)
     for layer in get_adapter(model).text_layers():
-        assert not layer._forward_pre_hooks and not hasattr(layer.self_attn, "_vidpress_pruner")
+        assert not layer._forward_pre_hooks and not hasattr(layer.self_attn, "_vidpress_owner")
         assert layer.self_attn.config is model.config.get_text_config()
 
 

@@ -108,7 +108,7 @@ def test_every_family_identity_budget_and_restored(tiny_model, family):
             assert selection.features is not None and selection.features.shape[0] == selection.num_kept
         assert torch.equal(model(**inputs).logits, ref)
     assert [a.config for a in attentions] == configs and all(a.config is c for a, c in zip(attentions, configs))
-    assert not any(hasattr(a, "_vidpress_recorder") for a in attentions)
+    assert not any(hasattr(a, "_vidpress_owner") for a in attentions)
     assert hook_count(model) == hooks
 
 
@@ -171,7 +171,7 @@ def test_recorder_restores_the_module_on_exceptions(tiny_model):
     with pytest.raises(KeyError), VisionStatsRecorder(attention):
         assert attention.config is not config
         raise KeyError
-    assert attention.config is config and not hasattr(attention, "_vidpress_recorder")
+    assert attention.config is config and not hasattr(attention, "_vidpress_owner")
 
 
 # --- the recorder's mapping against direct computations ------------------------------------------------------

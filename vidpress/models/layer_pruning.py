@@ -14,13 +14,10 @@ Hooks, all removed on exit, do the work without touching transformers' files:
 
 from __future__ import annotations
 
-import copy
-import sys
-
 import torch
 from transformers import AttentionInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from vidpress.models.attention import AttentionRoute, own_attention
 from vidpress.models.base import PressReport, _repad_index
 from vidpress.types import Selection
 
@@ -29,16 +26,11 @@ SCORING = "vidpress_scoring"
 
 def _scoring_attention(module, query, key, value, attention_mask, **kwargs):
     """The model's own attention, plus the last prompt token's attention row recorded for ranking tokens."""
-    pruner = module._vidpress_pruner
-    own = ALL_ATTENTION_FUNCTIONS.get_interface(pruner.attn_implementation, _eager_of(module))
-    output = own(module, query, key, value, attention_mask, **kwargs)
+    pruner = module._vidpress_owner
+    output = own_attention(module, pruner.attn_implementation)(module, query, key, value, attention_mask, **kwargs)
     if query.shape[2] > 1:  # prefill only; decoding steps are not ranked
         pruner.record(query, key, kwargs.get("scaling", query.shape[-1] ** -0.5))
     return output
-
-
-def _eager_of(module):
-    return sys.modules[type(module).__module__].eager_attention_forward
 
 
 AttentionInterface.register(SCORING, _scoring_attention)
@@ -60,19 +52,15 @@ class LayerPruner:
                 f"{num_layers - 1} only" + (" (its DeepStack features enter the first layers)" if adapter.min_prune_layer > 1 else "")
             )
         self.attn_implementation = adapter.config.get_text_config()._attn_implementation
-        self._handles, self._scoring_modules = [], []
+        self._handles, self._routes = [], []
         self.report: PressReport | None = None
 
     # -- install / remove ----------------------------------------------------------------------------------
     def install(self):
         for stage_layer, _ in self.stages:
-            attention = self.layers[stage_layer - 1].self_attn
-            attention._vidpress_pruner = self
-            attention._vidpress_config = attention.config
-            config = copy.copy(attention.config)
-            config._attn_implementation_internal = SCORING
-            attention.config = config
-            self._scoring_modules.append(attention)
+            route = AttentionRoute(self.layers[stage_layer - 1].self_attn, SCORING, self)
+            route.install()
+            self._routes.append(route)
         # Every prefill starts from the full sequence again, also when the same inputs run twice.
         self._handles.append(self.layers[0].register_forward_pre_hook(self._reset_hook, with_kwargs=True))
         for index in range(self.stages[0][0], len(self.layers)):
@@ -83,10 +71,9 @@ class LayerPruner:
     def remove(self):
         for handle in self._handles:
             handle.remove()
-        for attention in self._scoring_modules:
-            attention.config = attention._vidpress_config
-            del attention._vidpress_config, attention._vidpress_pruner
-        self._handles, self._scoring_modules = [], []
+        for route in self._routes:
+            route.remove()
+        self._handles, self._routes = [], []
 
     # -- per call --------------------------------------------------------------------------------------------
     def begin(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, report: PressReport):

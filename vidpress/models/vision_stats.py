@@ -16,12 +16,10 @@ tokens the LLM sees (`Adapter.vision_token_stats`).
 
 from __future__ import annotations
 
-import copy
-import sys
-
 import torch
 from transformers import AttentionInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from vidpress.models.attention import AttentionRoute, own_attention
 
 VISION_STATS = "vidpress_vision_stats"
 
@@ -32,15 +30,10 @@ _BLOCK_ELEMENTS = 1 << 25
 
 def _stats_attention(module, query, key, value, attention_mask, **kwargs):
     """The model's own attention, plus the per-key statistics of `VisionStatsRecorder` recorded on the side."""
-    recorder = module._vidpress_recorder
-    own = ALL_ATTENTION_FUNCTIONS.get_interface(recorder.attn_implementation, _eager_of(module))
-    output = own(module, query, key, value, attention_mask, **kwargs)
+    recorder = module._vidpress_owner
+    output = own_attention(module, recorder.attn_implementation)(module, query, key, value, attention_mask, **kwargs)
     recorder.record(query, key, attention_mask, output[1], kwargs)
     return output
-
-
-def _eager_of(module):
-    return sys.modules[type(module).__module__].eager_attention_forward
 
 
 AttentionInterface.register(VISION_STATS, _stats_attention)
@@ -55,25 +48,18 @@ class VisionStatsRecorder:
 
     def __init__(self, attention: torch.nn.Module):
         self.attention = attention
-        self.attn_implementation = attention.config._attn_implementation
+        self.route = AttentionRoute(attention, VISION_STATS, self)
+        self.attn_implementation = self.route.implementation
         self.received: list[torch.Tensor] = []
         self.first_row: list[torch.Tensor] = []
         self.keys: list[torch.Tensor] = []
 
     def __enter__(self) -> VisionStatsRecorder:
-        module = self.attention
-        if hasattr(module, "_vidpress_recorder"):
-            raise RuntimeError("vidpress: a vision-statistics recorder is already installed on this attention module")
-        self._config = module.config
-        config = copy.copy(module.config)
-        config._attn_implementation_internal = VISION_STATS
-        module.config = config
-        module._vidpress_recorder = self
+        self.route.install()
         return self
 
     def __exit__(self, *exc):
-        self.attention.config = self._config
-        del self.attention._vidpress_recorder
+        self.route.remove()
         return False
 
     # -- recording ---------------------------------------------------------------------------------------------
