@@ -132,6 +132,93 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from vidpress import presses
+    from vidpress.evaluation import benchmarks, runner
+    from vidpress.types import check_retention
+
+    benchmark = benchmarks.get(args.bench)
+    press = None if args.press == "none" else presses.get(args.press, retention=check_retention(args.retention))
+    for name in ("num_frames", "max_new_tokens", "limit"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    samples = benchmark.load(Path(args.data), skip_missing=args.skip_missing)[: args.limit]
+    if not samples:
+        raise ValueError(f"--data {args.data}: no {args.bench} question has its video there")
+    shard = runner.Shard(args.device)
+    model, processor = load_model(args.model, args.attn, shard.device or args.device, args.dtype)
+    retention = 1.0 if press is None else args.retention
+    settings = {"benchmark": args.bench, "model": str(Path(args.model).resolve()), "press": args.press,
+                "retention": retention, "num_frames": args.num_frames, "max_new_tokens": args.max_new_tokens,
+                "dtype": args.dtype, "attn": args.attn}
+    out = Path(args.out or f"eval-results/{args.bench}/{Path(args.model).name}-{args.press}-{retention:g}-{args.num_frames}f")
+    if shard.is_main:
+        print(f"{args.bench}: {len(samples)} questions from {args.data}; press {args.press}"
+              f"{'' if press is None else f' at retention {retention:g}'}; {args.num_frames} frames; "
+              f"{shard.world} process(es); results in {out}")
+    summary = runner.run(model, processor, benchmark, samples, press, out, settings, shard,
+                         num_frames=args.num_frames, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
+    if summary is not None:
+        print(runner.format_summary(summary))
+        print(f"wrote {out / 'results.json'} (per-question answers in {out / 'samples'})")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    import json
+
+    import torch
+
+    from vidpress import presses, video
+    from vidpress.evaluation import checkpoints
+    from vidpress.evaluation.profiler import format_profile, profile
+    from vidpress.testing import make_inputs, tiny_video
+    from vidpress.types import check_retention
+
+    press = presses.get(args.press, retention=check_retention(args.retention))
+    for name in ("frames", "resolution", "repeats", "decode_tokens"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
+    if args.model and (args.layers is not None or args.vision_layers is not None):
+        raise ValueError("--layers / --vision-layers scale a --config's random model; they do not apply to --model")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    if args.model:
+        model, processor = load_model(args.model, args.attn, args.device, args.dtype)
+        described = f"model {args.model}"
+    else:
+        print(f"building a random-weight {args.config} ...", flush=True)
+        model, processor = checkpoints.build(args.config, layers=args.layers, vision_layers=args.vision_layers,
+                                             dtype=dtype, device=args.device, attn_implementation=args.attn)
+        text, vision = model.config.get_text_config(), model.config.vision_config
+        depth = getattr(vision, "depth", None) or vision.num_hidden_layers
+        described = (f"random-weight {args.config}: {text.num_hidden_layers} decoder layers, {depth} vision blocks, "
+                     f"{sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters")
+    if args.video:
+        decoded = video.load(args.video, num_frames=args.frames)
+        inputs = build_inputs(processor, decoded, args.question)
+        source = f"{args.video}: {args.frames} frames of {decoded.frames.shape[2]}x{decoded.frames.shape[1]}"
+    else:
+        # Synthetic frames (moving squares) of --resolution px squared go through the real processor.
+        frames = tiny_video(args.frames, args.resolution, args.resolution)
+        inputs = make_inputs(processor, [frames], args.question)
+        source = f"synthetic video: {args.frames} frames of {args.resolution}x{args.resolution}"
+    print(f"{described}\n{source}; press {args.press} at retention {args.retention:g}; {args.device}, {args.dtype}, "
+          f"{args.attn} attention, {torch.get_num_threads()} threads", flush=True)
+    result = profile(model, inputs, press, repeats=args.repeats, decode_tokens=args.decode_tokens, progress=not args.quiet)
+    print(format_profile(result))
+    if args.json:
+        setup = {"config": None if args.model else args.config, "model": args.model, "layers": args.layers,
+                 "vision_layers": args.vision_layers, "frames": args.frames, "resolution": None if args.video else args.resolution,
+                 "video": args.video, "press": args.press, "retention": args.retention, "device": str(model.device),
+                 "dtype": args.dtype, "attn": args.attn, "repeats": args.repeats, "threads": torch.get_num_threads()}
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_json(setup), indent=2))
+        print(f"wrote {path}")
+    return 0
+
+
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -182,6 +269,63 @@ def parser() -> argparse.ArgumentParser:
     _video_press_options(inspect, "the shipped reference model")
     inspect.add_argument("--out", default="inspect.png", help="PNG path (default: %(default)s)")
     inspect.set_defaults(run=cmd_inspect)
+
+    from vidpress import presses
+    from vidpress.evaluation.benchmarks import BENCHMARKS
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="score a pressed model on a video-QA benchmark read from a local folder",
+        description="Answer the multiple-choice questions of MVBench, Video-MME, MLVU or LongVideoBench with a "
+        "press applied, using each benchmark's published annotation layout, frame sampling, prompt and answer "
+        "scoring; print accuracy overall and per category. Every answer is saved as it is produced, so a rerun "
+        "with the same --out resumes. Shard over processes with `accelerate launch -m vidpress eval ...`.",
+    )
+    evaluate.add_argument("--model", required=True, help="local model directory (from save_pretrained)")
+    evaluate.add_argument("--bench", required=True, choices=list(BENCHMARKS), help="benchmark")
+    evaluate.add_argument("--data", required=True, help="the benchmark's local folder, in its published layout")
+    evaluate.add_argument("--press", default="vidcom2", choices=["none", *presses.available()],
+                          help="press name, or none for all tokens (default: %(default)s)")
+    evaluate.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    evaluate.add_argument("--num-frames", type=int, default=16, help="frames sampled per video (default: %(default)s)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: %(default)s)")
+    evaluate.add_argument("--limit", type=int, help="evaluate only the first N questions")
+    evaluate.add_argument("--skip-missing", action="store_true", help="skip questions whose video (or task file) is missing")
+    evaluate.add_argument("--out", help="results folder (default: eval-results/<bench>/<model>-<press>-<retention>-<frames>f)")
+    evaluate.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
+    evaluate.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
+    evaluate.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"], help="attention implementation")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(run=cmd_eval)
+
+    from vidpress.evaluation.checkpoints import NAMES
+
+    prof = sub.add_parser(
+        "profile",
+        help="measure what a press saves: per-stage time, memory, tokens and FLOPs",
+        description="Time the vision encoder, the press, the LLM prefill and decoding, and measure peak memory, "
+        "visual tokens, sequence length and FLOPs, with all tokens and with the press, for one video. Without "
+        "--model it builds a random-weight model from a real checkpoint's published config (--config), optionally "
+        "with fewer layers, and feeds it synthetic frames through the real processor.",
+    )
+    prof.add_argument("--config", default="tiny", choices=list(NAMES), help="published architecture to build with random weights (default: %(default)s)")
+    prof.add_argument("--model", help="a local model directory instead of --config")
+    prof.add_argument("--layers", type=int, help="LLM decoder layers to keep (default: all, as published)")
+    prof.add_argument("--vision-layers", type=int, help="vision encoder blocks to keep (default: all, as published)")
+    prof.add_argument("--frames", type=int, default=16, help="video frames (default: %(default)s)")
+    prof.add_argument("--resolution", type=int, default=448, help="side of the square synthetic frames in px, before the processor's resizing (default: %(default)s)")
+    prof.add_argument("--video", help="profile on this video file instead of synthetic frames")
+    prof.add_argument("--question", default="What happens in this video?", help="the prompt's question")
+    prof.add_argument("--press", default="vidcom2", choices=presses.available(), help="press name (default: %(default)s)")
+    prof.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    prof.add_argument("--repeats", type=int, default=3, help="timed runs per stage, after one warm-up (default: %(default)s)")
+    prof.add_argument("--decode-tokens", type=int, default=16, help="tokens generated to time decoding (default: %(default)s)")
+    prof.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
+    prof.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: %(default)s)")
+    prof.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"], help="attention implementation")
+    prof.add_argument("--json", help="write {\"full\": {...}, \"pressed\": {...}} to this file")
+    prof.add_argument("--quiet", action="store_true", help="no progress bar")
+    prof.set_defaults(run=cmd_profile)
     return top
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,8 @@ class Benchmark:
         raise NotImplementedError
 
     def frame_indices(self, sample: Sample, total_frames: int, fps: float, num_frames: int) -> np.ndarray:
-        """Sorted, distinct indices (int64 [T], T <= num_frames) of the frames to decode."""
+        """Sorted indices (int64 [T], T <= num_frames) of the frames to decode; a rule may repeat a frame (a clip
+        shorter than `num_frames` frames), and the frame is then given that many times, as the authors do."""
         raise NotImplementedError
 
     def prompt(self, sample: Sample) -> str:
@@ -113,8 +115,9 @@ def _accuracy(records: list[dict]) -> float:
     return sum(bool(r["correct"]) for r in records) / len(records) if records else float("nan")
 
 
-def decode_indices(path: Path, choose) -> DecodedVideo:
-    """Decode the frames `choose(total_frames, fps)` picks from a video file or a folder of numbered JPEGs."""
+def decode_indices(path: Path, choose: Callable[[int, float], np.ndarray]) -> DecodedVideo:
+    """Decode the frames `choose(total_frames, fps)` picks (sorted int64 [T], repeats allowed) from a video file
+    or a folder of numbered JPEGs. VideoDecodeError naming the file when it cannot be read."""
     path = Path(path)
     if path.is_dir():
         return _decode_frame_folder(path, choose)
@@ -126,12 +129,14 @@ def decode_indices(path: Path, choose) -> DecodedVideo:
     fps, total = _probe_pyav(str(path))
     if total == 0:
         raise VideoDecodeError(f"{path}: the video stream has no frames")
-    indices = choose(total, fps)
-    frames, timestamps, _ = _decode_pyav(str(path), indices, total, fps)
+    # The decoder keeps each wanted frame once; repeated indices are filled in afterwards.
+    unique, repeat = np.unique(choose(total, fps), return_inverse=True)
+    frames, timestamps, _ = _decode_pyav(str(path), unique, total, fps)
+    repeat = repeat[repeat < len(frames)]  # frames past the end of a stream shorter than listed are dropped
     return DecodedVideo(
-        frames=frames,
-        frame_indices=indices[: len(frames)].tolist(),
-        timestamps=[float(t) for t in timestamps],
+        frames=frames[repeat],
+        frame_indices=unique[repeat].tolist(),
+        timestamps=[float(timestamps[i]) for i in repeat],
         fps=fps,
         total_frames=total,
         duration=total / fps,
@@ -184,7 +189,7 @@ def segment_middles(total_frames: int, fps: float, num_frames: int, clip=None, f
         start, end = first_index, last
     segment = (end - start) / num_frames
     indices = np.array([int(start + segment / 2 + np.round(segment * i)) for i in range(num_frames)]) - first_index
-    return np.unique(np.clip(indices, 0, total_frames - 1))
+    return np.clip(indices, 0, total_frames - 1)
 
 
 def _check_root(root: Path, name: str) -> Path:
@@ -356,7 +361,7 @@ class VideoMME(Benchmark):
         samples = []
         for i, row in enumerate(rows):
             where = f"{path} row {i}"
-            _require_keys(row, ("question_id", "videoID", "question", "options", "answer", "duration", "domain", "sub_category", "task_type"), where)
+            _require_keys(row, ("question_id", "videoID", "question", "options", "answer", *self.categories), where)
             # Options are stored with their letter ("A. ..."); keep the text only, the prompt writes the letters.
             options = [re.sub(r"^[A-J]\.\s*", "", str(o)) for o in row["options"]]
             if row["answer"] not in LETTERS[: len(options)]:
@@ -374,7 +379,7 @@ class VideoMME(Benchmark):
         return _drop_missing_videos(samples, skip_missing, layout)
 
     def frame_indices(self, sample, total_frames, fps, num_frames):
-        return np.unique(np.linspace(0, total_frames - 1, num_frames).astype(np.int64))
+        return np.linspace(0, total_frames - 1, num_frames).astype(np.int64)
 
     def prompt(self, sample):
         options = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(sample.options))
@@ -511,7 +516,7 @@ class LongVideoBench(Benchmark):
         samples = []
         for i, entry in enumerate(_read_json(path, "LongVideoBench annotation")):
             where = f"{path} entry {i}"
-            keys = ("id", "video_path", "question", "candidates", "correct_choice", "duration", "duration_group", "question_category")
+            keys = ("id", "video_path", "question", "candidates", "correct_choice", "duration", *self.categories)
             _require_keys(entry, keys, where)
             options = [str(c) for c in entry["candidates"]]
             if not 0 <= int(entry["correct_choice"]) < len(options):
@@ -533,7 +538,7 @@ class LongVideoBench(Benchmark):
         # The authors' loader: at most one frame per second of the annotated duration, evenly strided from frame 0.
         count = max(1, min(num_frames, int(sample.duration)))
         stride = max(1, int(int(sample.duration * fps) / count))
-        return np.unique(np.clip(np.arange(count) * stride, 0, total_frames - 1))
+        return np.clip(np.arange(count) * stride, 0, total_frames - 1)
 
     def prompt(self, sample):
         options = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(sample.options))

@@ -9,6 +9,7 @@ has no result yet; the main process then scores all results and writes `<out>/re
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -33,8 +34,9 @@ class Shard:
                 raise ValueError("sharding over several processes needs accelerate: pip install accelerate") from None
             self._state, self.rank, self.world = None, 0, 1
             return
-        # cpu=True lets accelerate form a CPU process group (gloo) instead of expecting one GPU per process.
-        self._state = PartialState(cpu=torch.device(device).type == "cpu")
+        # cpu=True lets accelerate form a CPU process group (gloo) instead of expecting one GPU per process. The
+        # long timeout: a process that finishes its share waits at the final barrier for the slowest one.
+        self._state = PartialState(cpu=torch.device(device).type == "cpu", timeout=datetime.timedelta(hours=24))
         self.rank, self.world = self._state.process_index, self._state.num_processes
 
     @property
@@ -140,10 +142,11 @@ def run(model, processor, benchmark: Benchmark, samples: list[Sample], press, ou
         samples_dir.mkdir(parents=True, exist_ok=True)
     shard.wait()
     todo = [s for s in samples if not (samples_dir / f"{s.id}.json").exists()][shard.rank :: shard.world]
-    bar = tqdm(todo, desc=f"{benchmark.name} (process {shard.rank + 1}/{shard.world})", disable=not progress or not shard.is_main)
+    desc = f"{benchmark.name} (process {shard.rank + 1}/{shard.world})"
+    bar = tqdm(todo, desc=desc, disable=not progress or not shard.is_main)
     for sample in bar:
         record = answer(model, processor, benchmark, sample, press, num_frames, max_new_tokens)
-        _write_json(samples_dir / f"{sample.id}.json", record)
+        _write_json(samples_dir / f"{sample.id}.json", {**record, "process": shard.rank})
     shard.wait()
     if not shard.is_main:
         return None

@@ -1,0 +1,78 @@
+"""`vidpress eval` end to end on a tiny model: results per category, resuming, sharding over two processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from fixtures_benchmarks import WRITERS
+
+from vidpress.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model, tiny_cache):
+    tiny_model("qwen2_5_vl")  # builds it into the session cache
+    return str(tiny_cache / "qwen2_5_vl")
+
+
+def eval_args(model_dir, data, out, *extra):
+    return ["eval", "--model", model_dir, "--bench", "mlvu", "--data", str(data), "--num-frames", "4",
+            "--max-new-tokens", "3", "--out", str(out), "--device", "cpu", "--quiet", *extra]
+
+
+def test_eval_scores_per_category_and_resumes(model_dir, tmp_path, capsys):
+    data, count = WRITERS["mlvu"](tmp_path / "mlvu")
+    out = tmp_path / "run"
+    assert main(eval_args(model_dir, data, out, "--press", "vidcom2", "--retention", "0.5")) == 0
+    printed = capsys.readouterr().out
+    assert "mlvu: accuracy" in printed and "M-Avg" in printed and "by task:" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["samples"] == count and set(results["by"]["task"]) == {
+        "plotQA", "needle", "ego", "count", "order", "anomaly_reco", "topic_reasoning"}
+    assert 0.4 < results["effective_retention"] < 0.6
+    record = json.loads((out / "samples" / "count-0000.json").read_text())
+    assert record["kept_tokens"] < record["visual_tokens"] and record["frames"] == 4 and "response" in record
+
+    # Resume: answered questions are not asked again, a missing one is.
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()}
+    (out / "samples" / "ego-0000.json").unlink()
+    assert main(eval_args(model_dir, data, out, "--press", "vidcom2", "--retention", "0.5")) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()}
+    assert after.keys() == stamps.keys()
+    assert all(after[name] == stamps[name] for name in stamps if name != "ego-0000.json")
+
+    # Other settings on the same folder are refused, naming what changed.
+    assert main(eval_args(model_dir, data, out, "--press", "vidcom2", "--retention", "0.25")) == 2
+    assert "retention: 0.5 -> 0.25" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bench", "mlvu", "--retention", "0"], "retention must be in (0, 1]"),
+    (["--bench", "mlvu", "--num-frames", "0"], "--num-frames must be a positive integer"),
+    (["--bench", "longvideobench"], "lvb_val.json: the LongVideoBench annotation file is missing"),
+])
+def test_eval_bad_input_is_a_clear_error(model_dir, tmp_path, capsys, argv, message):
+    data, _ = WRITERS["mlvu"](tmp_path / "mlvu")
+    args = ["eval", "--model", model_dir, "--data", str(data), "--out", str(tmp_path / "o"), "--quiet", *argv]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_shards_over_two_processes_with_accelerate(model_dir, tmp_path):
+    pytest.importorskip("accelerate")
+    data, count = WRITERS["mvbench"](tmp_path / "mvbench")
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+              "-m", "vidpress", "eval", "--model", model_dir, "--bench", "mvbench", "--data", str(data), "--limit", "6",
+              "--num-frames", "4", "--max-new-tokens", "2", "--press", "random", "--out", str(out), "--device", "cpu",
+              "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mvbench: accuracy" in done.stdout and done.stdout.count("mvbench: accuracy") == 1  # main process only
+    records = [json.loads(p.read_text()) for p in (out / "samples").iterdir()]
+    assert len(records) == 6 and {r["process"] for r in records} == {0, 1}
+    assert json.loads((out / "results.json").read_text())["samples"] == 6

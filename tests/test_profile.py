@@ -1,0 +1,84 @@
+"""The efficiency profiler: stage costs with and without a press, the CLI's JSON, published checkpoint shapes."""
+
+import json
+
+import pytest
+
+from vidpress import presses
+from vidpress.cli import main
+from vidpress.evaluation import checkpoints
+from vidpress.evaluation.profiler import profile
+from vidpress.testing import make_inputs, tiny_video
+
+FIELDS = {"vision_ms", "press_ms", "llm_prefill_ms", "decode_ms_per_token", "visual_tokens", "sequence_length",
+          "peak_mem_mb", "flops"}
+
+
+def test_profile_measures_both_sides(tiny_model):
+    model, processor = tiny_model("qwen2_5_vl", "sdpa")
+    inputs = make_inputs(processor, [tiny_video(8, 112, 112)], "What happens?")
+    result = profile(model, inputs, presses.get("vidcom2", retention=0.25), repeats=1, decode_tokens=3, progress=False)
+    full, pressed = result.full, result.pressed
+    assert (full.visual_tokens, pressed.visual_tokens) == (64, 16)
+    assert full.sequence_length - pressed.sequence_length == 48
+    assert full.press_ms == 0 and full.press_flops == 0 and pressed.press_ms > 0
+    assert full.vision_ms == pressed.vision_ms and full.vision_flops == pressed.vision_flops > 0
+    # Fewer tokens, fewer prefill FLOPs: the linear layers scale with the sequence length.
+    assert 1.5 < full.llm_prefill_flops / pressed.llm_prefill_flops < full.sequence_length / pressed.sequence_length + 0.5
+    times = (full.llm_prefill_ms, pressed.llm_prefill_ms, full.decode_ms_per_token, pressed.decode_ms_per_token)
+    assert all(t > 0 for t in times)
+    assert result.sequence_ratio == pytest.approx(full.sequence_length / pressed.sequence_length)
+
+
+def test_profile_cli_writes_full_and_pressed(tmp_path, capsys):
+    path = tmp_path / "profile.json"
+    argv = ["profile", "--config", "tiny", "--frames", "4", "--resolution", "56", "--repeats", "1",
+            "--decode-tokens", "2", "--retention", "0.5", "--json", str(path), "--quiet"]
+    assert main(argv) == 0
+    assert "LLM prefill speed-up" in capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert set(data) == {"full", "pressed"}
+    for side in data.values():
+        assert FIELDS <= set(side) and side["setup"]["config"] == "tiny" and side["setup"]["frames"] == 4
+    assert data["pressed"]["visual_tokens"] < data["full"]["visual_tokens"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "0"], "--layers must be in [1,"),
+    (["--config", "qwen2.5-vl-7b", "--layers", "29"], "--layers must be in [1, 28]"),
+    (["--frames", "0"], "--frames must be a positive integer"),
+    (["--retention", "1.5"], "retention must be in (0, 1]"),
+    (["--model", "somewhere", "--layers", "2"], "do not apply to --model"),
+])
+def test_profile_bad_options_are_clear_errors(argv, message, capsys):
+    assert main(["profile", "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, params", [
+    ("qwen2.5-vl-7b", 8_292_166_656),  # the parameter counts published with the checkpoints
+    ("qwen2.5-vl-3b", 3_754_622_976),
+    ("llava-ov-7b", 8_030_807_584),
+])
+def test_checkpoint_shapes_match_the_published_models(name, params):
+    model, _ = checkpoints.build(name, device="meta")  # shapes only, no memory
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_scaled_down_checkpoints_and_their_processors():
+    model, processor = checkpoints.build("qwen2.5-vl-7b", layers=2, vision_layers=9, device="meta")
+    text, vision = model.config.get_text_config(), model.config.vision_config
+    assert (text.num_hidden_layers, text.hidden_size, vision.depth, vision.fullatt_block_indexes) == (2, 3584, 9, [7])
+    # 32 frames of 448 px: 16 temporal groups x 16 x 16 merged tokens, as Qwen2.5-VL's processor makes them.
+    inputs = make_inputs(processor, [tiny_video(32, 448, 448)], "What happens?")
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == 4096
+    model, processor = checkpoints.build("llava-ov-7b", layers=1, vision_layers=1, device="meta")
+    inputs = make_inputs(processor, [tiny_video(4, 300, 200)], "What happens?")
+    assert inputs["pixel_values_videos"].shape[-2:] == (384, 384)
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == 4 * 14 * 14 + 1  # + newline token
+
+
+def test_a_model_too_large_for_memory_is_refused_before_allocating(monkeypatch):
+    monkeypatch.setattr(checkpoints, "_available_ram", lambda: 2**30)
+    with pytest.raises(ValueError, match=r"qwen2.5-vl-3b with 36 decoder layers needs 14.0 GiB .* 1.0 GiB are available"):
+        checkpoints.build("qwen2.5-vl-3b")
