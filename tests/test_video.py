@@ -120,7 +120,7 @@ def test_no_stored_frame_count(tmp_path):
 def test_container_count_below_decoded_count_resamples(monkeypatch, caplog):
     path = sample_video("demo")
     reference = load(path, num_frames=8)
-    monkeypatch.setattr(video, "_probe_pyav", lambda p: (25.0, 100))  # a container that undercounts
+    monkeypatch.setattr(video, "probe_pyav", lambda p: (25.0, 100))  # a container that undercounts
     decoded = load(path, num_frames=8)
     assert "lists 100 frames but 125 decode" in caplog.text
     assert decoded.total_frames == 125 and decoded.frame_indices == reference.frame_indices

@@ -212,7 +212,7 @@ def _is_data_packet(packet) -> bool:
     return packet.size > 0 or packet.dts is not None
 
 
-def _probe_pyav(path: str) -> tuple[float, int]:
+def probe_pyav(path: str) -> tuple[float, int]:
     """(frame rate, frame count) of the first video stream; the count is the container's, or its packet count."""
     import av
 
@@ -236,10 +236,10 @@ def _to_rgb(frame, width: int, height: int) -> np.ndarray:
     return frame.to_ndarray(format="rgb24", width=width, height=height)
 
 
-def _decode_pyav(path: str, indices: np.ndarray, listed: int, rate: float) -> tuple[np.ndarray, list[float], int]:
+def decode_pyav(path: str, indices: np.ndarray, listed: int, rate: float) -> tuple[np.ndarray, list[float], int]:
     """Decode the whole stream once, keeping the frames at sorted `indices` (which start at 0).
 
-    listed: the frame count from `_probe_pyav`; fewer packets than that, a packet the demuxer flags as corrupt
+    listed: the frame count from `probe_pyav`; fewer packets than that, a packet the demuxer flags as corrupt
     (a truncated file), a decoder error or no decoded frame at all raise VideoDecodeError.
     Returns (frames uint8 [K, H, W, 3], timestamps [K], number of frames decoded), K = number of `indices`
     below the number of frames decoded.
@@ -282,11 +282,11 @@ def _decode_pyav(path: str, indices: np.ndarray, listed: int, rate: float) -> tu
 
 
 def _load_pyav(path, num_frames, fps, max_frames) -> DecodedVideo:
-    rate, total = _probe_pyav(path)
+    rate, total = probe_pyav(path)
     if total == 0:
         raise VideoDecodeError(f"{path}: the video stream has no frames")
     indices = _checked_indices(total, rate, num_frames, fps, max_frames, path)
-    frames, timestamps, decoded = _decode_pyav(path, indices, total, rate)
+    frames, timestamps, decoded = decode_pyav(path, indices, total, rate)
     if decoded != total:
         # All packets were read, yet the decoder gave a different count (e.g. frames dropped by an edit list):
         # sample over the frames that really exist.
@@ -294,7 +294,7 @@ def _load_pyav(path, num_frames, fps, max_frames) -> DecodedVideo:
         total, previous = decoded, indices
         indices = _checked_indices(total, rate, num_frames, fps, max_frames, path)
         if not np.array_equal(indices, previous):
-            frames, timestamps, _ = _decode_pyav(path, indices, 0, rate)
+            frames, timestamps, _ = decode_pyav(path, indices, 0, rate)
     return DecodedVideo(
         frames=frames,
         frame_indices=indices.tolist(),

@@ -122,16 +122,16 @@ def decode_indices(path: Path, choose: Callable[[int, float], np.ndarray]) -> De
     if path.is_dir():
         return _decode_frame_folder(path, choose)
     # The probe and the single-pass decoder of vidpress.video; `video.load` itself only samples evenly or by fps.
-    from vidpress.video import _decode_pyav, _probe_pyav
+    from vidpress.video import decode_pyav, probe_pyav
 
     if not path.is_file():
         raise VideoDecodeError(f"{path}: no such file")
-    fps, total = _probe_pyav(str(path))
+    fps, total = probe_pyav(str(path))
     if total == 0:
         raise VideoDecodeError(f"{path}: the video stream has no frames")
     # The decoder keeps each wanted frame once; repeated indices are filled in afterwards.
     unique, repeat = np.unique(choose(total, fps), return_inverse=True)
-    frames, timestamps, _ = _decode_pyav(str(path), unique, total, fps)
+    frames, timestamps, _ = decode_pyav(str(path), unique, total, fps)
     repeat = repeat[repeat < len(frames)]  # frames past the end of a stream shorter than listed are dropped
     return DecodedVideo(
         frames=frames[repeat],
