@@ -101,7 +101,7 @@ _LLAVA_NEXT_VIDEO_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 # Qwen2-VL and Qwen2.5-VL prepend a default system prompt; Qwen3-VL does not.
-_TEMPLATES = {
+CHAT_TEMPLATES = {
     "qwen2_vl": "{% set default_system = true %}" + _QWEN_TEMPLATE,
     "qwen2_5_vl": "{% set default_system = true %}" + _QWEN_TEMPLATE,
     "qwen3_vl": "{% set default_system = false %}" + _QWEN_TEMPLATE,
@@ -120,7 +120,7 @@ _CORPUS = (
 )
 
 
-def _train_tokenizer(family: str, corpus=_CORPUS, vocab_size: int = 400) -> transformers.PreTrainedTokenizerFast:
+def train_tokenizer(family: str, corpus=_CORPUS, vocab_size: int = 400) -> transformers.PreTrainedTokenizerFast:
     """Byte-level BPE (~`vocab_size` tokens, trained on `corpus`) with the family's special tokens at ids 0..k-1."""
     specials = list(_SPECIALS[family])
     bpe = Tokenizer(models.BPE(unk_token="<unk>" if "<unk>" in specials else None))
@@ -146,7 +146,7 @@ def _train_tokenizer(family: str, corpus=_CORPUS, vocab_size: int = 400) -> tran
     return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, extra_special_tokens=media, **names)
 
 
-def _token_ids(tokenizer, family: str) -> dict:
+def special_token_ids(tokenizer, family: str) -> dict:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIALS[family]}
     if family.startswith("qwen"):
         return dict(
@@ -177,7 +177,7 @@ def _config(family: str, tokenizer, text=None, vision=None) -> transformers.PreT
 
 
 def _base_config(family: str, tokenizer, text=None) -> transformers.PreTrainedConfig:
-    ids = _token_ids(tokenizer, family)
+    ids = special_token_ids(tokenizer, family)
     head_dim = _TEXT["hidden_size"] // _TEXT["num_attention_heads"]  # 32
     if family == "qwen2_vl":
         return transformers.Qwen2VLConfig(
@@ -272,7 +272,7 @@ def _llava_pinpoints() -> list[list[int]]:
 
 def _processor(family: str, tokenizer):
     """The family's real processor class, sized to the tiny vision tower."""
-    template = _TEMPLATES[family]
+    template = CHAT_TEMPLATES[family]
     if family.startswith("qwen"):
         # Sides snap to multiples of 28 (patch 14 x merge 2), so 56 and 112 px frames keep their size;
         # larger frames are scaled down to at most 224x224 worth of pixels.
@@ -327,7 +327,7 @@ def _processor(family: str, tokenizer):
     )
 
 
-_MODEL_CLASSES = {
+MODEL_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
@@ -344,10 +344,10 @@ def tiny_model_and_processor(family: str, *, seed: int = 0, text_config=None, vi
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    tokenizer = _train_tokenizer(family, corpus if corpus is not None else _CORPUS)
+    tokenizer = train_tokenizer(family, corpus if corpus is not None else _CORPUS)
     config = _config(family, tokenizer, text_config, vision_config)
     torch.manual_seed(seed)
-    model = getattr(transformers, _MODEL_CLASSES[family])(config).eval()
+    model = getattr(transformers, MODEL_CLASSES[family])(config).eval()
     gen = model.generation_config
     gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = (
         tokenizer.bos_token_id,
@@ -405,7 +405,7 @@ def load_tiny(family: str, *, attn_implementation: str = "eager", cache_dir=None
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    model_cls = getattr(transformers, _MODEL_CLASSES[family])
+    model_cls = getattr(transformers, MODEL_CLASSES[family])
     model = model_cls.from_pretrained(path, attn_implementation=attn_implementation)
     processor = transformers.AutoProcessor.from_pretrained(path)
     return model.eval(), processor

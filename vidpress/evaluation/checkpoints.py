@@ -115,10 +115,10 @@ def build(name: str, *, layers: int | None = None, vision_layers: int | None = N
         model.set_attn_implementation(attn_implementation)
         return model.to(dtype).eval(), processor
     checkpoint = CHECKPOINTS[name]
-    tokenizer = testing._train_tokenizer(checkpoint.family)
+    tokenizer = testing.train_tokenizer(checkpoint.family)
     config = _config(checkpoint, tokenizer, _depth(layers, checkpoint.layers, "layers"),
                      _depth(vision_layers, checkpoint.vision_layers, "vision-layers"))
-    model_class = getattr(transformers, testing._MODEL_CLASSES[checkpoint.family])
+    model_class = getattr(transformers, testing.MODEL_CLASSES[checkpoint.family])
     if torch.device(device).type != "meta":
         _check_fits(name, model_class, config, dtype, torch.device(device))
     with torch.device(device):
@@ -172,7 +172,7 @@ def _config(checkpoint: Checkpoint, tokenizer, layers: int, vision_layers: int) 
     special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                    pad_token_id=tokenizer.pad_token_id)
     text = {**checkpoint.text, **special, "num_hidden_layers": layers}
-    ids = testing._token_ids(tokenizer, checkpoint.family)
+    ids = testing.special_token_ids(tokenizer, checkpoint.family)
     if checkpoint.family == "qwen2_5_vl":
         # Fewer blocks keep the published pattern: every 8th block (7, 15, ...) attends globally, the rest in windows;
         # a tower shallower than 8 ends with one global block.
@@ -187,7 +187,7 @@ def _processor(checkpoint: Checkpoint, tokenizer):
     """The family's processor with the checkpoint's published preprocessing."""
     from vidpress import testing
 
-    template = testing._TEMPLATES[checkpoint.family]
+    template = testing.CHAT_TEMPLATES[checkpoint.family]
     if checkpoint.family == "qwen2_5_vl":
         # Qwen2.5-VL's preprocessor_config: 3136 <= pixels per image <= 12845056; videos: 128 to 768 merged
         # 28 px patches per frame, within a per-video pixel budget, as the reference qwen-vl-utils does.
