@@ -326,6 +326,11 @@ def parser() -> argparse.ArgumentParser:
     prof.add_argument("--json", help="write {\"full\": {...}, \"pressed\": {...}} to this file")
     prof.add_argument("--quiet", action="store_true", help="no progress bar")
     prof.set_defaults(run=cmd_profile)
+    train = sub.add_parser("train", help="train a model or a learned press", description="Train a model or a learned press.")
+    trainers = train.add_subparsers(dest="trainer", required=True)
+    from vidpress.synthetic.reference import add_train_reference_parser
+
+    add_train_reference_parser(trainers)
     return top
 
 
