@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 from pathlib import Path
 
 import torch
@@ -21,12 +23,20 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc malloc_trim), where the C library has it."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class PeakMemory:
     """`with PeakMemory(device) as peak: ...` then `peak.mb`: memory the block needed above what was in use before.
 
     On CUDA: torch.cuda.max_memory_allocated minus the allocation at entry. On CPU (Linux): the process's peak
-    resident set (VmHWM, reset at entry through /proc/self/clear_refs) minus the resident set at entry; None where
-    /proc does not allow it.
+    resident set (VmHWM, reset at entry through /proc/self/clear_refs) minus the resident set at entry, after freed
+    heap memory was handed back to the OS (malloc_trim) so the block's allocations show; None where /proc does not
+    allow it.
     """
 
     def __init__(self, device: torch.device | str = "cpu"):
@@ -39,6 +49,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
+            _release_free_memory()  # so memory freed by earlier work is not silently reused below the baseline
             with contextlib.suppress(OSError):
                 _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
             self._base = _status_kb("VmRSS")
