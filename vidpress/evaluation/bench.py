@@ -197,6 +197,9 @@ def plot(rows: list[dict], path) -> None:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
         ax.axhline(full[key], color="black", linestyle="--", linewidth=1, label="all tokens")
         ax.set_xscale("log")
+        ticks = [0.05, 0.1, 0.15, 0.25, 0.5, 1.0]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("effective retention (kept / all visual tokens)")
         ax.set_ylabel(label)
         ax.set_ylim(0, 1.02)
