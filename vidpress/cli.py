@@ -86,8 +86,11 @@ def cmd_bench(args) -> int:
 
     names = _names(args.presses) if args.presses else presses.available()
     retentions = [float(r) for r in _names(args.retentions)] if args.retentions else list(DEFAULT_RETENTIONS)
+    for name in names:  # fail before the long encoding step
+        if name not in presses.available():
+            raise ValueError(f"unknown press {name!r}; available presses: {', '.join(presses.available())}")
     for r in retentions:
-        check_retention(r)  # fail before the long encoding step
+        check_retention(r)
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be a positive number of test examples; got {args.limit}")
     model, processor = load_bench_model(args.model, args.device)
