@@ -83,12 +83,14 @@ def main() -> None:
     tokens = VideoTokens(features, (T, int(M**0.5), M // int(M**0.5)))
     print(f"features [{T}, {M}, {D}], retention {args.retention}, torch threads {torch.get_num_threads()}")
 
-    print("\n1. select time per press that works on the features alone (median ms)")
+    print("\n1. select time per press acting before the LLM (median ms)")
     select_ms = {}
     for name in presses.available():
         press = presses.get(name, retention=args.retention)
-        if getattr(press, "acts_in_llm", False) or getattr(press, "needs_vision_stats", False):
+        if getattr(press, "acts_in_llm", False):
             continue
+        if getattr(press, "needs_vision_stats", False):  # VisionZip: stand-in encoder statistics of the real shapes
+            tokens.side_features = {"vision_attention": torch.rand(T, M), "vision_keys": torch.randn(T, M, 80)}
         select_ms[name] = median_ms(lambda: press.select(tokens), args.repeats)
         print(f"   {name:10s} {select_ms[name]:9.1f} ms  (effective retention {press.select(tokens).retention:.3f})")
     loop_ms = median_ms(lambda: vidcom2_loop(features, args.retention), args.repeats)
