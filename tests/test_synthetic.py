@@ -70,16 +70,16 @@ def test_example_format(examples):
         assert e.question.endswith("Answer with the letter.")
         assert "A. " in e.question and "D. " in e.question
         assert e.evidence and all(m.shape == (16, 112, 112) and m.dtype == bool and m.any() for m in e.evidence)
-    answers = [e.answer for e in make_split("train", 120)]
+    answers = [e.answer for e in make_split("train", 60)]
     assert set(answers) == {0, 1, 2, 3}  # the answer letter is not constant
 
 
 def test_every_answer_colour_is_present_in_every_frame(examples):
     """The pooling shortcut is gone: static distractors show all four answer colours in every frame."""
     for e in examples:
-        for frame in (0, 7, 15):
-            present = {tuple(c) for c in e.video[frame].reshape(-1, 3)}
-            assert all(tuple(c) in present for c in COLOURS), (e.family, e.seed)
+        frames = e.video[[0, 7, 15]]
+        for colour in COLOURS:
+            assert (frames == colour).all(-1).any(axis=(1, 2)).all(), (e.family, e.seed)
 
 
 def test_brief_flash_is_in_one_or_two_frames_of_the_answer_colour(examples):
