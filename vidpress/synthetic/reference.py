@@ -699,7 +699,10 @@ def add_train_reference_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--test-examples", type=int, default=720, help="held-out test examples to evaluate (0: none)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 is much faster on "
+        "a machine other jobs share: multi-threaded steps stall whenever one core is busy)"
+    )
     parser.add_argument(
         "--vision-from", default=None, help="copy the vision tower from this reference checkpoint first (with "
         "--stage1-steps 0: train the language side only)"
