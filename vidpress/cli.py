@@ -79,16 +79,15 @@ def cmd_generate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from vidpress import presses
-    from vidpress.evaluation.bench import DEFAULT_RETENTIONS, format_table, run_bench, write_results
+    from vidpress.evaluation.bench import DEFAULT_RETENTIONS, bench_names, format_table, run_bench, write_results
     from vidpress.synthetic import make_split
     from vidpress.types import check_retention
 
-    names = _names(args.presses) if args.presses else presses.available()
+    names = _names(args.presses) if args.presses else bench_names()
     retentions = [float(r) for r in _names(args.retentions)] if args.retentions else list(DEFAULT_RETENTIONS)
     for name in names:  # fail before the long encoding step
-        if name not in presses.available():
-            raise ValueError(f"unknown press {name!r}; available presses: {', '.join(presses.available())}")
+        if name not in bench_names():
+            raise ValueError(f"unknown press {name!r}; available presses: {', '.join(bench_names())}")
     for r in retentions:
         check_retention(r)
     if args.limit is not None and args.limit <= 0:

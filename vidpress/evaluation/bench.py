@@ -12,6 +12,7 @@ import contextlib
 import csv
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,23 @@ from vidpress.synthetic.reference import example_inputs, letter_token_ids
 
 DEFAULT_RETENTIONS = (0.5, 0.25, 0.15, 0.10, 0.05)
 FULL = "none"
+
+#: Rows that need more than a registered press name and a retention, e.g. learned presses with a shipped checkpoint:
+#: name -> builder(model, retention) -> (press, the model the row runs on). The row's model must share the bench
+#: model's vision tower (the videos are encoded once).
+BENCH_ROWS: dict[str, Callable] = {}
+
+
+def bench_names() -> list[str]:
+    """Names `vidpress bench` accepts (and runs by default): the registered presses and the BENCH_ROWS entries."""
+    return sorted(set(press_registry.available()) | set(BENCH_ROWS))
+
+
+def build_row(name: str, retention: float, model):
+    """(press, model) of one bench row; see BENCH_ROWS."""
+    if name in BENCH_ROWS:
+        return BENCH_ROWS[name](model, retention)
+    return press_registry.get(name, retention=retention), model
 
 
 @dataclass
@@ -128,16 +146,16 @@ def _sync(device) -> None:
 def run_bench(model, processor, examples, press_names, retentions, batch_size: int = 32, progress: bool = True) -> list[dict]:
     """Rows for the full-token model and for every (press, retention); see the module docstring."""
     for name in press_names:
-        if name not in press_registry.available():
-            raise ValueError(f"unknown press {name!r}; available presses: {', '.join(press_registry.available())}")
+        if name not in bench_names():
+            raise ValueError(f"unknown press {name!r}; available presses: {', '.join(bench_names())}")
     letter_ids = letter_token_ids(processor)
-    vision_stats = any(getattr(press_registry.PRESSES[name], "needs_vision_stats", False) for name in press_names)
+    vision_stats = any(getattr(press_registry.PRESSES.get(name), "needs_vision_stats", False) for name in press_names)
     batches = encode(model, processor, examples, batch_size, progress, vision_stats)
     configs = [(FULL, 1.0)] + [(name, r) for name in press_names for r in retentions]
     rows = []
     for name, retention in tqdm(configs, desc="presses x retentions", disable=not progress):
-        press = None if name == FULL else press_registry.get(name, retention=retention)
-        rows.append({"press": name, "retention": retention, **evaluate(model, batches, press, letter_ids)})
+        press, row_model = (None, model) if name == FULL else build_row(name, retention, model)
+        rows.append({"press": name, "retention": retention, **evaluate(row_model, batches, press, letter_ids)})
     full_accuracy = rows[0]["accuracy"]
     for row in rows:
         row["relative_accuracy"] = row["accuracy"] / full_accuracy if full_accuracy else float("nan")
