@@ -1,0 +1,1 @@
+"""Training loops of the learned presses: C-GRPO (MARC's student) and CaCoVID's policy optimisation."""
