@@ -136,7 +136,8 @@ class FrameDescriptor:
     a joint RGB histogram of `colour_bins`^3 cells (square-rooted, so the cosine is the Bhattacharyya
     coefficient), the zero-mean grey image pooled to `grid` x `grid` (its cosine is a correlation, blind to
     brightness shifts), and the gradient magnitude pooled to `grid` x `grid`. Each part is L2-normalised and
-    scaled by sqrt(weight), so the cosine of two descriptors is the weight-averaged cosine of their parts.
+    scaled by sqrt(weight), so the cosine of two descriptors is the weight-averaged cosine of their parts (a
+    layout of little contrast is scaled down rather than normalised, so noise does not count as structure).
     A shot cut changes all three; motion inside a shot mostly moves the layouts, lighting mostly the histogram.
     """
 
@@ -173,8 +174,11 @@ class FrameDescriptor:
         layout = layout - layout.mean(1, keepdim=True)
         dx, dy = grey[..., :-1, 1:] - grey[..., :-1, :-1], grey[..., 1:, :-1] - grey[..., :-1, :-1]
         edges = F.adaptive_avg_pool2d((dx.square() + dy.square()).sqrt(), self.grid).flatten(1)
-        # A flat frame has no layout or edges: a small epsilon keeps it a zero part instead of NaN.
-        parts = [F.normalize(p, dim=1, eps=1e-6) * w**0.5 for p, w in zip((hist, layout, edges), self.weights)]
+        # A layout with under ~4 grey levels of contrast per cell is mostly noise: it is scaled down instead of
+        # normalised up, so flat or noisy frames are compared by colour. A flat frame's edges stay a zero part.
+        floors = (1e-6, 4.0 * self.grid, 1e-6)
+        parts = [p / p.norm(dim=1, keepdim=True).clamp(min=floor) * w**0.5
+                 for p, w, floor in zip((hist, layout, edges), self.weights, floors)]
         return torch.cat(parts, dim=1)
 
 
