@@ -125,6 +125,11 @@ def test_undecodable_files_raise_video_decode_error(tmp_path):
     text.write_text("not a video")
     with pytest.raises(video.VideoDecodeError):
         detect_events(str(text))
+    data = video.sample_video("demo").read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(video.VideoDecodeError, match="truncated"):
+        detect_events(truncated)
 
 
 @pytest.mark.parametrize("kwargs", [dict(min_clip_frames=0), dict(window=0), dict(contrast=0.5), dict(threshold=3.0)])

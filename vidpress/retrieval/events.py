@@ -215,7 +215,7 @@ def _describe_file(path: str, descriptor: FrameDescriptor, batch_size: int, prog
         raise video_io.VideoDecodeError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a regular file")
     _, listed = video_io.probe_pyav(path)
     container, stream = video_io._open_pyav(path)
-    size, pending, chunks = descriptor.size, [], []
+    size, pending, chunks, packets = descriptor.size, [], [], 0
     bar = tqdm(total=listed or None, desc="describing frames", unit="frame", disable=not progress)
     with container, bar:
         stream.thread_type = "AUTO"
@@ -223,6 +223,7 @@ def _describe_file(path: str, descriptor: FrameDescriptor, batch_size: int, prog
             for packet in container.demux(stream):
                 if packet.is_corrupt:
                     raise video_io.VideoDecodeError(f"{path}: corrupt or truncated data after {len(chunks) * batch_size + len(pending)} frames")
+                packets += video_io._is_data_packet(packet)
                 for frame in packet.decode():
                     pending.append(frame.to_ndarray(format="rgb24", width=size, height=size, interpolation="AREA"))
                     if len(pending) == batch_size:
@@ -234,6 +235,8 @@ def _describe_file(path: str, descriptor: FrameDescriptor, batch_size: int, prog
         if pending:
             chunks.append(descriptor(np.stack(pending)))
             bar.update(len(pending))
+    if packets < listed:
+        raise video_io.VideoDecodeError(f"{path}: truncated: the container lists {listed} frames, {packets} could be read")
     if not chunks:
         raise video_io.VideoDecodeError(f"{path}: no decodable frames")
     return torch.cat(chunks)
