@@ -256,7 +256,7 @@ def cmd_profile(args) -> int:
         inputs = make_inputs(processor, [frames], args.question)
         source = f"synthetic video: {args.frames} frames of {args.resolution}x{args.resolution}"
         source += "" if args.retrieve is None else " in scenes of 4 frames"
-        frames, indexed, frame_indices, fps = frames, None, None, 2.0
+        indexed, frame_indices, fps = None, None, 2.0  # the frames themselves are indexed
     print(f"{described}\n{source}; press {args.press} at retention {args.retention:g}; {args.device}, {args.dtype}, "
           f"{args.attn} attention, {torch.get_num_threads()} threads", flush=True)
     result = profile(model, inputs, press, repeats=args.repeats, decode_tokens=args.decode_tokens, progress=not args.quiet)
