@@ -92,11 +92,13 @@ def make_retriever(args, model, processor):
     """The top-`--retrieve` clip retriever: a CLIP/SigLIP folder (`--embedder`) or the VLM's own embeddings."""
     from vidpress.retrieval import CLIPEmbedder, VisualMemoryRetriever, VLMEmbedder
 
+    progress = not getattr(args, "quiet", False)
     if args.embedder:
-        embedder, name = CLIPEmbedder.from_pretrained(args.embedder, device=args.device), f"CLIPEmbedder({args.embedder})"
+        embedder = CLIPEmbedder.from_pretrained(args.embedder, device=args.device, progress=progress)
+        name = f"CLIPEmbedder({args.embedder})"
     else:
-        embedder, name = VLMEmbedder(model, processor), "VLMEmbedder (the model's own features)"
-    return VisualMemoryRetriever(embedder, top_k=args.retrieve, progress=not getattr(args, "quiet", False)), name
+        embedder, name = VLMEmbedder(model, processor, progress=progress), "VLMEmbedder (the model's own features)"
+    return VisualMemoryRetriever(embedder, top_k=args.retrieve, progress=progress), name
 
 
 def retrieve_episode(args, model, processor, video_path, decoded):
