@@ -47,6 +47,7 @@ def cmd_generate(args) -> int:
     from vidpress.evaluation.timing import time_prefill
 
     press = presses.get(args.press, retention=args.retention)
+    _check_retrieve(args)
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
     model, processor = load_model(args.model, args.attn, args.device, args.dtype)
@@ -55,6 +56,8 @@ def cmd_generate(args) -> int:
     else:
         print(f"model: {args.model}")
     print(f"video: {video_path} ({len(decoded.frames)} frames of {decoded.total_frames}, {decoded.duration:.1f}s)")
+    if args.retrieve is not None:
+        decoded = retrieve_episode(args, model, processor, video_path, decoded)
     inputs = build_inputs(processor, decoded, args.question).to(model.device)
     prompt_length = inputs["input_ids"].shape[1]
 
@@ -76,6 +79,46 @@ def cmd_generate(args) -> int:
     print(f"vision encoder: {timing.vision_ms:.1f} ms (same with and without); press: {timing.press_ms:.1f} ms "
           f"(median of {args.repeats})")
     return 0
+
+
+def _check_retrieve(args) -> None:
+    if args.retrieve is not None and args.retrieve < 1:
+        raise ValueError(f"--retrieve must be a number of clips >= 1; got {args.retrieve}")
+    if args.embedder is not None and args.retrieve is None:
+        raise ValueError("--embedder chooses the embedder of --retrieve; pass --retrieve K too")
+
+
+def make_retriever(args, model, processor):
+    """The top-`--retrieve` clip retriever: a CLIP/SigLIP folder (`--embedder`) or the VLM's own embeddings."""
+    from vidpress.retrieval import CLIPEmbedder, VisualMemoryRetriever, VLMEmbedder
+
+    progress = not getattr(args, "quiet", False)
+    if args.embedder:
+        embedder = CLIPEmbedder.from_pretrained(args.embedder, device=args.device, progress=progress)
+        name = f"CLIPEmbedder({args.embedder})"
+    else:
+        embedder, name = VLMEmbedder(model, processor, progress=progress), "VLMEmbedder (the model's own features)"
+    return VisualMemoryRetriever(embedder, top_k=args.retrieve, progress=progress), name
+
+
+def retrieve_episode(args, model, processor, video_path, decoded):
+    """MARC's retrieval before the encoder: cut the whole file into events, keep the sampled frames of the top-k
+    clips for the question (the episodic memory video)."""
+    import dataclasses
+
+    from vidpress.evaluation.profiler import pad_frames
+
+    retriever, name = make_retriever(args, model, processor)
+    memory = retriever.index_video(video_path)
+    frames, indices = retriever.episodic_video(decoded.frames, args.question, memory=memory, frame_indices=decoded.frame_indices)
+    clips = [c for c in memory.clips if any(c[0] <= i < c[1] for i in indices.tolist())]
+    print(f"retrieval ({name}): {len(memory.clips)} event clips; top-{args.retrieve} {clips} keep {len(frames)} of "
+          f"{len(decoded.frames)} sampled frames {indices.tolist()}")
+    position = {index: k for k, index in enumerate(decoded.frame_indices)}
+    timestamps = [decoded.timestamps[position[i]] for i in indices.tolist()]
+    frames, kept = pad_frames(frames, indices.tolist(), model)
+    timestamps += [timestamps[-1]] * (len(kept) - len(timestamps))
+    return dataclasses.replace(decoded, frames=frames, frame_indices=kept, timestamps=timestamps)
 
 
 def cmd_bench(args) -> int:
@@ -168,13 +211,15 @@ def cmd_eval(args) -> int:
 
 
 def cmd_profile(args) -> int:
+    import dataclasses
     import json
 
+    import numpy as np
     import torch
 
     from vidpress import presses, video
     from vidpress.evaluation import checkpoints
-    from vidpress.evaluation.profiler import format_profile, profile
+    from vidpress.evaluation.profiler import format_profile, format_retrieval, profile, profile_retrieval
     from vidpress.testing import make_inputs, tiny_video
     from vidpress.types import check_retention
 
@@ -184,6 +229,7 @@ def cmd_profile(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
     if args.model and (args.layers is not None or args.vision_layers is not None):
         raise ValueError("--layers / --vision-layers scale a --config's random model; they do not apply to --model")
+    _check_retrieve(args)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     if args.model:
         model, processor = load_model(args.model, args.attn, args.device, args.dtype)
@@ -200,23 +246,41 @@ def cmd_profile(args) -> int:
         decoded = video.load(args.video, num_frames=args.frames)
         inputs = build_inputs(processor, decoded, args.question)
         source = f"{args.video}: {args.frames} frames of {decoded.frames.shape[2]}x{decoded.frames.shape[1]}"
+        frames, indexed, frame_indices, fps = decoded.frames, args.video, decoded.frame_indices, decoded.fps
     else:
-        # Synthetic frames (moving squares) of --resolution px squared go through the real processor.
-        frames = tiny_video(args.frames, args.resolution, args.resolution)
+        # Synthetic frames (moving squares) of --resolution px squared go through the real processor. For
+        # --retrieve the video is a series of 4-frame scenes (a new random scene each), so it has events to retrieve.
+        if args.retrieve is None:
+            frames = tiny_video(args.frames, args.resolution, args.resolution)
+        else:
+            scenes = range(-(-args.frames // 4))
+            frames = np.concatenate([tiny_video(4, args.resolution, args.resolution, seed=s) for s in scenes])[: args.frames]
         inputs = make_inputs(processor, [frames], args.question)
         source = f"synthetic video: {args.frames} frames of {args.resolution}x{args.resolution}"
+        source += "" if args.retrieve is None else " in scenes of 4 frames"
+        indexed, frame_indices, fps = None, None, 2.0  # the frames themselves are indexed
     print(f"{described}\n{source}; press {args.press} at retention {args.retention:g}; {args.device}, {args.dtype}, "
           f"{args.attn} attention, {torch.get_num_threads()} threads", flush=True)
     result = profile(model, inputs, press, repeats=args.repeats, decode_tokens=args.decode_tokens, progress=not args.quiet)
     print(format_profile(result))
+    retrieval = None
+    if args.retrieve is not None:
+        retriever, embedder = make_retriever(args, model, processor)
+        retrieval = profile_retrieval(model, processor, retriever, frames, args.question, video=indexed,
+                                      frame_indices=frame_indices, fps=fps, repeats=args.repeats, progress=not args.quiet)
+        print(format_retrieval(retrieval, args.retrieve, embedder))
     if args.json:
         setup = {"config": None if args.model else args.config, "model": args.model, "layers": args.layers,
                  "vision_layers": args.vision_layers, "frames": args.frames, "resolution": None if args.video else args.resolution,
                  "video": args.video, "press": args.press, "retention": args.retention, "device": str(model.device),
-                 "dtype": args.dtype, "attn": args.attn, "repeats": args.repeats, "threads": torch.get_num_threads()}
+                 "dtype": args.dtype, "attn": args.attn, "repeats": args.repeats, "threads": torch.get_num_threads(),
+                 "retrieve": args.retrieve, "embedder": args.embedder}
+        data = result.to_json(setup)
+        if retrieval is not None:
+            data["retrieval"] = {**dataclasses.asdict(retrieval), "setup": setup}
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.to_json(setup), indent=2))
+        path.write_text(json.dumps(data, indent=2))
         print(f"wrote {path}")
     return 0
 
@@ -242,6 +306,8 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"], help="attention implementation")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
     gen.add_argument("--repeats", type=int, default=3, help="prefill timing repeats (default: %(default)s)")
+    _retrieve_options(gen, "keep only the sampled frames of the top-K event clips for the question (MARC's "
+                      "retrieval, before the vision encoder); the whole file is cut into events first")
     gen.set_defaults(run=cmd_generate)
 
     bench = sub.add_parser(
@@ -325,7 +391,9 @@ def parser() -> argparse.ArgumentParser:
     prof.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
     prof.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: %(default)s)")
     prof.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"], help="attention implementation")
-    prof.add_argument("--json", help="write {\"full\": {...}, \"pressed\": {...}} to this file")
+    prof.add_argument("--json", help="write {\"full\": {...}, \"pressed\": {...}} (and \"retrieval\") to this file")
+    _retrieve_options(prof, "also report the vision encoder's frames, time and FLOPs with all frames and with only "
+                      "the frames of the top-K event clips (MARC's retrieval), and the retrieval step's own cost")
     prof.add_argument("--quiet", action="store_true", help="no progress bar")
     prof.set_defaults(run=cmd_profile)
     train = sub.add_parser("train", help="train a model or a learned press", description="Train a model or a learned press.")
@@ -347,6 +415,12 @@ def _video_press_options(command: argparse.ArgumentParser, default_model: str) -
     command.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
     command.add_argument("--num-frames", type=int, default=16, help="frames sampled evenly from the video (default: %(default)s)")
     command.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
+
+
+def _retrieve_options(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument("--retrieve", type=int, metavar="K", help=what)
+    command.add_argument("--embedder", metavar="PATH", help="local CLIP/SigLIP-style folder embedding clips and the question "
+                         "for --retrieve (default: the model's own vision features and text embeddings)")
 
 
 def _cuda() -> bool:

@@ -265,3 +265,130 @@ def format_profile(result: Profile) -> str:
         f"({result.prefill_speedup / result.sequence_ratio:.2f} of the token-count ratio)"
     )
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- retrieval
+
+
+@dataclass
+class RetrievalCosts:
+    """What retrieving the top-k event clips BEFORE the vision encoder saves and costs, for one video and question.
+
+    *_full: the vision encoder on every sampled frame; *_retrieved: on the frames of the retrieved clips only
+    (MARC's episodic memory video). vision_ms_*: median ms; vision_flops_*: FLOPs of one encoder call.
+    index_ms / index_flops: segmenting, embedding and indexing the video, paid once per video (a saved
+    VideoMemory is reused by later questions). query_ms / query_flops: embedding the question, searching the
+    index and gathering the episodic video, paid per question.
+    """
+
+    clips: int
+    clips_retrieved: int
+    frames_full: int
+    frames_retrieved: int
+    visual_tokens_full: int
+    visual_tokens_retrieved: int
+    vision_ms_full: float
+    vision_ms_retrieved: float
+    vision_flops_full: int
+    vision_flops_retrieved: int
+    index_ms: float
+    index_flops: int
+    query_ms: float
+    query_flops: int
+
+
+def video_inputs(processor, frames, frame_indices, total_frames: int, fps: float, question: str) -> dict:
+    """Processor inputs for one question about pre-sampled frames uint8 [T, H, W, 3] taken at `frame_indices` of a
+    video of `total_frames` frames at `fps` (Qwen models place frames in time from these)."""
+    from transformers.video_utils import VideoMetadata
+
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    metadata = VideoMetadata(total_num_frames=total_frames, fps=fps, width=int(frames.shape[2]), height=int(frames.shape[1]),
+                             duration=total_frames / fps, frames_indices=[int(i) for i in frame_indices])
+    return processor(text=[prompt], videos=[frames], video_metadata=[metadata], do_sample_frames=False, return_tensors="pt")
+
+
+def pad_frames(frames, frame_indices, model):
+    """Repeat the last frame until the video has the model's temporal patch size (Qwen3-VL's processor refuses a
+    shorter one; Qwen2/2.5-VL pad the same way themselves). Returns (frames, frame_indices)."""
+    need = int(getattr(model.config.vision_config, "temporal_patch_size", 1) or 1)
+    if len(frames) >= need:
+        return frames, frame_indices
+    extra = need - len(frames)
+    frames = torch.cat([torch.as_tensor(frames), torch.as_tensor(frames[-1:]).repeat(extra, 1, 1, 1)]).numpy()
+    return frames, [*frame_indices, *[frame_indices[-1]] * extra]
+
+
+@torch.no_grad()
+def profile_retrieval(model, processor, retriever, frames, question: str, video=None, frame_indices=None,
+                      fps: float = 2.0, repeats: int = 3, progress: bool = True) -> RetrievalCosts:
+    """Vision-encoder cost of `frames` (uint8 [N, H, W, 3], sampled at `frame_indices` of `video`) with all frames
+    and with only the frames `retriever` keeps for `question`, plus the retrieval step's own cost.
+
+    video: what is indexed, a path or the frames of the whole video (default `frames` itself, with frame_indices
+    0..N-1). The full and retrieved encoder runs alternate, after one warm-up each that counts FLOPs.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1; got {repeats}")
+    adapter, device = get_adapter(model), model.device
+    video = frames if video is None else video
+    indices = list(range(len(frames))) if frame_indices is None else [int(i) for i in frame_indices]
+    bar = tqdm(total=4 * (repeats + 1), desc="profiling retrieval", disable=not progress)
+    memories, episodes = [], []
+
+    def index(span):
+        with span():
+            memories.append(retriever.index_video(video))
+
+    def query(span):
+        with span():
+            episodes.append(retriever.episodic_video(frames, question, memory=memories[-1], frame_indices=indices))
+
+    bar.set_postfix_str("index the video")
+    (index_run,) = _measure([index], repeats, device, bar)
+    bar.set_postfix_str("retrieve")
+    (query_run,) = _measure([query], repeats, device, bar)
+    memory, (kept, kept_indices) = memories[-1], episodes[-1]
+    total = memory.num_frames
+    full_inputs = video_inputs(processor, frames, indices, total, fps, question)
+    kept, kept_indices = pad_frames(kept, kept_indices.tolist(), model)
+    retrieved_inputs = video_inputs(processor, kept, kept_indices, total, fps, question)
+    full_inputs, retrieved_inputs = ({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+                                     for inputs in (full_inputs, retrieved_inputs))
+
+    def encoder(inputs):
+        def run(span):
+            with span():
+                adapter.encode("video", inputs)
+        return run
+
+    bar.set_postfix_str("vision encoder, all frames and retrieved")
+    full_run, retrieved_run = _measure([encoder(full_inputs), encoder(retrieved_inputs)], repeats, device, bar)
+    bar.close()
+    tokens = [int((inputs["input_ids"] == adapter.video_token_id).sum()) for inputs in (full_inputs, retrieved_inputs)]
+    clip_starts = torch.tensor([start for start, _ in memory.clips])
+    retrieved_clips = torch.unique(torch.searchsorted(clip_starts, torch.as_tensor(kept_indices), right=True))
+    return RetrievalCosts(
+        clips=len(memory.clips), clips_retrieved=len(retrieved_clips), frames_full=len(frames),
+        frames_retrieved=len(episodes[-1][1]), visual_tokens_full=tokens[0], visual_tokens_retrieved=tokens[1],
+        vision_ms_full=full_run.ms, vision_ms_retrieved=retrieved_run.ms, vision_flops_full=full_run.flops,
+        vision_flops_retrieved=retrieved_run.flops, index_ms=index_run.ms, index_flops=index_run.flops,
+        query_ms=query_run.ms, query_flops=query_run.flops,
+    )
+
+
+def format_retrieval(costs: RetrievalCosts, top_k: int, embedder: str) -> str:
+    """A plain-text table: vision-encoder frames / tokens / time / FLOPs with all frames and with retrieval."""
+    rows = [("frames encoded", costs.frames_full, costs.frames_retrieved, "{:.0f}"),
+            ("visual tokens", costs.visual_tokens_full, costs.visual_tokens_retrieved, "{:.0f}"),
+            ("vision encoder ms", costs.vision_ms_full, costs.vision_ms_retrieved, "{:.1f}"),
+            ("vision encoder GFLOPs", costs.vision_flops_full / 1e9, costs.vision_flops_retrieved / 1e9, "{:.3f}")]
+    lines = [f"retrieval: top-{top_k} of {costs.clips} event clips (sampled frames kept from {costs.clips_retrieved}), "
+             f"embedder {embedder}", f"{'':30} {'all frames':>12} {'retrieved':>12} {'ratio':>8}"]
+    for label, a, b, fmt in rows:
+        ratio = f"{a / b:.2f}x" if a and b else "-"
+        lines.append(f"{label:30} {fmt.format(a):>12} {fmt.format(b):>12} {ratio:>8}")
+    lines.append(f"retrieval step: index {costs.index_ms:.1f} ms, {costs.index_flops / 1e9:.3f} GFLOPs (once per video); "
+                 f"query {costs.query_ms:.1f} ms, {costs.query_flops / 1e9:.3f} GFLOPs (per question)")
+    return "\n".join(lines)
