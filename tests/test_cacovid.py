@@ -345,9 +345,12 @@ def test_vlm_reward_matches_the_pressed_model():
 
 
 def test_accelerate_two_processes_train(tmp_path):
-    """`accelerate launch --num_processes 2 --cpu -m vidpress train cacovid` runs a tiny training and saves a policy."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "-m", "vidpress",
+    """Two data-parallel CPU processes (accelerate's torchrun launcher; on a machine without GPUs accelerate falls
+    back to gloo on CPU. `--cpu` alone would start one process unless an MPI hostfile is given) run a tiny training
+    and save one policy."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vidpress",
                "train", "cacovid", "--out", str(tmp_path / "policy"), "--train-examples", "4", "--group", "4",
                "--frame-rollouts", "1", "--rounds", "2", "--batch-size", "1", "--val-examples", "0", "--threads", "1", "--quiet"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -232,6 +232,8 @@ class CaCoVIDPress(Press):
     frame_share_range: tuple[float, float] = (0.1, 3.0)
 
     query_aware = True
+    #: built by name without a policy, the press only works at retention 1 (the registry's generic tests skip it)
+    needs_policy = True
 
     def __post_init__(self):
         super().__post_init__()

@@ -632,5 +632,8 @@ def _run_train_cacovid(args) -> int:
     command = "vidpress train cacovid " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else None
     metrics = train_cacovid(args.out, model_path=args.model, train_examples=args.train_examples, settings=settings,
                             val_examples=args.val_examples, threads=args.threads, progress=not args.quiet, command=command)
-    print(f"saved to {args.out} after {metrics['train_seconds'] / 60:.1f} min")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"saved to {args.out} after {metrics['train_seconds'] / 60:.1f} min")
     return 0
