@@ -361,3 +361,17 @@ def test_accelerate_two_processes_train(tmp_path):
 
     metrics = json.loads((tmp_path / "policy" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 2
+
+
+def test_frame_mode_can_fill_frames_by_token_scores():
+    T, M = 8, 16
+    g = torch.Generator().manual_seed(0)
+    scores, frame_scores, diversity = torch.randn(T, M, generator=g), torch.randn(T, generator=g), torch.rand(T, M, generator=g)
+    settings = CaCoVIDSettings(group=6, diversity_rollouts=1, frame_rollouts=4, frame_fill="token")
+    masks = rollout_combinations(scores, frame_scores, diversity, 0.25, settings, g, first_round=False)
+    for keep in masks[2:]:  # frame mode: in each drawn frame, its best tokens by the token head
+        for t in keep.any(1).nonzero().squeeze(1).tolist():
+            kept = keep[t].nonzero().squeeze(1)
+            assert set(kept.tolist()) == set(scores[t].topk(kept.numel()).indices.tolist())
+    with pytest.raises(ValueError, match="frame_fill"):
+        CaCoVIDSettings(frame_fill="nope")

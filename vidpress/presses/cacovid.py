@@ -225,11 +225,13 @@ class CaCoVIDPress(Press):
             is evenly spaced over the frame's other tokens.
         frame_share_range: each frame's budget share (softmax of the frame scores) is clipped to
             [lo / T, hi / T] and renormalised, so no frame is starved or hoards the budget beyond these factors.
+        frame_temperature: temperature of that softmax (lower: budgets follow the frame head more sharply).
     """
 
     policy: CaCoVIDPolicy | None = None
     imp_ratio: float = 0.5
     frame_share_range: tuple[float, float] = (0.1, 3.0)
+    frame_temperature: float = 1.0
 
     query_aware = True
     #: built by name without a policy, the press only works at retention 1 (the registry's generic tests skip it)
@@ -245,12 +247,14 @@ class CaCoVIDPress(Press):
         if not 0.0 <= lo <= 1.0 <= hi:
             raise ValueError(f"frame_share_range must be (lo, hi) with 0 <= lo <= 1 <= hi; got {self.frame_share_range!r}")
         self.frame_share_range = (lo, hi)
+        if not self.frame_temperature > 0:
+            raise ValueError(f"frame_temperature must be > 0; got {self.frame_temperature!r}")
 
     def frame_budgets(self, frame_scores: torch.Tensor, total: int, cap: int) -> torch.Tensor:
         """Budgets [T] summing to `total` from frame scores [T]: softmax, clipped, renormalised, capped at `cap`."""
         T = frame_scores.shape[0]
         lo, hi = self.frame_share_range
-        shares = torch.softmax(frame_scores.double(), dim=0).clamp(lo / T, hi / T)
+        shares = torch.softmax(frame_scores.double() / self.frame_temperature, dim=0).clamp(lo / T, hi / T)
         return allocate_budgets(total, shares / shares.sum(), cap)
 
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:

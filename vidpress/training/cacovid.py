@@ -60,6 +60,8 @@ class CaCoVIDSettings:
     group_prob_cap: cap on a group's probability before renormalising (keeps other groups explored).
     token_prob_range: clamp of the within-group token probabilities before sampling without replacement.
     frame_fraction_range: frame mode keeps a fraction of the frames drawn uniformly in this range.
+    frame_fill: how frame mode fills the drawn frames: "diversity" (density-peak score, the paper's) or "token" (the
+        snapshot's token scores, as the press fills frames at inference).
     easy / hard: group accuracy above / below which the rate is halved / doubled.
     clip_low / clip_high: PPO ratio clip (1 - low, 1 + high). frame_loss_weight: weight of the frame surrogate.
     """
@@ -73,6 +75,7 @@ class CaCoVIDSettings:
     group_prob_cap: float = 0.8
     token_prob_range: tuple[float, float] = (0.02, 0.9)
     frame_fraction_range: tuple[float, float] = (0.25, 0.75)
+    frame_fill: str = "diversity"
     easy: float = 0.9
     hard: float = 0.1
     clip_low: float = 0.2
@@ -92,6 +95,8 @@ class CaCoVIDSettings:
         lo, hi = self.rate_range
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"rate_range must be (lo, hi) with 0 < lo <= hi <= 1; got {self.rate_range!r}")
+        if self.frame_fill not in ("diversity", "token"):
+            raise ValueError(f"frame_fill must be 'diversity' or 'token'; got {self.frame_fill!r}")
         if self.rounds < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError("rounds, batch_size and epochs must be >= 1")
 
@@ -160,7 +165,8 @@ def frame_mode_sample(frame_scores: torch.Tensor, diversity: torch.Tensor, total
                       fraction_range: tuple[float, float] = (0.25, 0.75)) -> torch.Tensor:
     """Frame-mode combination, keep mask [T, M] with `total` tokens: draw a fraction of the frames (uniform in
     fraction_range, at least enough to hold the budget) without replacement from the frame head's softmax, spread
-    the budget evenly over them and keep each one's highest density-peak diversity tokens."""
+    the budget evenly over them and keep each one's highest-scoring tokens by `diversity` [T, M] (the density-peak
+    score, or any other within-frame score)."""
     T, M = diversity.shape
     lo, hi = fraction_range
     fraction = lo + (hi - lo) * float(torch.rand((), generator=generator))
@@ -199,7 +205,8 @@ def rollout_combinations(token_scores: torch.Tensor, frame_scores: torch.Tensor,
             masks.append(grouped_token_sample(token_scores, rate, generator, settings.group_factor,
                                               settings.group_prob_cap, settings.token_prob_range))
     for _ in range(settings.frame_rollouts):
-        masks.append(frame_mode_sample(frame_scores, diversity, total, generator, settings.frame_fraction_range))
+        fill = diversity if settings.frame_fill == "diversity" else token_scores
+        masks.append(frame_mode_sample(frame_scores, fill, total, generator, settings.frame_fraction_range))
     return torch.stack(masks)
 
 
@@ -559,7 +566,7 @@ def write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path
         f"{s['rounds']} rollout rounds x G={s['group']} combinations ({s['diversity_rollouts']} diversity, "
         f"{s['group'] - s['diversity_rollouts'] - s['frame_rollouts']} token mode, {s['frame_rollouts']} frame mode),",
         f"  sampling rate in [{s['rate_range'][0]:g}, {s['rate_range'][1]:g}] (adaptive), clip {s['clip_low']:g}/{s['clip_high']:g}, "
-        f"AdamW lr {s['lr']:g}, seed {s['seed']}.",
+        f"frame-mode fill: {s['frame_fill']}, AdamW lr {s['lr']:g}, seed {s['seed']}.",
         f"- {metrics['processes']} process(es), {metrics['threads']} CPU thread(s); encoding {metrics['encode_seconds']:.0f} s, "
         f"total {metrics['train_seconds'] / 60:.1f} min.",
         "",
@@ -610,6 +617,9 @@ def add_train_cacovid_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=defaults.rounds, help="rollout rounds per sample (default %(default)s)")
     parser.add_argument("--rate-range", type=float, nargs=2, default=defaults.rate_range, metavar=("LO", "HI"),
                         help="bounds of the adaptive per-sample sampling rate (default %(default)s)")
+    parser.add_argument("--frame-fill", default=defaults.frame_fill, choices=["diversity", "token"],
+                        help="how frame-mode rollouts fill their frames: density-peak diversity (the paper's) or the "
+                        "token head's scores (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per step and process")
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -626,7 +636,7 @@ def _run_train_cacovid(args) -> int:
 
     settings = CaCoVIDSettings(
         group=args.group, diversity_rollouts=args.diversity_rollouts, frame_rollouts=args.frame_rollouts,
-        rounds=args.rounds, rate_range=tuple(args.rate_range), batch_size=args.batch_size, lr=args.lr,
+        rounds=args.rounds, rate_range=tuple(args.rate_range), frame_fill=args.frame_fill, batch_size=args.batch_size, lr=args.lr,
         epochs=args.epochs, seed=args.seed,
     )
     command = "vidpress train cacovid " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else None
