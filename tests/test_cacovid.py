@@ -375,3 +375,16 @@ def test_frame_mode_can_fill_frames_by_token_scores():
             assert set(kept.tolist()) == set(scores[t].topk(kept.numel()).indices.tolist())
     with pytest.raises(ValueError, match="frame_fill"):
         CaCoVIDSettings(frame_fill="nope")
+
+
+def test_bench_row_runs_the_shipped_reference_policy():
+    from vidpress.evaluation.bench import bench_names, build_row, run_bench
+    from vidpress.synthetic import make_split
+    from vidpress.synthetic.reference import load_reference
+
+    model, processor = load_reference()
+    press, row_model = build_row("cacovid", 0.1, model)
+    assert "cacovid" in bench_names() and isinstance(press, CaCoVIDPress) and row_model is model
+    assert press.policy.config["model_type"] == "qwen2_5_vl" and press.policy.hidden_size == 128
+    rows = run_bench(model, processor, make_split("test", 4), ["cacovid"], [0.1], progress=False)
+    assert rows[1]["press"] == "cacovid" and rows[1]["effective_retention"] == round(0.1 * 128) / 128

@@ -326,9 +326,13 @@ def optimise_policy(policy, samples: list[PolicySample], reward: Callable, setti
                     keep_log_probs(new_tokens[i].flatten(), keep), keep_log_probs(old_tokens[i].flatten(), keep),
                     advantages, balanced_weights(keep), settings.clip_low, settings.clip_high)
                 frames = keep.view(-1, T, M).any(-1)
+                # Only combinations that dropped some frame made a frame decision (token mode keeps k tokens in
+                # every frame); the others would push every frame's keep probability by their advantage alike.
+                chose = ~frames.all(1)
                 frame_objective = clipped_surrogate(
-                    keep_log_probs(new_frames[i], frames), keep_log_probs(old_frames[i], frames),
-                    advantages, balanced_weights(frames), settings.clip_low, settings.clip_high)
+                    keep_log_probs(new_frames[i], frames[chose]), keep_log_probs(old_frames[i], frames[chose]),
+                    advantages[chose], balanced_weights(frames[chose]), settings.clip_low, settings.clip_high
+                ) if chose.any() else new_frames[i].sum() * 0.0
                 loss = loss - (token_objective + settings.frame_loss_weight * frame_objective) / len(batch)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
@@ -472,11 +476,12 @@ def encode_samples(model, processor, examples, batch_size: int = 32, progress: b
 
 def train_cacovid(out_dir, *, model_path=None, train_examples: int = 2000, settings: CaCoVIDSettings | None = None,
                   val_examples: int = 240, val_retentions=(0.25, 0.1, 0.05), threads: int | None = None,
-                  progress: bool = True, command: str | None = None) -> dict:
+                  init_from=None, progress: bool = True, command: str | None = None) -> dict:
     """Train a CaCoVID policy for a model (default: the shipped reference model) on the synthetic train split,
     save it to `out_dir` (save_pretrained) with metrics.json and MODEL_CARD.md, and return the metrics.
 
     Runs on one process, or data-parallel under `accelerate launch` (each process takes every n-th example).
+    init_from: a saved policy to continue training from (default: a fresh one from the VLM's first layer).
     """
     from accelerate import Accelerator
 
@@ -496,13 +501,18 @@ def train_cacovid(out_dir, *, model_path=None, train_examples: int = 2000, setti
     mine = examples[accelerator.process_index :: accelerator.num_processes][:per_process]
     samples = encode_samples(model, processor, mine, progress=progress and accelerator.is_main_process)
     encode_seconds = time.time() - start
-    policy = CaCoVIDPolicy.from_vlm(model).to(accelerator.device)
+    if init_from is not None:
+        policy = CaCoVIDPolicy.from_pretrained(init_from, device=accelerator.device)
+        policy.check_width(model.config.get_text_config().hidden_size)
+    else:
+        policy = CaCoVIDPolicy.from_vlm(model).to(accelerator.device)
     history = optimise_policy(policy, samples, VLMReward(model, letter_token_ids(processor)), settings, accelerator, progress)
     train_seconds = time.time() - start
     metrics = {
         "settings": asdict(settings),
         "model": str(model_path or "vidpress/synthetic/reference_model"),
         "train_examples": train_examples,
+        "init_from": None if init_from is None else str(init_from),
         "processes": accelerator.num_processes,
         "threads": torch.get_num_threads(),
         "steps": len(history),
@@ -567,6 +577,7 @@ def write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path
         f"{s['group'] - s['diversity_rollouts'] - s['frame_rollouts']} token mode, {s['frame_rollouts']} frame mode),",
         f"  sampling rate in [{s['rate_range'][0]:g}, {s['rate_range'][1]:g}] (adaptive), clip {s['clip_low']:g}/{s['clip_high']:g}, "
         f"frame-mode fill: {s['frame_fill']}, AdamW lr {s['lr']:g}, seed {s['seed']}.",
+        *([f"- Continued from the policy in `{metrics['init_from']}`."] if metrics.get("init_from") else []),
         f"- {metrics['processes']} process(es), {metrics['threads']} CPU thread(s); encoding {metrics['encode_seconds']:.0f} s, "
         f"total {metrics['train_seconds'] / 60:.1f} min.",
         "",
@@ -624,6 +635,8 @@ def add_train_cacovid_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--val-examples", type=int, default=240, help="val examples scored after training (0: none)")
+    parser.add_argument("--init-from", default=None, help="continue training this saved policy (default: a fresh "
+                        "policy from the model's first LLM layer)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -641,7 +654,7 @@ def _run_train_cacovid(args) -> int:
     )
     command = "vidpress train cacovid " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else None
     metrics = train_cacovid(args.out, model_path=args.model, train_examples=args.train_examples, settings=settings,
-                            val_examples=args.val_examples, threads=args.threads, progress=not args.quiet, command=command)
+                            val_examples=args.val_examples, threads=args.threads, init_from=args.init_from, progress=not args.quiet, command=command)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
