@@ -267,6 +267,8 @@ class CaCoVIDPress(Press):
             raise ValueError("CaCoVIDPress is query-aware: select() needs a Query with the question's embeddings")
         T, M = tokens.num_frames, tokens.tokens_per_frame
         token_scores, frame_scores = self.policy.score(tokens, query)
+        if not (torch.isfinite(token_scores).all() and torch.isfinite(frame_scores).all()):
+            raise ValueError("the CaCoVID policy gave non-finite scores for this video; is it the policy trained for this model?")
         budgets = self.frame_budgets(frame_scores, token_budget(self.retention, T * M), M)
         keep = torch.stack([top_and_spread(token_scores[t], int(budgets[t]), self.imp_ratio) for t in range(T)])
         keep_indices = keep.flatten().nonzero().squeeze(1).to(tokens.features.device)

@@ -295,6 +295,9 @@ def optimise_policy(policy, samples: list[PolicySample], reward: Callable, setti
         with torch.no_grad():  # the snapshot every round of this batch samples from and is compared against
             old_tokens, old_frames = policy([s.tokens.features for s in batch], [s.tokens.grid for s in batch],
                                             [s.query.embeddings for s in batch])
+        if not all(torch.isfinite(t).all() and torch.isfinite(f).all() for t, f in zip(old_tokens, old_frames)):
+            raise RuntimeError(f"the policy's scores became non-finite at step {step + 1} (training diverged); "
+                               f"train again with a lower --lr (now {settings.lr:g})")
         groups = [_Group() for _ in batch]
         first_accuracy = []
         for round_ in range(settings.rounds):
