@@ -388,3 +388,11 @@ def test_bench_row_runs_the_shipped_reference_policy():
     assert press.policy.config["model_type"] == "qwen2_5_vl" and press.policy.hidden_size == 128
     rows = run_bench(model, processor, make_split("test", 4), ["cacovid"], [0.1], progress=False)
     assert rows[1]["press"] == "cacovid" and rows[1]["effective_retention"] == round(0.1 * 128) / 128
+
+
+def test_clipped_surrogate_stays_finite_for_saturated_probabilities():
+    old = torch.tensor([[-600.0]])
+    new = torch.tensor([[-1.0]], requires_grad=True)
+    objective = clipped_surrogate(new, old, torch.tensor([-1.0]), torch.ones(1, 1))
+    objective.backward()
+    assert torch.isfinite(objective) and torch.isfinite(new.grad).all()

@@ -234,7 +234,9 @@ def keep_log_probs(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 def clipped_surrogate(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                       weights: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28) -> torch.Tensor:
     """PPO's clipped objective (to maximise), per-entry ratios [G, N], advantages [G], weights [G, N]; mean over G."""
-    ratio = torch.exp(new_log_probs - old_log_probs)
+    # Saturated keep/drop probabilities can give log-ratios in the hundreds: exp would overflow to inf, and with a
+    # negative advantage the pessimistic min keeps inf (a NaN gradient). Beyond +-20 the clip decides anyway.
+    ratio = torch.exp((new_log_probs - old_log_probs).clamp(-20.0, 20.0))
     a = advantages[:, None]
     objective = torch.minimum(ratio * a, ratio.clamp(1 - clip_low, 1 + clip_high) * a)
     return (objective * weights).sum(1).mean()
