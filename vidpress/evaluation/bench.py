@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -33,6 +34,29 @@ FULL = "none"
 #: name -> builder(model, retention) -> (press, the model the row runs on). The row's model must share the bench
 #: model's vision tower (the videos are encoded once).
 BENCH_ROWS: dict[str, Callable] = {}
+
+#: The CaCoVID policy trained for the shipped reference model (`vidpress train cacovid`, see its MODEL_CARD.md).
+CACOVID_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "synthetic" / "cacovid_reference"
+
+
+@functools.lru_cache(maxsize=4)
+def _cacovid_reference_policy(device: str):
+    from vidpress.presses.cacovid import CaCoVIDPolicy
+
+    return CaCoVIDPolicy.from_pretrained(CACOVID_REFERENCE_DIR, device=device)
+
+
+def _cacovid_row(model, retention: float):
+    """CaCoVID with the shipped reference policy (only for the reference model: a clear error on other widths)."""
+    from vidpress.presses.cacovid import CaCoVIDPress
+
+    policy = _cacovid_reference_policy(str(model.device))
+    policy.check_width(model.config.get_text_config().hidden_size)
+    # frame_temperature chosen on the val split (the policy's frame scores are sharp); see its MODEL_CARD.md
+    return CaCoVIDPress(policy=policy, retention=retention, frame_temperature=5.0), model
+
+
+BENCH_ROWS["cacovid"] = _cacovid_row
 
 
 def bench_names() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vidpress.presses.base import LayerPress, Press, ScorePress
+from vidpress.presses.cacovid import CaCoVIDPolicy, CaCoVIDPress
 from vidpress.presses.divprune import DivPrunePress
 from vidpress.presses.dycoke import DyCokePress
 from vidpress.presses.fastv import FastVPress
@@ -24,6 +25,7 @@ PRESSES: dict[str, type[Press]] = {
     "dycoke": DyCokePress,
     "fastvid": FastVIDPress,
     "visionzip": VisionZipPress,
+    "cacovid": CaCoVIDPress,
 }
 
 
@@ -40,4 +42,4 @@ def get(name: str, **knobs) -> Press:
     return PRESSES[key](**knobs)
 
 
-__all__ = ["PRESSES", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "PDropPress", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get"]
+__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "PDropPress", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get"]

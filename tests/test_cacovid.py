@@ -1,0 +1,398 @@
+"""CaCoVID: the policy, the press, the combination sampler, the loss and the optimisation."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidpress import presses
+from vidpress.models import get_adapter
+from vidpress.presses.cacovid import CaCoVIDPolicy, CaCoVIDPress, allocate_budgets, top_and_spread
+from vidpress.testing import FAMILIES, make_inputs, tiny_video
+from vidpress.training.cacovid import (
+    CaCoVIDSettings,
+    PolicySample,
+    balanced_weights,
+    clipped_surrogate,
+    density_peak_scores,
+    frame_mode_sample,
+    group_bounds,
+    grouped_token_sample,
+    optimise_policy,
+    rollout_combinations,
+)
+from vidpress.types import Query, VideoTokens
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_policy(model, seed=0):
+    """A policy for `model` with random (not zero) output layers, so scores differ between tokens and frames."""
+    torch.manual_seed(seed)
+    policy = CaCoVIDPolicy.from_vlm(model)
+    for head in (policy.token_head, policy.frame_head):
+        torch.nn.init.normal_(head[-1].weight)
+    return policy.eval()
+
+
+def video_and_query(D, T=8, M=16, L=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    side = math.isqrt(M)
+    return VideoTokens(torch.randn(T, M, D, generator=g), (T, side, side)), Query(torch.arange(L), torch.randn(L, D, generator=g))
+
+
+# --- the policy --------------------------------------------------------------------------------------------
+
+def test_policy_is_bidirectional_and_batched_equals_single(tiny_model):
+    policy = random_policy(tiny_model("qwen2_5_vl")[0])
+    tokens, query = video_and_query(policy.hidden_size)
+    scores, frames = policy.score(tokens, query)
+    assert scores.shape == (8, 16) and frames.shape == (8,)
+    changed = Query(query.token_ids, query.embeddings.clone())
+    changed.embeddings[-1] += 1.0
+    # the video comes first in the sequence: only a bidirectional layer lets the last question token change it
+    assert not torch.allclose(policy.score(tokens, changed)[0], scores)
+    short, short_query = video_and_query(policy.hidden_size, T=4, L=3, seed=1)
+    batched_scores, batched_frames = policy([tokens.features, short.features], [tokens.grid, short.grid], [query.embeddings, short_query.embeddings])
+    assert torch.allclose(batched_scores[0], scores, atol=1e-5) and torch.allclose(batched_frames[0], frames, atol=1e-5)
+    assert torch.allclose(batched_scores[1], policy.score(short, short_query)[0], atol=1e-5)
+
+
+def test_policy_save_load_round_trip(tiny_model, tmp_path):
+    policy = random_policy(tiny_model("qwen3_vl")[0])
+    tokens, query = video_and_query(policy.hidden_size)
+    policy.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"cacovid_config.json", "model.safetensors"}
+    loaded = CaCoVIDPolicy.from_pretrained(tmp_path)
+    assert torch.equal(loaded.score(tokens, query)[0], policy.score(tokens, query)[0])
+    with pytest.raises(FileNotFoundError, match="no CaCoVID policy"):
+        CaCoVIDPolicy.from_pretrained(tmp_path / "missing")
+
+
+def test_policy_does_not_change_the_model(tiny_model):
+    model, _ = tiny_model("qwen2_5_vl")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    policy = CaCoVIDPolicy.from_vlm(model)
+    for p in policy.parameters():
+        p.data.add_(1.0)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert model.config.get_text_config()._attn_implementation == "eager"
+
+
+def test_width_mismatch_is_a_clear_error(tiny_model):
+    policy = random_policy(tiny_model("qwen2_vl")[0])
+    tokens, query = video_and_query(64)
+    with pytest.raises(ValueError, match="width 128.*width 64"):
+        CaCoVIDPress(policy=policy, retention=0.25).select(tokens, query)
+
+
+def test_press_needs_a_policy_and_a_query(tiny_model):
+    tokens, query = video_and_query(128)
+    with pytest.raises(ValueError, match="needs a trained policy"):
+        presses.get("cacovid", retention=0.25).select(tokens, query)
+    policy = random_policy(tiny_model("qwen2_vl")[0])
+    with pytest.raises(ValueError, match="query-aware"):
+        CaCoVIDPress(policy=policy, retention=0.25).select(tokens, None)
+    with pytest.raises(ValueError, match="imp_ratio"):
+        CaCoVIDPress(policy=policy, imp_ratio=1.5)
+
+
+# --- the press ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("R", [0.03, 0.05, 0.1, 0.15, 0.25, 0.5, 0.9])
+def test_press_retention_is_exact(tiny_model, R):
+    policy = random_policy(tiny_model("qwen2_5_vl")[0])
+    tokens, query = video_and_query(policy.hidden_size, T=8, M=16)
+    selection = CaCoVIDPress(policy=policy, retention=R).select(tokens, query)
+    assert selection.num_kept == round(R * 128)
+    assert int(selection.frame_budgets.sum()) == selection.num_kept and int(selection.frame_budgets.max()) <= 16
+    assert torch.equal(torch.bincount(selection.keep_indices // 16, minlength=8), selection.frame_budgets)
+
+
+def test_allocate_budgets_and_top_and_spread():
+    shares = torch.tensor([0.7, 0.1, 0.1, 0.1], dtype=torch.float64)
+    budgets = allocate_budgets(20, shares, 8)
+    assert budgets.tolist() == [8, 4, 4, 4]  # capped at 8, the rest spread by share
+    assert allocate_budgets(3, torch.full((4,), 0.25, dtype=torch.float64), 8).sum() == 3
+    scores = torch.tensor([0.0, 5.0, 1.0, 0.0, 0.0, 4.0, 0.0, 0.0])
+    keep = top_and_spread(scores, 4, 0.5)
+    assert keep.sum() == 4 and keep[1] and keep[5]  # the two top tokens, then evenly spaced ones among the rest
+    assert keep.nonzero().squeeze(1).tolist() == [1, 2, 5, 6]  # others 0,2,3,4,6,7: the centres of two halves
+    assert top_and_spread(scores, 1, 0.5).nonzero().squeeze(1).tolist() == [1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_retention_one_is_identical_and_pressing_works(tiny_model, family):
+    model, processor = tiny_model(family)
+    policy = random_policy(model)
+    inputs = make_inputs(processor, [tiny_video(8)], "What happens?")
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        with CaCoVIDPress(policy=policy, retention=1.0)(model) as pressed:
+            assert torch.equal(model(**inputs).logits, reference)
+        assert pressed.last_report.retention == 1.0
+        with CaCoVIDPress(policy=policy, retention=0.25)(model) as pressed:
+            model(**inputs)
+    selection = pressed.last_report.selections[0]
+    assert selection.num_kept == round(0.25 * selection.num_tokens)
+    assert torch.equal(model(**inputs).logits, reference)  # the model is unchanged after the block
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_batched_equals_per_sample(tiny_model, family):
+    model, processor = tiny_model(family)
+    press = CaCoVIDPress(policy=random_policy(model), retention=0.3)
+    videos = [tiny_video(8, seed=1), tiny_video(8, seed=2)]
+    questions = ["What happens?", "Which colour is the square that moves fastest in the video?"]
+    with torch.no_grad(), press(model) as pressed:
+        singles, kept = [], []
+        for video, question in zip(videos, questions):
+            singles.append(model(**make_inputs(processor, [video], question)).logits[0, -1])
+            kept.append(pressed.last_report.selections[0].keep_indices)
+        batched = model(**make_inputs(processor, videos, questions)).logits[:, -1]
+        batched_kept = [s.keep_indices for s in pressed.last_report.selections]
+    assert all(torch.equal(a, b) for a, b in zip(kept, batched_kept))
+    assert torch.allclose(torch.stack(singles), batched, atol=1e-4)
+
+
+# --- the combination sampler --------------------------------------------------------------------------------
+
+def test_group_bounds():
+    assert group_bounds(16, 4) == [0, 4, 8, 12, 16]
+    assert group_bounds(16, 5) == [0, 4, 7, 10, 13, 16]
+    assert group_bounds(7, 1) == [0, 7]
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.125, 0.25])
+def test_grouped_sampling_keeps_k_tokens_inside_one_group_per_frame(rate):
+    T, M, factor = 6, 16, 2.0
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(T, M, generator=g) * 3
+    k = max(1, round(rate * M))
+    n_groups = min(max(math.floor(1 / (rate * factor) + 1e-9), 1), M // k)
+    bounds = group_bounds(M, n_groups)
+    rank = torch.argsort(torch.sort(scores, dim=1, descending=True, stable=True).indices, dim=1)  # rank of each token
+    for _ in range(20):
+        keep = grouped_token_sample(scores, rate, g, group_factor=factor)
+        assert keep.sum(1).tolist() == [k] * T
+        for t in range(T):
+            ranks = rank[t][keep[t]]
+            group = [i for i in range(n_groups) if bounds[i] <= int(ranks.min()) < bounds[i + 1]][0]
+            assert bool((ranks < bounds[group + 1]).all())  # all k in the same contiguous group of the ranking
+
+
+def test_grouped_sampling_explores_other_groups_but_prefers_the_best():
+    T, M = 1, 16
+    scores = torch.linspace(4, 0, M)[None]  # ranking = index order; group 0 (tokens 0-3) holds most of the mass
+    g = torch.Generator().manual_seed(0)
+    first = sum(int(grouped_token_sample(scores, 0.125, g, group_prob_cap=0.6)[0, :4].any()) for _ in range(300))
+    assert 150 < first < 290  # preferred, yet the capped probability lets other groups be drawn
+
+
+def test_rollout_round_composition_and_budget():
+    T, M = 8, 16
+    settings = CaCoVIDSettings(group=12, diversity_rollouts=1, frame_rollouts=3)
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(T, M, 32, generator=g)
+    scores, frame_scores = torch.randn(T, M, generator=g), torch.randn(T, generator=g)
+    diversity = density_peak_scores(features)
+    masks = rollout_combinations(scores, frame_scores, diversity, 0.125, settings, g, first_round=True)
+    k = 2
+    assert masks.shape == (12, T, M) and masks.flatten(1).sum(1).tolist() == [k * T] * 12
+    top = torch.topk(diversity.flatten(), k * T).indices
+    assert masks[0].flatten()[top].all()  # diversity-only
+    assert torch.equal(masks[1], torch.zeros(T, M, dtype=torch.bool).scatter_(1, scores.topk(k, dim=1).indices, True))
+    assert (masks[1:9].sum(-1) == k).all()  # token mode: k per frame
+    later = rollout_combinations(scores, frame_scores, diversity, 0.125, settings, g, first_round=False)
+    assert not torch.equal(later[1], masks[1]) or not torch.equal(later[2], masks[2])  # later rounds only sample
+
+
+def test_frame_mode_keeps_the_budget_in_few_frames():
+    g = torch.Generator().manual_seed(0)
+    diversity = torch.rand(8, 16, generator=g)
+    frame_scores = torch.tensor([5.0, 0, 0, 0, 0, 0, 0, 0])
+    hits = 0
+    for _ in range(30):
+        keep = frame_mode_sample(frame_scores, diversity, 20, g, (0.25, 0.5))
+        frames = keep.any(1)
+        assert keep.sum() == 20 and 2 <= frames.sum() <= 4 and keep.sum(1).max() <= 16
+        hits += int(frames[0])
+    assert hits >= 25  # the frame head's favourite frame is almost always drawn
+
+
+def test_density_peak_scores_prefer_cluster_centres():
+    centres = torch.eye(4, 16) * 10
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([centres[i] + 0.3 * torch.randn(4, 16, generator=g) for i in range(4)])  # 4 clusters of 4 tokens
+    scores = density_peak_scores(x.view(1, 16, 16), neighbours=3).view(16)
+    top4 = set((torch.topk(scores, 4).indices // 4).tolist())
+    assert top4 == {0, 1, 2, 3}  # one representative per cluster
+
+
+# --- the loss -----------------------------------------------------------------------------------------------
+
+def test_balanced_weights_give_kept_and_dropped_equal_shares():
+    keep = torch.zeros(3, 10, dtype=torch.bool)
+    keep[0, :1] = True
+    keep[1, :7] = True
+    keep[2, :] = True
+    w = balanced_weights(keep)
+    assert torch.allclose((w * keep).sum(1)[:2], torch.tensor([0.5, 0.5]))
+    assert torch.allclose((w * ~keep).sum(1)[:2], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(w[0, 0], torch.tensor(0.5)) and torch.allclose(w[0, 1], torch.tensor(0.5 / 9))
+    assert torch.allclose(w[2].sum(), torch.tensor(1.0))  # nothing dropped: the kept side takes all
+
+
+def test_clipped_surrogate_clips_asymmetrically():
+    old = torch.zeros(2, 1)
+    new = torch.log(torch.tensor([[2.0], [0.5]])).requires_grad_()
+    weights = torch.ones(2, 1)
+    up = clipped_surrogate(new, old, torch.tensor([1.0, 1.0]), weights)
+    assert torch.isclose(up, torch.tensor((1.28 + 0.5) / 2))  # ratio 2 clipped at 1 + 0.28; ratio 0.5 unclipped
+    down = clipped_surrogate(new, old, torch.tensor([-1.0, -1.0]), weights)
+    assert torch.isclose(down, torch.tensor((-2.0 - 0.8) / 2))  # pessimistic: 2 kept, 0.5 clipped at 1 - 0.2
+    up.backward()
+    assert new.grad[0, 0] == 0 and new.grad[1, 0] != 0
+
+
+# --- the optimisation ---------------------------------------------------------------------------------------
+
+def one_token_task(D, n, seed):
+    """Videos where one random token carries the answer (a fixed direction added to it): the reward is 1 when a
+    combination keeps that token."""
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.nn.functional.normalize(torch.randn(D, generator=torch.Generator().manual_seed(123)), dim=0) * 6
+    samples = []
+    for _ in range(n):
+        features = torch.randn(4, 16, D, generator=g)
+        answer = int(torch.randint(64, (), generator=g))
+        features.view(64, D)[answer] += direction
+        samples.append(PolicySample(VideoTokens(features, (4, 4, 4)), Query(torch.arange(5), torch.randn(5, D, generator=g)),
+                                    data={"answer_token": answer}))
+    return samples
+
+
+def keeps_answer(batch, masks):
+    return [m[:, s.data["answer_token"]].float() for s, m in zip(batch, masks)]
+
+
+def top1_accuracy(policy, samples):
+    with torch.no_grad():
+        scores, _ = policy([s.tokens.features for s in samples], [s.tokens.grid for s in samples], [s.query.embeddings for s in samples])
+    return sum(int(sc.flatten().argmax()) == s.data["answer_token"] for sc, s in zip(scores, samples)) / len(samples)
+
+
+def test_training_improves_reward_on_a_one_token_task(tiny_model):
+    torch.manual_seed(0)
+    policy = CaCoVIDPolicy.from_vlm(tiny_model("qwen2_5_vl")[0])
+    train, held_out = one_token_task(policy.hidden_size, 48, seed=1), one_token_task(policy.hidden_size, 32, seed=2)
+    before = top1_accuracy(policy.eval(), held_out)
+    settings = CaCoVIDSettings(group=8, diversity_rollouts=1, frame_rollouts=2, rounds=2, rate_range=(0.125, 0.125),
+                               batch_size=4, lr=2e-3, epochs=2, seed=0)
+    history = optimise_policy(policy, train, keeps_answer, settings, progress=False)
+    after = top1_accuracy(policy.eval(), held_out)
+    first, last = history[:4], history[-4:]
+    assert sum(r["reward"] for r in last) / 4 > sum(r["reward"] for r in first) / 4 + 0.2
+    assert before < 0.1 and after > 0.8, (before, after)
+
+
+def test_training_is_reproducible(tiny_model):
+    model = tiny_model("qwen2_vl")[0]
+    settings = CaCoVIDSettings(group=4, diversity_rollouts=1, frame_rollouts=1, rounds=2, rate_range=(0.05, 0.25), batch_size=2, lr=1e-3)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        policy = CaCoVIDPolicy.from_vlm(model)
+        history = optimise_policy(policy, one_token_task(policy.hidden_size, 8, seed=3), keeps_answer, settings, progress=False)
+        runs.append((history, policy.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())
+
+
+def test_settings_validate():
+    with pytest.raises(ValueError, match="token-mode"):
+        CaCoVIDSettings(group=9, diversity_rollouts=1, frame_rollouts=8)
+    with pytest.raises(ValueError, match="rate_range"):
+        CaCoVIDSettings(rate_range=(0.2, 0.1))
+
+
+def test_vlm_reward_matches_the_pressed_model():
+    """The trainer's batched reward (all combinations of several samples in one forward) gives the answers the model
+    gives under a press keeping the same tokens, one sample at a time."""
+    from vidpress.synthetic import make_split
+    from vidpress.synthetic.reference import _PlannedPress, example_inputs, letter_token_ids, load_reference
+    from vidpress.training.cacovid import VLMReward, encode_samples
+
+    model, processor = load_reference()
+    examples = make_split("train", 3)
+    samples = encode_samples(model, processor, examples, progress=False)
+    g = torch.Generator().manual_seed(0)
+    masks = [torch.rand(4, 128, generator=g) < 0.2 for _ in samples]
+    for m in masks:
+        m[:, 0] = True
+    letters = letter_token_ids(processor)
+    rewards = VLMReward(model, letters)(samples, masks)
+    for example, m, r in zip(examples, masks, rewards):
+        for keep, value in zip(m, r):
+            inputs = example_inputs(processor, [example])
+            with torch.no_grad(), _PlannedPress(retention=0.5, plans=[keep.nonzero().squeeze(1)])(model):
+                answer = int(model(**inputs).logits[0, -1, letters].argmax())
+            assert float(answer == example.answer) == float(value)
+
+
+def test_accelerate_two_processes_train(tmp_path):
+    """Two data-parallel CPU processes (accelerate's torchrun launcher; on a machine without GPUs accelerate falls
+    back to gloo on CPU. `--cpu` alone would start one process unless an MPI hostfile is given) run a tiny training
+    and save one policy."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vidpress",
+               "train", "cacovid", "--out", str(tmp_path / "policy"), "--train-examples", "4", "--group", "4",
+               "--frame-rollouts", "1", "--rounds", "2", "--batch-size", "1", "--val-examples", "0", "--threads", "1", "--quiet"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    policy = CaCoVIDPolicy.from_pretrained(tmp_path / "policy")
+    assert policy.config["model_type"] == "qwen2_5_vl"
+    import json
+
+    metrics = json.loads((tmp_path / "policy" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == 2
+
+
+def test_frame_mode_can_fill_frames_by_token_scores():
+    T, M = 8, 16
+    g = torch.Generator().manual_seed(0)
+    scores, frame_scores, diversity = torch.randn(T, M, generator=g), torch.randn(T, generator=g), torch.rand(T, M, generator=g)
+    settings = CaCoVIDSettings(group=6, diversity_rollouts=1, frame_rollouts=4, frame_fill="token")
+    masks = rollout_combinations(scores, frame_scores, diversity, 0.25, settings, g, first_round=False)
+    for keep in masks[2:]:  # frame mode: in each drawn frame, its best tokens by the token head
+        for t in keep.any(1).nonzero().squeeze(1).tolist():
+            kept = keep[t].nonzero().squeeze(1)
+            assert set(kept.tolist()) == set(scores[t].topk(kept.numel()).indices.tolist())
+    with pytest.raises(ValueError, match="frame_fill"):
+        CaCoVIDSettings(frame_fill="nope")
+
+
+def test_bench_row_runs_the_shipped_reference_policy():
+    from vidpress.evaluation.bench import bench_names, build_row, run_bench
+    from vidpress.synthetic import make_split
+    from vidpress.synthetic.reference import load_reference
+
+    model, processor = load_reference()
+    press, row_model = build_row("cacovid", 0.1, model)
+    assert "cacovid" in bench_names() and isinstance(press, CaCoVIDPress) and row_model is model
+    assert press.policy.config["model_type"] == "qwen2_5_vl" and press.policy.hidden_size == 128
+    rows = run_bench(model, processor, make_split("test", 4), ["cacovid"], [0.1], progress=False)
+    assert rows[1]["press"] == "cacovid" and rows[1]["effective_retention"] == round(0.1 * 128) / 128
+
+
+def test_clipped_surrogate_stays_finite_for_saturated_probabilities():
+    old = torch.tensor([[-600.0]])
+    new = torch.tensor([[-1.0]], requires_grad=True)
+    objective = clipped_surrogate(new, old, torch.tensor([-1.0]), torch.ones(1, 1))
+    objective.backward()
+    assert torch.isfinite(objective) and torch.isfinite(new.grad).all()

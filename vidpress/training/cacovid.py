@@ -1,0 +1,667 @@
+"""CaCoVID's combinatorial policy optimisation (`vidpress train cacovid`).
+
+The VLM stays frozen. Every training video is encoded once. Per sample, G token combinations (keep masks) are
+drawn from the policy snapshot taken before the sample's first update: one by diversity alone, some by online
+grouped sampling in the combination space (token mode), some by sampling frames from the frame head (frame
+mode). The frozen VLM answers with each combination in one batched forward; the reward is whether the argmax
+option letter is right. Over several rollout rounds the sample's combinations join one growing group; the
+rewards are z-scored within it and a PPO-style clipped surrogate on per-token (and per-frame) keep/drop
+log-probabilities, kept and dropped entries weighted to contribute equally, updates the policy after each round.
+Each sample's sampling rate adapts (halved when its group is almost always right, doubled when almost always
+wrong). Data parallel through accelerate; deterministic given the seed, the process count and the threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vidpress.presses.base import Press, keep_top
+from vidpress.presses.cacovid import CaCoVIDPolicy, allocate_budgets
+from vidpress.types import Query, Selection, VideoTokens
+
+__all__ = [
+    "CaCoVIDSettings",
+    "PolicySample",
+    "VLMReward",
+    "add_train_cacovid_parser",
+    "balanced_weights",
+    "clipped_surrogate",
+    "density_peak_scores",
+    "encode_samples",
+    "frame_mode_sample",
+    "group_bounds",
+    "grouped_token_sample",
+    "optimise_policy",
+    "rollout_combinations",
+    "train_cacovid",
+]
+
+
+@dataclass
+class CaCoVIDSettings:
+    """Knobs of the optimisation (defaults: the paper's released setup).
+
+    group: combinations per rollout round (G); diversity_rollouts + frame_rollouts of them come from the diversity
+        rule and the frame mode, the rest from the token mode (the first of those, in round 0, is the
+        deterministic per-frame top-k).
+    rounds: rollout rounds per sample against the first policy snapshot (the group grows each round).
+    rate_range: bounds of the per-sample sampling rate r (share of each frame's tokens kept, k = round(r * M));
+        a sample starts at a rate drawn uniformly in this range.
+    group_factor: the `group_size` of n_g = max(floor(1 / (r * group_factor)), 1) groups per frame ranking.
+    group_prob_cap: cap on a group's probability before renormalising (keeps other groups explored).
+    token_prob_range: clamp of the within-group token probabilities before sampling without replacement.
+    frame_fraction_range: frame mode keeps a fraction of the frames drawn uniformly in this range.
+    frame_fill: how frame mode fills the drawn frames: "diversity" (density-peak score, the paper's) or "token" (the
+        snapshot's token scores, as the press fills frames at inference).
+    easy / hard: group accuracy above / below which the rate is halved / doubled.
+    clip_low / clip_high: PPO ratio clip (1 - low, 1 + high). frame_loss_weight: weight of the frame surrogate.
+    """
+
+    group: int = 32
+    diversity_rollouts: int = 1
+    frame_rollouts: int = 8
+    rounds: int = 5
+    rate_range: tuple[float, float] = (0.01, 0.12)
+    group_factor: float = 2.0
+    group_prob_cap: float = 0.8
+    token_prob_range: tuple[float, float] = (0.02, 0.9)
+    frame_fraction_range: tuple[float, float] = (0.25, 0.75)
+    frame_fill: str = "diversity"
+    easy: float = 0.9
+    hard: float = 0.1
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    frame_loss_weight: float = 1.0
+    batch_size: int = 4
+    lr: float = 1e-4
+    epochs: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.group < 1 + self.diversity_rollouts + self.frame_rollouts:
+            raise ValueError(
+                f"group ({self.group}) must exceed diversity_rollouts + frame_rollouts "
+                f"({self.diversity_rollouts} + {self.frame_rollouts}) by at least one token-mode rollout"
+            )
+        lo, hi = self.rate_range
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"rate_range must be (lo, hi) with 0 < lo <= hi <= 1; got {self.rate_range!r}")
+        if self.frame_fill not in ("diversity", "token"):
+            raise ValueError(f"frame_fill must be 'diversity' or 'token'; got {self.frame_fill!r}")
+        if self.rounds < 1 or self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("rounds, batch_size and epochs must be >= 1")
+
+
+# ------------------------------------------------------------------------------------------- combinations
+
+
+def density_peak_scores(features: torch.Tensor, neighbours: int = 5) -> torch.Tensor:
+    """Density-peak diversity of every token, [T, M, D] -> [T, M]: local density (exp of minus the mean squared
+    cosine distance to the nearest neighbours) times the distance to the nearest denser token; tokens that are
+    both typical of a cluster and far from other clusters' centres score highest."""
+    T, M, D = features.shape
+    x = F.normalize(features.reshape(T * M, D).float(), dim=-1)
+    dist = (2 - 2 * x @ x.T).clamp_min(0).sqrt()
+    k = min(neighbours, T * M - 1)
+    if k < 1:
+        return torch.ones(T, M, device=features.device)
+    density = torch.exp(-dist.topk(k + 1, largest=False).values[:, 1:].pow(2).mean(-1))
+    index = torch.arange(T * M, device=features.device)
+    # j is denser than i (ties: the lower index counts as denser, so exactly one token has no denser one)
+    denser = (density[None, :] > density[:, None]) | ((density[None, :] == density[:, None]) & (index[None, :] < index[:, None]))
+    delta = dist.masked_fill(~denser, math.inf).min(-1).values
+    delta = torch.where(torch.isinf(delta), dist.max(-1).values, delta)
+    return (density * delta).view(T, M)
+
+
+def group_bounds(size: int, n_groups: int) -> list[int]:
+    """Boundaries [0, ..., size] of `n_groups` contiguous groups of a ranking of `size`, sizes differing by <= 1
+    (the larger ones first)."""
+    base, extra = divmod(size, n_groups)
+    bounds = [0]
+    for g in range(n_groups):
+        bounds.append(bounds[-1] + base + (1 if g < extra else 0))
+    return bounds
+
+
+def grouped_token_sample(scores: torch.Tensor, rate: float, generator: torch.Generator, group_factor: float = 2.0,
+                         group_prob_cap: float = 0.8, token_prob_range: tuple[float, float] = (0.02, 0.9)) -> torch.Tensor:
+    """Token-mode combination, keep mask [T, M] with exactly k = max(1, round(rate * M)) tokens per frame.
+
+    Per frame: softmax the token scores, sort the tokens by probability, cut the ranking into
+    n_g = max(floor(1 / (rate * group_factor)), 1) contiguous groups (at most M // k, so each holds k tokens),
+    draw one group with its probability mass capped at group_prob_cap and renormalised, then draw k tokens
+    inside it without replacement from their renormalised probabilities clamped to token_prob_range.
+    """
+    T, M = scores.shape
+    k = max(1, min(M, round(rate * M)))
+    n_groups = min(max(math.floor(1 / (rate * group_factor) + 1e-9), 1), M // k)
+    probs = torch.softmax(scores.float().cpu(), dim=1)
+    sorted_p, order = torch.sort(probs, dim=1, descending=True, stable=True)
+    bounds = group_bounds(M, n_groups)
+    group_p = torch.stack([sorted_p[:, a:b].sum(1) for a, b in zip(bounds[:-1], bounds[1:])], dim=1)  # [T, n_g]
+    group_p = group_p.clamp(max=group_prob_cap)
+    chosen = torch.multinomial(group_p / group_p.sum(1, keepdim=True), 1, generator=generator).squeeze(1)
+    keep = torch.zeros(T, M, dtype=torch.bool)
+    lo, hi = token_prob_range
+    for t in range(T):
+        a, b = bounds[int(chosen[t])], bounds[int(chosen[t]) + 1]
+        inside = sorted_p[t, a:b] / sorted_p[t, a:b].sum()
+        picks = torch.multinomial(inside.clamp(lo, hi), k, replacement=False, generator=generator)
+        keep[t, order[t, a + picks]] = True
+    return keep.to(scores.device)
+
+
+def frame_mode_sample(frame_scores: torch.Tensor, diversity: torch.Tensor, total: int, generator: torch.Generator,
+                      fraction_range: tuple[float, float] = (0.25, 0.75)) -> torch.Tensor:
+    """Frame-mode combination, keep mask [T, M] with `total` tokens: draw a fraction of the frames (uniform in
+    fraction_range, at least enough to hold the budget) without replacement from the frame head's softmax, spread
+    the budget evenly over them and keep each one's highest-scoring tokens by `diversity` [T, M] (the density-peak
+    score, or any other within-frame score)."""
+    T, M = diversity.shape
+    lo, hi = fraction_range
+    fraction = lo + (hi - lo) * float(torch.rand((), generator=generator))
+    n_frames = min(T, max(math.ceil(total / M), round(fraction * T), 1))
+    probs = torch.softmax(frame_scores.float().cpu(), dim=0).clamp_min(1e-6)
+    frames = torch.multinomial(probs, n_frames, replacement=False, generator=generator)
+    shares = torch.zeros(T, dtype=torch.float64)
+    shares[frames] = 1.0 / n_frames
+    budgets = allocate_budgets(total, shares, M)
+    keep = torch.zeros(T, M, dtype=torch.bool)
+    order = torch.sort(diversity.float().cpu(), dim=1, descending=True, stable=True).indices
+    for t in frames.tolist():
+        keep[t, order[t, : int(budgets[t])]] = True
+    return keep.to(diversity.device)
+
+
+def rollout_combinations(token_scores: torch.Tensor, frame_scores: torch.Tensor, diversity: torch.Tensor, rate: float,
+                         settings: CaCoVIDSettings, generator: torch.Generator, first_round: bool) -> torch.Tensor:
+    """One round's G combinations of one sample, keep masks [G, T, M], all with the same budget k * T
+    (k = max(1, round(rate * M))): [diversity-only..., token mode (round 0 starts with the deterministic per-frame
+    top-k)..., frame mode...]."""
+    T, M = token_scores.shape
+    k = max(1, min(M, round(rate * M)))
+    total = k * T
+    masks = []
+    for _ in range(settings.diversity_rollouts):
+        keep = torch.zeros(T * M, dtype=torch.bool, device=token_scores.device)
+        keep[keep_top(diversity, total)] = True
+        masks.append(keep.view(T, M))
+    token_rollouts = settings.group - settings.diversity_rollouts - settings.frame_rollouts
+    for j in range(token_rollouts):
+        if first_round and j == 0:
+            top = torch.sort(token_scores, dim=1, descending=True, stable=True).indices[:, :k]
+            masks.append(torch.zeros(T, M, dtype=torch.bool, device=token_scores.device).scatter_(1, top, True))
+        else:
+            masks.append(grouped_token_sample(token_scores, rate, generator, settings.group_factor,
+                                              settings.group_prob_cap, settings.token_prob_range))
+    for _ in range(settings.frame_rollouts):
+        fill = diversity if settings.frame_fill == "diversity" else token_scores
+        masks.append(frame_mode_sample(frame_scores, fill, total, generator, settings.frame_fraction_range))
+    return torch.stack(masks)
+
+
+# ------------------------------------------------------------------------------------------- loss
+
+
+def balanced_weights(keep: torch.Tensor) -> torch.Tensor:
+    """Per-entry loss weights [G, N] for keep masks [G, N]: kept entries share 1/2 and dropped entries share 1/2
+    of each combination's weight (all of it when one side is empty), so a few kept tokens count as much as the
+    many dropped ones."""
+    keep = keep.float()
+    kept = keep.sum(1, keepdim=True)
+    dropped = keep.shape[1] - kept
+    both = (kept > 0) & (dropped > 0)
+    w_kept = torch.where(both, 0.5 / kept.clamp_min(1), 1.0 / kept.clamp_min(1))
+    w_dropped = torch.where(both, 0.5 / dropped.clamp_min(1), 1.0 / dropped.clamp_min(1))
+    return keep * w_kept + (1 - keep) * w_dropped
+
+
+def keep_log_probs(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """log pi(action) of keep/drop actions [G, N] under scores [N] (keep logit minus drop logit)."""
+    return torch.where(keep, F.logsigmoid(scores)[None], F.logsigmoid(-scores)[None])
+
+
+def clipped_surrogate(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                      weights: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28) -> torch.Tensor:
+    """PPO's clipped objective (to maximise), per-entry ratios [G, N], advantages [G], weights [G, N]; mean over G."""
+    # Saturated keep/drop probabilities can give log-ratios in the hundreds: exp would overflow to inf, and with a
+    # negative advantage the pessimistic min keeps inf (a NaN gradient). Beyond +-20 the clip decides anyway.
+    ratio = torch.exp((new_log_probs - old_log_probs).clamp(-20.0, 20.0))
+    a = advantages[:, None]
+    objective = torch.minimum(ratio * a, ratio.clamp(1 - clip_low, 1 + clip_high) * a)
+    return (objective * weights).sum(1).mean()
+
+
+# ------------------------------------------------------------------------------------------- rollouts + updates
+
+
+@dataclass
+class PolicySample:
+    """One training sample: the video's frame tokens, the question (with embeddings) and its diversity scores."""
+
+    tokens: VideoTokens
+    query: Query
+    diversity: torch.Tensor | None = None
+    data: dict = field(default_factory=dict)  # what the reward needs (e.g. cached VLM inputs and the answer)
+
+    def __post_init__(self):
+        if self.diversity is None:
+            self.diversity = density_peak_scores(self.tokens.features)
+
+
+@dataclass
+class _Group:
+    masks: list = field(default_factory=list)  # [G, T*M] bool per round
+    rewards: list = field(default_factory=list)  # [G] per round
+
+
+def optimise_policy(policy, samples: list[PolicySample], reward: Callable, settings: CaCoVIDSettings, accelerator=None,
+                    progress: bool = True, log: Callable | None = None) -> list[dict]:
+    """Run the optimisation over `samples` (this process's share) and return per-step records.
+
+    reward(batch_samples, masks) -> list of [G] float rewards, masks being one bool [G, T * M] per sample.
+    `policy` may be wrapped by accelerate (DDP); the optimiser is created and prepared here.
+    """
+    from tqdm.auto import tqdm
+
+    if accelerator is None:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr, weight_decay=0.0)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    generator = torch.Generator().manual_seed(settings.seed * 1000 + accelerator.process_index)
+    lo, hi = settings.rate_range
+    rates = [lo + (hi - lo) * float(torch.rand((), generator=generator)) for _ in samples]
+    order_rng = torch.Generator().manual_seed(settings.seed)  # the same order on every process
+    batches = []
+    for _ in range(settings.epochs):
+        perm = torch.randperm(len(samples), generator=order_rng).tolist()
+        batches += [perm[i : i + settings.batch_size] for i in range(0, len(perm) - settings.batch_size + 1, settings.batch_size)]
+    history = []
+    ema = {}
+    bar = tqdm(batches, desc="cacovid policy", disable=not (progress and accelerator.is_main_process), mininterval=2.0)
+    for step, rows in enumerate(bar):
+        batch = [samples[r] for r in rows]
+        policy.eval()
+        with torch.no_grad():  # the snapshot every round of this batch samples from and is compared against
+            old_tokens, old_frames = policy([s.tokens.features for s in batch], [s.tokens.grid for s in batch],
+                                            [s.query.embeddings for s in batch])
+        if not all(torch.isfinite(t).all() and torch.isfinite(f).all() for t, f in zip(old_tokens, old_frames)):
+            raise RuntimeError(f"the policy's scores became non-finite at step {step + 1} (training diverged); "
+                               f"train again with a lower --lr (now {settings.lr:g})")
+        groups = [_Group() for _ in batch]
+        first_accuracy = []
+        for round_ in range(settings.rounds):
+            masks = [
+                rollout_combinations(old_tokens[i], old_frames[i], s.diversity, rates[rows[i]], settings, generator, round_ == 0).flatten(1)
+                for i, s in enumerate(batch)
+            ]
+            rewards = reward(batch, masks)
+            for i, (group, m, r) in enumerate(zip(groups, masks, rewards)):
+                group.masks.append(m)
+                group.rewards.append(torch.as_tensor(r, dtype=torch.float32))
+                if round_ == 0:  # the deterministic top-k rollout: what the greedy policy gets at this rate
+                    first_accuracy.append(float(r[settings.diversity_rollouts]))
+                accuracy = float(torch.as_tensor(r).float().mean())
+                if accuracy > settings.easy:
+                    rates[rows[i]] = max(lo, rates[rows[i]] / 2)
+                elif accuracy < settings.hard:
+                    rates[rows[i]] = min(hi, rates[rows[i]] * 2)
+            policy.train()
+            new_tokens, new_frames = policy([s.tokens.features for s in batch], [s.tokens.grid for s in batch],
+                                            [s.query.embeddings for s in batch])
+            loss = 0.0
+            for i, (group, sample) in enumerate(zip(groups, batch)):
+                keep = torch.cat(group.masks)  # [G * rounds, T * M]
+                rewards_i = torch.cat(group.rewards)
+                advantages = (rewards_i - rewards_i.mean()) / (rewards_i.std(unbiased=False) + 1e-6)
+                T, M = sample.tokens.num_frames, sample.tokens.tokens_per_frame
+                token_objective = clipped_surrogate(
+                    keep_log_probs(new_tokens[i].flatten(), keep), keep_log_probs(old_tokens[i].flatten(), keep),
+                    advantages, balanced_weights(keep), settings.clip_low, settings.clip_high)
+                frames = keep.view(-1, T, M).any(-1)
+                # Only combinations that dropped some frame made a frame decision (token mode keeps k tokens in
+                # every frame); the others would push every frame's keep probability by their advantage alike.
+                chose = ~frames.all(1)
+                frame_objective = clipped_surrogate(
+                    keep_log_probs(new_frames[i], frames[chose]), keep_log_probs(old_frames[i], frames[chose]),
+                    advantages[chose], balanced_weights(frames[chose]), settings.clip_low, settings.clip_high
+                ) if chose.any() else new_frames[i].sum() * 0.0
+                loss = loss - (token_objective + settings.frame_loss_weight * frame_objective) / len(batch)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(policy.parameters(), 1.0)
+            optimizer.step()
+        stats = torch.tensor([
+            float(torch.cat([torch.cat(g.rewards) for g in groups]).mean()),
+            sum(first_accuracy) / len(first_accuracy),
+            sum(rates[r] for r in rows) / len(rows),
+            float(loss.detach()),
+        ])
+        stats = accelerator.reduce(stats, reduction="mean") if accelerator.num_processes > 1 else stats
+        record = {"step": step + 1, "reward": stats[0].item(), "topk_accuracy": stats[1].item(), "rate": stats[2].item(), "loss": stats[3].item()}
+        history.append(record)
+        for key in ("reward", "topk_accuracy"):
+            ema[key] = record[key] if key not in ema else 0.95 * ema[key] + 0.05 * record[key]
+        bar.set_postfix(reward=f"{ema['reward']:.3f}", acc=f"{ema['topk_accuracy']:.3f}", rate=f"{record['rate']:.3f}")
+        if log is not None:
+            log(record)
+    return history
+
+
+# ------------------------------------------------------------------------------------------- the frozen VLM
+
+
+@dataclass
+class _PlanPress(Press):
+    """Keeps indices planned in advance, one LongTensor per video in call order."""
+
+    plans: list = field(default_factory=list)
+
+    def compress(self, tokens, query):
+        return Selection(self.plans.pop(0).to(tokens.features.device), tokens.num_tokens)
+
+
+def _video_entries(output) -> list[dict]:
+    """One dict per video of an encoder output: "pooler_output" [N, D] (+ "deepstack_features", one per level)."""
+    pooled = output.pooler_output
+    entries = [{"pooler_output": p} for p in pooled]
+    deepstack = getattr(output, "deepstack_features", None)
+    if deepstack is not None:
+        for v, entry in enumerate(entries):
+            entry["deepstack_features"] = [level[v] for level in deepstack]
+    return entries
+
+
+def _pack_entries(like, entries: list[dict]):
+    """An encoder output of `like`'s type and layout holding `entries` (one per video, in order)."""
+    pooled = [e["pooler_output"] for e in entries]
+    fields = {"pooler_output": torch.stack(pooled) if isinstance(like.pooler_output, torch.Tensor) else tuple(pooled)}
+    if "deepstack_features" in entries[0]:
+        levels = len(entries[0]["deepstack_features"])
+        fields["deepstack_features"] = [tuple(e["deepstack_features"][lvl] for e in entries) for lvl in range(levels)]
+    return type(like)(**fields)
+
+
+class VLMReward:
+    """Reward of keep masks = correctness of the frozen VLM's answer (argmax over the option-letter logits at the
+    last prompt position). All combinations of a batch of samples go through the model in one forward."""
+
+    def __init__(self, model, letter_ids: list[int], chunk: int = 256):
+        from vidpress.models import get_adapter
+        from vidpress.models.base import _pad_token_id
+
+        self.model, self.adapter, self.chunk = model, get_adapter(model), chunk
+        self.letters = torch.tensor(letter_ids)
+        self.pad_id = _pad_token_id(model)
+
+    @torch.no_grad()
+    def __call__(self, batch: list[PolicySample], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        rows = [(i, keep) for i, m in enumerate(masks) for keep in m]
+        scores = []
+        for start in range(0, len(rows), self.chunk):
+            scores.append(self._answers(batch, rows[start : start + self.chunk]))
+        predictions = torch.cat(scores)
+        answers = torch.tensor([batch[i].data["answer"] for i, _ in rows])
+        correct = (predictions == answers).float()
+        return list(correct.split([m.shape[0] for m in masks]))
+
+    def _answers(self, batch, rows) -> torch.Tensor:
+        samples = [batch[i].data for i, _ in rows]
+        length = max(s["inputs"]["input_ids"].shape[1] for s in samples)
+        inputs = {}
+        for name in samples[0]["inputs"]:
+            values = [s["inputs"][name] for s in samples]
+            if name in samples[0]["sequence_keys"]:  # left padding
+                pad = self.pad_id if name == "input_ids" else 0
+                values = [F.pad(v, (length - v.shape[1], 0), value=pad) for v in values]
+            inputs[name] = torch.cat(values).to(self.model.device)
+        entries = [e for s in samples for e in s["videos"]]
+        inputs["mm_encoder_outputs"] = {"video": _pack_entries(samples[0]["like"], entries)}
+        plans = [keep.nonzero().squeeze(1) for _, keep in rows]
+        pressed, _ = self.adapter.compress(_PlanPress(retention=0.5, plans=plans), inputs, for_generate=False)
+        logits = self.model(**pressed, logits_to_keep=1).logits[:, -1]
+        return logits[:, self.letters.to(logits.device)].argmax(-1).cpu()
+
+
+@torch.no_grad()
+def encode_samples(model, processor, examples, batch_size: int = 32, progress: bool = True, desc: str = "encoding videos") -> list[PolicySample]:
+    """Encode each example's video once (processor + the model's vision encoder) and keep what training needs:
+    the frame tokens, the question's Query (as the adapter builds it for presses), diversity scores, and per sample
+    its unpadded text inputs and encoder-output entries for the reward. Examples need .video, .question, .answer."""
+    from tqdm.auto import tqdm
+
+    from vidpress.models import get_adapter
+    from vidpress.models.base import PIXEL_INPUTS
+    from vidpress.synthetic.reference import example_inputs
+
+    adapter = get_adapter(model)
+    samples = []
+    for start in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not progress, mininterval=2.0):
+        chunk = examples[start : start + batch_size]
+        inputs = dict(example_inputs(processor, chunk).to(model.device))
+        output = adapter.encode("video", inputs)
+        layouts = adapter.video_layouts(output, inputs)
+        entries = _video_entries(output)
+        if len(layouts) != len(chunk):
+            raise ValueError(f"expected one video per example; got {len(layouts)} videos for {len(chunk)} examples")
+        B, L = inputs["input_ids"].shape
+        real = inputs["attention_mask"].bool()
+        sequence_keys = {k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == (B, L)}
+        for i, example in enumerate(chunk):
+            own = {}
+            for name, value in inputs.items():
+                if name in PIXEL_INPUTS or not isinstance(value, torch.Tensor):
+                    continue
+                own[name] = value[i : i + 1][:, real[i]] if name in sequence_keys else value[i : i + 1]
+            tokens = layouts[i].tokens
+            tokens = VideoTokens(tokens.features.detach().float().cpu(), tokens.grid)
+            samples.append(PolicySample(
+                tokens=tokens,
+                query=adapter.query(inputs["input_ids"][i], real[i]),
+                data={"inputs": own, "sequence_keys": sequence_keys, "videos": [entries[i]], "like": output,
+                      "answer": int(example.answer)},
+            ))
+    return samples
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+def train_cacovid(out_dir, *, model_path=None, train_examples: int = 2000, settings: CaCoVIDSettings | None = None,
+                  val_examples: int = 240, val_retentions=(0.25, 0.1, 0.05), threads: int | None = None,
+                  init_from=None, progress: bool = True, command: str | None = None) -> dict:
+    """Train a CaCoVID policy for a model (default: the shipped reference model) on the synthetic train split,
+    save it to `out_dir` (save_pretrained) with metrics.json and MODEL_CARD.md, and return the metrics.
+
+    Runs on one process, or data-parallel under `accelerate launch` (each process takes every n-th example).
+    init_from: a saved policy to continue training from (default: a fresh one from the VLM's first layer).
+    """
+    from accelerate import Accelerator
+
+    from vidpress.synthetic.reference import letter_token_ids, load_reference
+    from vidpress.synthetic.world import make_split
+
+    settings = settings or CaCoVIDSettings()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(settings.seed)
+    start = time.time()
+    model, processor = load_reference(model_path)
+    model.to(accelerator.device).requires_grad_(False)
+    examples = make_split("train", train_examples)
+    per_process = len(examples) // accelerator.num_processes
+    mine = examples[accelerator.process_index :: accelerator.num_processes][:per_process]
+    samples = encode_samples(model, processor, mine, progress=progress and accelerator.is_main_process)
+    encode_seconds = time.time() - start
+    if init_from is not None:
+        policy = CaCoVIDPolicy.from_pretrained(init_from, device=accelerator.device)
+        policy.check_width(model.config.get_text_config().hidden_size)
+    else:
+        policy = CaCoVIDPolicy.from_vlm(model).to(accelerator.device)
+    history = optimise_policy(policy, samples, VLMReward(model, letter_token_ids(processor)), settings, accelerator, progress)
+    train_seconds = time.time() - start
+    metrics = {
+        "settings": asdict(settings),
+        "model": str(model_path or "vidpress/synthetic/reference_model"),
+        "train_examples": train_examples,
+        "init_from": None if init_from is None else str(init_from),
+        "processes": accelerator.num_processes,
+        "threads": torch.get_num_threads(),
+        "steps": len(history),
+        "encode_seconds": round(encode_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "curve": _curve(history),
+    }
+    if accelerator.is_main_process:
+        policy = accelerator.unwrap_model(policy).eval()
+        out_dir = Path(out_dir)
+        policy.save_pretrained(out_dir)
+        if val_examples:
+            metrics["val"] = _validate(model, processor, policy, make_split("val", val_examples), val_retentions, progress)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_model_card(out_dir, metrics, command)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _curve(history: list[dict], points: int = 10) -> list[dict]:
+    """Mean reward / top-k accuracy / rate over `points` equal slices of the steps."""
+    if not history:
+        return []
+    size = max(1, len(history) // points)
+    curve = []
+    for a in range(0, len(history), size):
+        part = history[a : a + size]
+        curve.append({"steps": f"{part[0]['step']}-{part[-1]['step']}",
+                      **{k: round(sum(r[k] for r in part) / len(part), 4) for k in ("reward", "topk_accuracy", "rate")}})
+    return curve
+
+
+def _validate(model, processor, policy, examples, retentions, progress) -> dict:
+    from vidpress.evaluation.bench import encode, evaluate
+    from vidpress.presses.cacovid import CaCoVIDPress
+    from vidpress.synthetic.reference import letter_token_ids
+
+    batches = encode(model, processor, examples, 32, progress=False)
+    result = {}
+    for r in retentions:
+        row = evaluate(model, batches, CaCoVIDPress(policy=policy, retention=r), letter_token_ids(processor))
+        result[f"{r:g}"] = {"accuracy": round(row["accuracy"], 4), "evidence_recall": round(row["evidence_recall"], 4),
+                            "effective_retention": round(row["effective_retention"], 4)}
+        if progress:
+            print(f"val cacovid@{r:g}: accuracy {row['accuracy']:.3f}, evidence recall {row['evidence_recall']:.3f}")
+    return result
+
+
+def write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path:
+    """MODEL_CARD.md next to the saved policy, from the training metrics."""
+    s = metrics["settings"]
+    lines = [
+        "# CaCoVID policy",
+        "",
+        "A `vidpress.presses.cacovid.CaCoVIDPolicy` trained by combinatorial policy optimisation against a frozen VLM",
+        f"(`{metrics['model']}`). Load it with `CaCoVIDPolicy.from_pretrained(path)` and use it as",
+        "`CaCoVIDPress(policy=policy, retention=R)` on that model only.",
+        "",
+        "## Training",
+        f"- {metrics['train_examples']} synthetic `train` examples, {metrics['steps']} steps of {s['batch_size']} samples x "
+        f"{s['rounds']} rollout rounds x G={s['group']} combinations ({s['diversity_rollouts']} diversity, "
+        f"{s['group'] - s['diversity_rollouts'] - s['frame_rollouts']} token mode, {s['frame_rollouts']} frame mode),",
+        f"  sampling rate in [{s['rate_range'][0]:g}, {s['rate_range'][1]:g}] (adaptive), clip {s['clip_low']:g}/{s['clip_high']:g}, "
+        f"frame-mode fill: {s['frame_fill']}, AdamW lr {s['lr']:g}, seed {s['seed']}.",
+        *([f"- Continued from the policy in `{metrics['init_from']}`."] if metrics.get("init_from") else []),
+        f"- {metrics['processes']} process(es), {metrics['threads']} CPU thread(s); encoding {metrics['encode_seconds']:.0f} s, "
+        f"total {metrics['train_seconds'] / 60:.1f} min.",
+        "",
+        "Command:",
+        "",
+        "```bash",
+        command or "vidpress train cacovid --out DIR",
+        "```",
+        "",
+        "## Reward curve (mean over slices of the steps)",
+        "",
+        "reward = share of all rollouts answered right; top-k acc = the deterministic top-k rollout's accuracy.",
+        "",
+        "| steps | reward | top-k acc | rate |",
+        "|---|---|---|---|",
+        *[f"| {c['steps']} | {c['reward']:.3f} | {c['topk_accuracy']:.3f} | {c['rate']:.3f} |" for c in metrics["curve"]],
+        "",
+    ]
+    if metrics.get("val"):
+        lines += ["## Validation (`val` split, CaCoVIDPress)", "", "| retention | effective | accuracy | evidence recall |", "|---|---|---|---|"]
+        lines += [f"| {r} | {v['effective_retention']:.3f} | {v['accuracy']:.3f} | {v['evidence_recall']:.3f} |" for r, v in metrics["val"].items()]
+        lines.append("")
+    path = Path(out_dir) / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def add_train_cacovid_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `cacovid` (vidpress train cacovid --out DIR ...) on an argparse subparsers object."""
+    defaults = CaCoVIDSettings()
+    parser = subparsers.add_parser(
+        "cacovid",
+        help="train a CaCoVID selection policy against a frozen VLM",
+        description="Train a CaCoVID policy (one decoder layer copied from the VLM's first LLM layer, token and frame "
+        "heads) by combinatorial policy optimisation against the frozen VLM on the synthetic train split; save it "
+        "with save_pretrained, metrics.json and MODEL_CARD.md. Data-parallel with `accelerate launch -m vidpress "
+        "train cacovid ...`.",
+    )
+    parser.add_argument("--out", required=True, help="output folder for the policy")
+    parser.add_argument("--model", default=None, help="reference-style model folder (default: the shipped reference model)")
+    parser.add_argument("--train-examples", type=int, default=2000, help="synthetic train examples (default 2000)")
+    parser.add_argument("--group", type=int, default=defaults.group, help="combinations per rollout round, G (default %(default)s)")
+    parser.add_argument("--diversity-rollouts", type=int, default=defaults.diversity_rollouts)
+    parser.add_argument("--frame-rollouts", type=int, default=defaults.frame_rollouts)
+    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="rollout rounds per sample (default %(default)s)")
+    parser.add_argument("--rate-range", type=float, nargs=2, default=defaults.rate_range, metavar=("LO", "HI"),
+                        help="bounds of the adaptive per-sample sampling rate (default %(default)s)")
+    parser.add_argument("--frame-fill", default=defaults.frame_fill, choices=["diversity", "token"],
+                        help="how frame-mode rollouts fill their frames: density-peak diversity (the paper's) or the "
+                        "token head's scores (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per step and process")
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--val-examples", type=int, default=240, help="val examples scored after training (0: none)")
+    parser.add_argument("--init-from", default=None, help="continue training this saved policy (default: a fresh "
+                        "policy from the model's first LLM layer)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_train_cacovid)
+    return parser
+
+
+def _run_train_cacovid(args) -> int:
+    import sys
+
+    settings = CaCoVIDSettings(
+        group=args.group, diversity_rollouts=args.diversity_rollouts, frame_rollouts=args.frame_rollouts,
+        rounds=args.rounds, rate_range=tuple(args.rate_range), frame_fill=args.frame_fill, batch_size=args.batch_size, lr=args.lr,
+        epochs=args.epochs, seed=args.seed,
+    )
+    command = "vidpress train cacovid " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else None
+    metrics = train_cacovid(args.out, model_path=args.model, train_examples=args.train_examples, settings=settings,
+                            val_examples=args.val_examples, threads=args.threads, init_from=args.init_from, progress=not args.quiet, command=command)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"saved to {args.out} after {metrics['train_seconds'] / 60:.1f} min")
+    return 0
