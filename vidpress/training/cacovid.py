@@ -628,21 +628,21 @@ def add_train_cacovid_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="reference-style model folder (default: the shipped reference model)")
     parser.add_argument("--train-examples", type=int, default=2000, help="synthetic train examples (default 2000)")
     parser.add_argument("--group", type=int, default=defaults.group, help="combinations per rollout round, G (default %(default)s)")
-    parser.add_argument("--diversity-rollouts", type=int, default=defaults.diversity_rollouts)
-    parser.add_argument("--frame-rollouts", type=int, default=defaults.frame_rollouts)
+    parser.add_argument("--diversity-rollouts", type=int, default=defaults.diversity_rollouts, help="diversity-only combinations per round (default %(default)s)")
+    parser.add_argument("--frame-rollouts", type=int, default=defaults.frame_rollouts, help="frame-mode combinations per round; the rest of --group are token mode (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=defaults.rounds, help="rollout rounds per sample (default %(default)s)")
     parser.add_argument("--rate-range", type=float, nargs=2, default=defaults.rate_range, metavar=("LO", "HI"),
                         help="bounds of the adaptive per-sample sampling rate (default %(default)s)")
     parser.add_argument("--frame-fill", default=defaults.frame_fill, choices=["diversity", "token"],
                         help="how frame-mode rollouts fill their frames: density-peak diversity (the paper's) or the "
                         "token head's scores (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per step and process")
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per step and process (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the train examples (default %(default)s)")
     parser.add_argument("--val-examples", type=int, default=240, help="val examples scored after training (0: none)")
     parser.add_argument("--init-from", default=None, help="continue training this saved policy (default: a fresh "
                         "policy from the model's first LLM layer)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling and the initialisation (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=_run_train_cacovid)
