@@ -331,8 +331,10 @@ def parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model or a learned press", description="Train a model or a learned press.")
     trainers = train.add_subparsers(dest="trainer", required=True)
     from vidpress.synthetic.reference import add_train_reference_parser
+    from vidpress.training.cgrpo import add_train_cgrpo_parser
 
     add_train_reference_parser(trainers)
+    add_train_cgrpo_parser(trainers)
     return top
 
 
