@@ -36,6 +36,8 @@ logger = logging.getLogger("vidpress")
 
 __all__ = [
     "CGRPOTrainer",
+    "MARC_REFERENCE_DIR",
+    "marc_student_row",
     "VideoFeatures",
     "accuracy_reward",
     "add_train_cgrpo_parser",
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 SUPPORTED_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+#: The shipped C-GRPO student of the synthetic reference model (`vidpress bench` row "marc-cgrpo").
+MARC_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "synthetic" / "marc_reference"
 
 
 # ------------------------------------------------------------------------------------------- rewards
@@ -476,7 +480,7 @@ def train_cgrpo(
         seed=seed,
         disable_tqdm=not progress,
         remove_unused_columns=False,
-        gradient_checkpointing=False,  # a 1.2M-parameter model: recomputation only costs time
+        activation_checkpointing=False,  # a 1.2M-parameter model: recomputation only costs time
     )
     peft_config = None
     if lora:
@@ -637,3 +641,26 @@ def _run_train_cgrpo(args) -> int:
     if "total_seconds" in metrics:
         print(f"saved to {args.out} after {metrics['total_seconds'] / 60:.1f} min")
     return 0
+
+
+# ------------------------------------------------------------------------------------------- bench
+
+
+_STUDENTS: dict = {}
+
+
+def marc_student_row(model, retention: float, path=None):
+    """`vidpress bench` row "marc-cgrpo": (MarcPress at `retention`, the C-GRPO student at `path`, default the
+    shipped `marc-reference`). The student must share the bench model's vision tower (videos are encoded once)."""
+    from vidpress.presses.marc import MarcPress
+    from vidpress.synthetic.reference import load_reference
+
+    path = Path(path) if path is not None else MARC_REFERENCE_DIR
+    if path not in _STUDENTS:
+        _STUDENTS[path] = load_reference(path)[0]
+    student = _STUDENTS[path].to(model.device)
+    mine, theirs = student.model.visual.state_dict(), model.model.visual.state_dict()
+    if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k].to(mine[k].device)) for k in mine):
+        raise ValueError(f"the C-GRPO student at {path} has another vision tower than the bench model; "
+                         "bench it with the reference model it was trained from")
+    return MarcPress(retention=retention), student
