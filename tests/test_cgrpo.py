@@ -105,6 +105,7 @@ def test_advantages_are_group_normalised_total_rewards(trainer):
     torch.testing.assert_close(output["advantages"].cpu(), expected, rtol=1e-4, atol=1e-4)
     assert output["advantages"].abs().sum() > 0  # some group has mixed outcomes at this seed
     assert output["video"].tolist() == [i for i in range(6) for _ in range(4)]
+    assert trainer.model.config.video_token_id in trainer.generation_config.suppress_tokens
     # rollouts are sampled from the pressed input: completions are the letter and <|im_end|>
     assert output["completion_ids"].shape[1] <= 2
 

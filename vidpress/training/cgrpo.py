@@ -143,6 +143,12 @@ def _video_token_id(model) -> int:
     return model.config.video_token_id
 
 
+def _placeholder_ids(model) -> list[int]:
+    """Token ids of the model's visual placeholders (never to be generated)."""
+    ids = [getattr(model.config, name, None) for name in ("video_token_id", "image_token_id")]
+    return [i for i in ids if isinstance(i, int)]
+
+
 def _hf_model(model):
     """The transformers model under accelerate / DDP / peft wrappers (the press adapter needs it)."""
     while hasattr(model, "module"):
@@ -171,7 +177,8 @@ def teacher_accuracy(model, tokenizer, videos: VideoFeatures, rows: list[dict], 
         inputs = {"input_ids": enc["input_ids"].to(model.device), "attention_mask": enc["attention_mask"].to(model.device)}
         inputs.update(videos.model_inputs([r["video"] for r in chunk], inputs["input_ids"], video_token_id))
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                      num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id)
+                      num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
+                      suppress_tokens=_placeholder_ids(model))
         if press is None:
             out = model.generate(**inputs, **kwargs)
         else:
@@ -228,6 +235,10 @@ def _build_class():
             self.press, self.videos, self.alpha, self.tau = press, videos, float(alpha), float(tau)
             self._video_rows: list[int] = []
             super().__init__(model, reward_funcs=reward_funcs or [accuracy_reward], **kwargs)
+            # a sampled placeholder token would claim video features that do not exist
+            self.generation_config.suppress_tokens = sorted(
+                set(self.generation_config.suppress_tokens or []) | set(_placeholder_ids(_hf_model(self.model)))
+            )
             # one more reward column, filled in after gathering (see _calculate_rewards)
             self.reward_weights = torch.cat([self.reward_weights, torch.ones(1)])
 
@@ -457,7 +468,7 @@ def train_cgrpo(
         reward_funcs.append(format_reward)
         weights.append(format_weight)
     args = GRPOConfig(
-        output_dir=str(out_dir / "trainer"),
+        output_dir=str(out_dir / "trainer"),  # nothing is saved there (save_strategy "no"); removed afterwards
         use_cpu=not torch.cuda.is_available(),
         bf16=False,
         per_device_train_batch_size=total // state.num_processes,
@@ -515,6 +526,8 @@ def train_cgrpo(
         p.requires_grad_(True)
     student.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "trainer").is_dir() and not any((out_dir / "trainer").iterdir()):
+        (out_dir / "trainer").rmdir()
     student.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     if test_examples:
