@@ -194,20 +194,11 @@ def teacher_accuracy(model, tokenizer, videos: VideoFeatures, rows: list[dict], 
 # ------------------------------------------------------------------------------------------- trainer
 
 
-def _grpo_trainer_class():
-    from trl import GRPOTrainer
-
-    return GRPOTrainer
-
-
-def CGRPOTrainer(*args, **kwargs):
-    """`_CGRPOTrainer` (a TRL GRPOTrainer subclass), built lazily so importing vidpress does not import TRL.
-
-    Args: model, press, videos (VideoFeatures), alpha, tau, plus GRPOTrainer's own (args: GRPOConfig,
-    train_dataset with columns prompt / video / answer / teacher_accuracy [/ choices], processing_class: the
-    tokenizer, reward_funcs: default [accuracy_reward], the first must be the accuracy, peft_config, ...).
-    """
-    return _build_class()(*args, **kwargs)
+def __getattr__(name):
+    # `CGRPOTrainer` subclasses TRL's GRPOTrainer; built on first use so that importing vidpress does not import TRL
+    if name == "CGRPOTrainer":
+        return _build_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _CLASS = None
@@ -217,9 +208,17 @@ def _build_class():
     global _CLASS
     if _CLASS is not None:
         return _CLASS
-    GRPOTrainer = _grpo_trainer_class()
+    from trl import GRPOTrainer
 
-    class _CGRPOTrainer(GRPOTrainer):
+    class CGRPOTrainer(GRPOTrainer):
+        """TRL GRPOTrainer for C-GRPO: rollouts and log-probs from the pressed video, compression reward.
+
+        Args: model (Qwen2-VL / Qwen2.5-VL), press (the student's press, e.g. MarcPress()), videos (VideoFeatures),
+        alpha, tau, plus GRPOTrainer's own: args (GRPOConfig), train_dataset with columns prompt / video / answer /
+        teacher_accuracy [/ choices], processing_class (the tokenizer), reward_funcs (default [accuracy_reward];
+        the first must be the accuracy), peft_config, ...
+        """
+
         def __init__(self, model, press: Press, videos: VideoFeatures, *, alpha: float = 1.0, tau: float = 0.6,
                      reward_funcs=None, **kwargs):
             if not isinstance(model, str):
@@ -330,7 +329,7 @@ def _build_class():
             entropies = torch.cat(all_entropies) if compute_entropy else None
             return torch.cat(all_logps), entropies, None
 
-    _CLASS = _CGRPOTrainer
+    _CLASS = CGRPOTrainer
     return _CLASS
 
 
@@ -501,7 +500,7 @@ def train_cgrpo(
             r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
             target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
         )
-    trainer = CGRPOTrainer(
+    trainer = _build_class()(
         model, press, videos, alpha=alpha, tau=tau, reward_funcs=reward_funcs, args=args,
         train_dataset=Dataset.from_list(rows), processing_class=processor.tokenizer, peft_config=peft_config,
     )
