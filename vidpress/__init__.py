@@ -11,11 +11,14 @@ ensure_torchvision_importable()
 
 from vidpress import presses  # noqa: E402
 from vidpress.presses import (  # noqa: E402
+    CaCoVIDPolicy,
+    CaCoVIDPress,
     DivPrunePress,
     DyCokePress,
     FastVIDPress,
     FastVPress,
     LayerPress,
+    MarcPress,
     PDropPress,
     Press,
     RandomPress,
@@ -28,6 +31,6 @@ from vidpress.types import Query, Selection, VideoTokens  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
-    "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "PDropPress", "Press", "Query",
+    "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "Press", "Query",
     "RandomPress", "ScorePress", "Selection", "UniformPress", "VidCom2Press", "VideoTokens", "VisionZipPress", "presses",
 ]

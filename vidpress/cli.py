@@ -400,9 +400,11 @@ def parser() -> argparse.ArgumentParser:
     trainers = train.add_subparsers(dest="trainer", required=True)
     from vidpress.synthetic.reference import add_train_reference_parser
     from vidpress.training.cacovid import add_train_cacovid_parser
+    from vidpress.training.cgrpo import add_train_cgrpo_parser
 
     add_train_reference_parser(trainers)
     add_train_cacovid_parser(trainers)
+    add_train_cgrpo_parser(trainers)
     return top
 
 

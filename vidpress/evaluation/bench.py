@@ -26,6 +26,7 @@ from vidpress.models import get_adapter
 from vidpress.models.base import PIXEL_INPUTS
 from vidpress.synthetic import QUESTION_FAMILIES, evidence_hits
 from vidpress.synthetic.reference import example_inputs, letter_token_ids
+from vidpress.training.cgrpo import marc_student_row
 
 DEFAULT_RETENTIONS = (0.5, 0.25, 0.15, 0.10, 0.05)
 FULL = "none"
@@ -34,6 +35,7 @@ FULL = "none"
 #: name -> builder(model, retention) -> (press, the model the row runs on). The row's model must share the bench
 #: model's vision tower (the videos are encoded once).
 BENCH_ROWS: dict[str, Callable] = {}
+BENCH_ROWS["marc-cgrpo"] = marc_student_row  # MarcPress on the shipped C-GRPO student (vidpress/synthetic/marc_reference)
 
 #: The CaCoVID policy trained for the shipped reference model (`vidpress train cacovid`, see its MODEL_CARD.md).
 CACOVID_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "synthetic" / "cacovid_reference"

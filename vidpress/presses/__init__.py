@@ -8,6 +8,7 @@ from vidpress.presses.divprune import DivPrunePress
 from vidpress.presses.dycoke import DyCokePress
 from vidpress.presses.fastv import FastVPress
 from vidpress.presses.fastvid import FastVIDPress
+from vidpress.presses.marc import MarcPress
 from vidpress.presses.pdrop import PDropPress
 from vidpress.presses.random import RandomPress
 from vidpress.presses.uniform import UniformPress
@@ -25,6 +26,7 @@ PRESSES: dict[str, type[Press]] = {
     "dycoke": DyCokePress,
     "fastvid": FastVIDPress,
     "visionzip": VisionZipPress,
+    "marc": MarcPress,
     "cacovid": CaCoVIDPress,
 }
 
@@ -42,4 +44,4 @@ def get(name: str, **knobs) -> Press:
     return PRESSES[key](**knobs)
 
 
-__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "PDropPress", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get"]
+__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get"]

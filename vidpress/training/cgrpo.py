@@ -1,0 +1,678 @@
+"""C-GRPO (MARC, arXiv 2510.07915): train the student VLM to answer from compressed video with GRPO.
+
+The student sees the video through a press (MarcPress: about one frame's tokens); the teacher is the same model
+on the full video. For each prompt the student samples G text rollouts; a rollout's reward is
+
+    R_i = r_i + 1[o_i correct] * alpha * max(0, eta - tau),    eta = a_student / a_teacher,
+
+r_i = accuracy (+ optional format) reward, a_student = the group's accuracy, a_teacher = the teacher's accuracy on
+the same prompt (cached in the dataset column "teacher_accuracy", computed once with the initial weights by
+`teacher_accuracy`). Advantages are group-normalised; the loss is GRPO's clipped surrogate with a KL penalty (beta)
+to the reference model, all from TRL's `GRPOTrainer`.
+
+What `CGRPOTrainer` overrides in GRPOTrainer, and why: GRPOTrainer feeds VLMs images only (no video inputs reach
+`generate` or the log-prob forward), so generation and log-probs are re-implemented to pass each prompt's video
+(pre-computed encoder features, `VideoFeatures`) through the press; and the compression reward needs the accuracy
+of a whole group, which may be split over processes, so it is added after TRL gathers the per-function rewards.
+Everything else (sampling, advantages, loss, KL, optimisation, accelerate, peft) is TRL's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vidpress.models import apply_press
+from vidpress.presses.base import Press
+
+logger = logging.getLogger("vidpress")
+
+__all__ = [
+    "CGRPOTrainer",
+    "MARC_REFERENCE_DIR",
+    "marc_student_row",
+    "VideoFeatures",
+    "accuracy_reward",
+    "add_train_cgrpo_parser",
+    "compression_reward",
+    "format_reward",
+    "teacher_accuracy",
+    "train_cgrpo",
+]
+
+SUPPORTED_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+#: The shipped C-GRPO student of the synthetic reference model (`vidpress bench` row "marc-cgrpo").
+MARC_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "synthetic" / "marc_reference"
+
+
+# ------------------------------------------------------------------------------------------- rewards
+
+
+def _answer_text(completion) -> str:
+    if isinstance(completion, list):  # conversational completions: [{"role": "assistant", "content": ...}]
+        completion = completion[-1]["content"]
+    return completion.strip().rstrip(".").strip()
+
+
+def accuracy_reward(completions, answer, **_) -> list[float]:
+    """1.0 when the completion (stripped, a trailing "." removed) equals the row's `answer`, else 0.0."""
+    return [float(_answer_text(c) == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
+
+
+def format_reward(completions, choices, **_) -> list[float]:
+    """1.0 when the completion is exactly one of the row's `choices` (e.g. "A,B,C,D"), else 0.0."""
+    return [float(_answer_text(c) in str(ch).split(",")) for c, ch in zip(completions, choices, strict=True)]
+
+
+def compression_reward(correct: torch.Tensor, teacher: torch.Tensor, group_size: int, alpha: float, tau: float = 0.6) -> torch.Tensor:
+    """C-GRPO's compression reward of every rollout: 1[correct] * alpha * max(0, eta - tau).
+
+    correct [B] in {0, 1} and teacher [B] (the teacher's accuracy on each rollout's prompt), B = groups x group_size
+    with a group's rollouts consecutive. eta = the group's mean correctness / teacher accuracy; a prompt the teacher
+    never answers (accuracy 0) has no retention ratio and gets no compression reward. Returns [B].
+    """
+    if correct.numel() % group_size:
+        raise ValueError(f"{correct.numel()} rollouts do not split into groups of {group_size}")
+    student = correct.float().view(-1, group_size).mean(dim=1, keepdim=True).expand(-1, group_size).reshape(-1)
+    teacher = teacher.float().to(student.device)
+    eta = torch.where(teacher > 0, student / teacher.clamp_min(1e-12), torch.zeros_like(student))
+    return correct.float() * alpha * (eta - tau).clamp_min(0.0)
+
+
+# ------------------------------------------------------------------------------------------- videos
+
+
+@dataclass
+class VideoFeatures:
+    """Pre-computed video encoder outputs of a Qwen2-VL / Qwen2.5-VL model, one row block per video.
+
+    features: list of [N_v, D] tensors (the vision tower's output, e.g. float16 to save memory);
+    grids: LongTensor [V, 3] of (t, h, w) patch grids (video_grid_thw rows);
+    seconds_per_grid: optional [V] seconds per temporal grid step (Qwen2.5-VL's second_per_grid_ts).
+    Encoding once is what lets training skip the (frozen) vision tower: the press and the LLM see exactly what
+    `get_video_features` gives.
+    """
+
+    features: list
+    grids: torch.Tensor
+    seconds_per_grid: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if len(self.features) != self.grids.shape[0]:
+            raise ValueError(f"{len(self.features)} feature blocks but {self.grids.shape[0]} grids")
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def model_inputs(self, rows, input_ids: torch.Tensor, video_token_id: int) -> dict:
+        """Model kwargs of these videos for a batch whose row i holds video rows[i]: video_grid_thw,
+        mm_token_type_ids, second_per_grid_ts and `mm_encoder_outputs` with the features."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        rows = [int(r) for r in rows]
+        device = input_ids.device
+        out = {
+            "video_grid_thw": self.grids[rows].to(device),
+            "mm_token_type_ids": 2 * (input_ids == video_token_id).long(),
+            "mm_encoder_outputs": {
+                "video": BaseModelOutputWithPooling(pooler_output=tuple(self.features[r].float().to(device) for r in rows))
+            },
+        }
+        if self.seconds_per_grid is not None:
+            out["second_per_grid_ts"] = self.seconds_per_grid[rows].to(device)
+        return out
+
+
+def _check_family(model) -> None:
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_FAMILIES:
+        raise ValueError(
+            f"C-GRPO training supports {', '.join(SUPPORTED_FAMILIES)} models (pre-computed video features with "
+            f"M-RoPE grids); got {model_type!r}"
+        )
+
+
+def _video_token_id(model) -> int:
+    return model.config.video_token_id
+
+
+def _placeholder_ids(model) -> list[int]:
+    """Token ids of the model's visual placeholders (never to be generated)."""
+    ids = [getattr(model.config, name, None) for name in ("video_token_id", "image_token_id")]
+    return [i for i in ids if isinstance(i, int)]
+
+
+def _hf_model(model):
+    """The transformers model under accelerate / DDP / peft wrappers (the press adapter needs it)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+# ------------------------------------------------------------------------------------------- teacher
+
+
+@torch.no_grad()
+def teacher_accuracy(model, tokenizer, videos: VideoFeatures, rows: list[dict], num_samples: int = 8,
+                     max_new_tokens: int = 2, temperature: float = 1.0, batch_size: int = 32, press: Press | None = None,
+                     progress: bool = True) -> list[float]:
+    """Accuracy of `num_samples` sampled rollouts per row (dict with "prompt", "video", "answer"), with the full
+    video (press None: the C-GRPO teacher) or through `press`. Computed once, before training, to cache in the
+    dataset column "teacher_accuracy"."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    video_token_id = _video_token_id(model)
+    result = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="teacher accuracy (full video)", disable=not progress):
+        chunk = rows[start : start + batch_size]
+        enc = tokenizer([r["prompt"] for r in chunk], return_tensors="pt", padding=True, padding_side="left")
+        inputs = {"input_ids": enc["input_ids"].to(model.device), "attention_mask": enc["attention_mask"].to(model.device)}
+        inputs.update(videos.model_inputs([r["video"] for r in chunk], inputs["input_ids"], video_token_id))
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                      num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
+                      suppress_tokens=_placeholder_ids(model))
+        if press is None:
+            out = model.generate(**inputs, **kwargs)
+        else:
+            with apply_press(press, model):
+                out = model.generate(**inputs, **kwargs)
+        texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        answers = [r["answer"] for r in chunk for _ in range(num_samples)]
+        correct = torch.tensor(accuracy_reward(texts, answers)).view(len(chunk), num_samples)
+        result += correct.mean(dim=1).tolist()
+    return result
+
+
+# ------------------------------------------------------------------------------------------- trainer
+
+
+def __getattr__(name):
+    # `CGRPOTrainer` subclasses TRL's GRPOTrainer; built on first use so that importing vidpress does not import TRL
+    if name == "CGRPOTrainer":
+        return _build_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_CLASS = None
+
+
+def _build_class():
+    global _CLASS
+    if _CLASS is not None:
+        return _CLASS
+    from trl import GRPOTrainer
+
+    class CGRPOTrainer(GRPOTrainer):
+        """TRL GRPOTrainer for C-GRPO: rollouts and log-probs from the pressed video, compression reward.
+
+        Args: model (Qwen2-VL / Qwen2.5-VL), press (the student's press, e.g. MarcPress()), videos (VideoFeatures),
+        alpha, tau, plus GRPOTrainer's own: args (GRPOConfig), train_dataset with columns prompt / video / answer /
+        teacher_accuracy [/ choices], processing_class (the tokenizer), reward_funcs (default [accuracy_reward];
+        the first must be the accuracy), peft_config, ...
+        """
+
+        def __init__(self, model, press: Press, videos: VideoFeatures, *, alpha: float = 1.0, tau: float = 0.6,
+                     reward_funcs=None, **kwargs):
+            if not isinstance(model, str):
+                _check_family(_hf_model(model))
+            if not isinstance(press, Press):
+                raise ValueError(f"press must be a vidpress Press; got {type(press).__name__}")
+            dataset = kwargs.get("train_dataset")
+            if dataset is not None:
+                missing = {"prompt", "video", "answer", "teacher_accuracy"} - set(dataset.column_names)
+                if missing:
+                    raise ValueError(f"train_dataset lacks the columns {sorted(missing)} (C-GRPO needs prompt, video, "
+                                     "answer and the cached teacher_accuracy)")
+            self.press, self.videos, self.alpha, self.tau = press, videos, float(alpha), float(tau)
+            self._video_rows: list[int] = []
+            super().__init__(model, reward_funcs=reward_funcs or [accuracy_reward], **kwargs)
+            # a sampled placeholder token would claim video features that do not exist
+            self.generation_config.suppress_tokens = sorted(
+                set(self.generation_config.suppress_tokens or []) | set(_placeholder_ids(_hf_model(self.model)))
+            )
+            # one more reward column, filled in after gathering (see _calculate_rewards)
+            self.reward_weights = torch.cat([self.reward_weights, torch.ones(1)])
+
+        # -- rewards: the compression term needs whole groups -------------------------------------------
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # gathered [B, F]
+            from accelerate.utils import gather
+
+            mode = "train" if self.model.training else "eval"
+            group = self.num_generations if mode == "train" else self.num_generations_eval
+            teacher = gather(torch.tensor([float(x["teacher_accuracy"]) for x in inputs], device=rewards.device))
+            compression = compression_reward(rewards[:, 0], teacher, group, self.alpha, self.tau)
+            self._metrics[mode]["rewards/compression/mean"].append(compression.mean().item())
+            student = rewards[:, 0].view(-1, group).mean(1)
+            teacher_groups = teacher.view(-1, group)[:, 0]
+            eta = torch.where(teacher_groups > 0, student / teacher_groups.clamp_min(1e-12), torch.zeros_like(student))
+            self._metrics[mode]["eta"].append(eta.mean().item())
+            return torch.cat([rewards, compression[:, None]], dim=1)
+
+        # -- which video each row has ---------------------------------------------------------------
+        def _generate_and_score_completions(self, inputs):
+            self._video_rows = [int(x["video"]) for x in inputs]
+            output = super()._generate_and_score_completions(inputs)
+            # a batch-first tensor: TRL shuffles and splits it with the other per-rollout tensors
+            output["video"] = torch.tensor(self._video_rows, device=output["prompt_ids"].device)
+            return output
+
+        def _compute_loss(self, model, inputs):
+            self._video_rows = inputs["video"].tolist()
+            return super()._compute_loss(model, inputs)
+
+        # -- generation with the pressed video --------------------------------------------------------
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+            if self.use_vllm or self.use_transformers_continuous_batching:
+                raise ValueError("C-GRPO generates with transformers' generate (vLLM cannot take pre-computed video features)")
+            from trl.trainer.utils import pad
+
+            device = self.accelerator.device
+            prompts = [torch.tensor(ids) for ids in prompt_ids]
+            input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+            attention_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left").to(device)
+            from trl.models import unwrap_model_for_generation
+
+            # TRL's context turns gradient checkpointing off (it would disable the KV cache) and gathers sharded weights
+            with torch.no_grad(), unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped:
+                hf = _hf_model(unwrapped)
+                inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+                inputs.update(self.videos.model_inputs(self._video_rows, input_ids, _video_token_id(hf)))
+                with apply_press(self.press, hf) as pressed:
+                    pressed_inputs = pressed.prepare(inputs, for_generate=True)
+                # the inputs are pressed: generate runs on them unhooked
+                sequences = unwrapped.generate(**pressed_inputs, generation_config=self.generation_config)
+            completion_ids = sequences[:, pressed_inputs["input_ids"].shape[1] :]
+            # everything after the first EOS is dropped, as GRPOTrainer does
+            is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device))
+            length = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.full_like(is_eos[:, 0], completion_ids.shape[1], dtype=torch.long))
+            return [c[:n].tolist() for c, n in zip(completion_ids.cpu(), length.cpu())], None
+
+        # -- log-probs of the completions with the pressed video ---------------------------------------
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                               compute_entropy=False, compute_aux_loss=False, **_multimodal):
+            batch_size = batch_size or input_ids.size(0)
+            hf = _hf_model(model)
+            rows = self._video_rows
+            if len(rows) != input_ids.size(0):
+                raise RuntimeError(f"C-GRPO: {input_ids.size(0)} sequences but {len(rows)} video rows")
+            all_logps, all_entropies = [], []
+            with apply_press(self.press, hf) as pressed:
+                for start in range(0, input_ids.size(0), batch_size):
+                    end = min(start + batch_size, input_ids.size(0))
+                    ids, mask = input_ids[start:end], attention_mask[start:end]
+                    labels = ids.masked_fill(mask == 0, -100)
+                    labels[:, :-logits_to_keep] = -100
+                    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels, "fused_lm_head": True}
+                    inputs.update(self.videos.model_inputs(rows[start:end], ids, _video_token_id(hf)))
+                    # the press slices labels with the sequence, so completion tokens stay labelled after pruning
+                    inputs = pressed.prepare(inputs)
+                    kept_labels = inputs["labels"]
+                    with pressed.passthrough(), self.accelerator.autocast():
+                        outputs = model(**inputs)
+                    # the fused head scores next tokens: value t belongs to label t + 1
+                    next_labels = kept_labels[:, 1:]
+                    all_logps.append(_completion_values(outputs.log_probs, next_labels, logits_to_keep))
+                    if compute_entropy:
+                        all_entropies.append(_completion_values(outputs.entropy, next_labels, logits_to_keep))
+            entropies = torch.cat(all_entropies) if compute_entropy else None
+            return torch.cat(all_logps), entropies, None
+
+    _CLASS = CGRPOTrainer
+    return _CLASS
+
+
+def _completion_values(values: torch.Tensor, labels: torch.Tensor, width: int) -> torch.Tensor:
+    """Per-token values [B, L'] at the labelled (completion) positions, left-aligned into [B, width] (0 elsewhere)."""
+    labelled = labels != -100
+    out = values.new_zeros(values.shape[0], width)
+    counts = labelled.sum(1)
+    slots = torch.cumsum(labelled.long(), dim=1) - 1
+    row = torch.arange(values.shape[0], device=values.device)[:, None].expand_as(labelled)
+    out = out.index_put((row[labelled], slots[labelled]), values[labelled])
+    if int(counts.max()) > width:
+        raise RuntimeError("more labelled positions than completion tokens")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the synthetic testbed
+
+
+def synthetic_data(model, processor, split: str, num_examples: int, progress: bool = True):
+    """C-GRPO rows and VideoFeatures for the first `num_examples` of a synthetic split, encoded once with `model`'s
+    (frozen) vision tower. Rows: prompt (chat template, video placeholders expanded), video, answer (letter),
+    choices ("A,B,C,D"), family."""
+    import numpy as np
+
+    from vidpress.synthetic.reference import FPS, _cache, _video_grid
+    from vidpress.synthetic.world import LETTERS, WorldConfig
+
+    config = WorldConfig()
+    data = _cache(model, split, np.arange(num_examples), config, progress, f"encoding {split} videos (vision tower, once)")
+    n = data.features.shape[1]
+    tokenizer = processor.tokenizer
+    texts: dict[str, str] = {}
+    rows = []
+    for i, (question, answer, family) in enumerate(zip(data.questions, data.answers, data.families)):
+        if question not in texts:
+            message = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+            text = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
+            texts[question] = text.replace("<|video_pad|>", "<|video_pad|>" * n)
+        rows.append({"prompt": texts[question], "video": i, "answer": LETTERS[answer], "choices": ",".join(LETTERS), "family": family})
+    videos = VideoFeatures(
+        features=list(data.features),
+        grids=_video_grid(len(rows), config),
+        seconds_per_grid=torch.full((len(rows),), config.temporal_patch / FPS),
+    )
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer needs a pad token")
+    return rows, videos
+
+
+def evaluate_students(models: dict, processor, press: Press, test_examples: int, progress: bool = True) -> dict:
+    """Bench rows (accuracy overall and per family, effective retention) on the first `test_examples` synthetic test
+    examples: the first model with all tokens, then every model with `press`. models: name -> model; all share the
+    first one's vision tower (videos are encoded once)."""
+    from vidpress.evaluation.bench import encode, evaluate
+    from vidpress.synthetic import make_split
+    from vidpress.synthetic.reference import letter_token_ids
+
+    examples = make_split("test", test_examples)
+    first = next(iter(models.values()))
+    batches = encode(first, processor, examples, 32, progress)
+    letters = letter_token_ids(processor)
+    keys = ("accuracy", "accuracy_by_family", "effective_retention", "visual_tokens")
+    results = {"full": {k: v for k, v in evaluate(first, batches, None, letters).items() if k in keys}}
+    for name, model in models.items():
+        results[name] = {k: v for k, v in evaluate(model, batches, press, letters).items() if k in keys}
+    return results
+
+
+def train_cgrpo(
+    out_dir,
+    *,
+    model_path=None,
+    train_examples: int = 1200,
+    steps: int = 200,
+    prompts_per_step: int = 8,
+    num_generations: int = 32,
+    learning_rate: float = 3e-4,
+    beta: float = 0.04,
+    epsilon: float = 0.2,
+    alpha: float = 1.0,
+    tau: float = 0.6,
+    temperature: float = 1.5,
+    format_weight: float = 0.0,
+    budget_tokens: int | None = None,
+    top_k: int | None = 3,
+    teacher_samples: int = 8,
+    lora: bool = False,
+    lora_rank: int = 16,
+    test_examples: int = 720,
+    seed: int = 0,
+    threads: int | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
+    """Train a reference-model student with C-GRPO on the synthetic train split and save it to `out_dir`.
+
+    The student answers through MarcPress(budget_tokens, top_k) (default: one frame's tokens); the vision tower is
+    frozen and encodes every training video once. The teacher's accuracy (full video, `teacher_samples` rollouts)
+    is cached with the initial weights. Each optimiser step takes `prompts_per_step`
+    prompts x `num_generations` rollouts over all processes. With `lora`, LoRA adapters on the LLM are trained and
+    merged into the saved weights. Writes the model + processor, metrics.json and MODEL_CARD.md (main process).
+    """
+    from accelerate import PartialState
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from vidpress.presses.marc import MarcPress
+    from vidpress.synthetic.reference import load_reference
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    state = PartialState()
+    out_dir = Path(out_dir)
+    total = prompts_per_step * num_generations
+    if total % state.num_processes:
+        raise ValueError(f"prompts_per_step x num_generations = {total} rollouts must split evenly over {state.num_processes} processes")
+    start = time.time()
+    torch.manual_seed(seed)
+    model, processor = load_reference(model_path)
+    _check_family(model)
+    for p in model.model.visual.parameters():
+        p.requires_grad_(False)
+    press = MarcPress(budget_tokens=budget_tokens, top_k=top_k)
+    rows, videos = synthetic_data(model, processor, "train", train_examples, progress and state.is_main_process)
+    t_teacher = time.time()
+    torch.manual_seed(seed)  # every process samples the same teacher rollouts
+    teacher = teacher_accuracy(model, processor.tokenizer, videos, rows, num_samples=teacher_samples,
+                               temperature=temperature, progress=progress and state.is_main_process)
+    for row, acc in zip(rows, teacher):
+        row["teacher_accuracy"] = acc
+    teacher_seconds = time.time() - t_teacher
+    reward_funcs, weights = [accuracy_reward], [1.0]
+    if format_weight:
+        reward_funcs.append(format_reward)
+        weights.append(format_weight)
+    args = GRPOConfig(
+        output_dir=str(out_dir / "trainer"),  # nothing is saved there (save_strategy "no"); removed afterwards
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        per_device_train_batch_size=total // state.num_processes,
+        num_generations=num_generations,
+        max_completion_length=2,  # the letter and <|im_end|>
+        temperature=temperature,
+        top_k=0,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=max(1, steps // 20),
+        beta=beta,
+        epsilon=epsilon,
+        loss_type="grpo",
+        scale_rewards="group",
+        reward_weights=weights,
+        max_steps=steps,
+        logging_steps=max(1, steps // 20),
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        activation_checkpointing=False,  # a 1.2M-parameter model: recomputation only costs time
+    )
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+            target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        )
+    trainer = _build_class()(
+        model, press, videos, alpha=alpha, tau=tau, reward_funcs=reward_funcs, args=args,
+        train_dataset=Dataset.from_list(rows), processing_class=processor.tokenizer, peft_config=peft_config,
+    )
+    t_train = time.time()
+    trainer.train()
+    train_seconds = time.time() - t_train
+    metrics = {
+        "budget_tokens": press.budget_tokens, "top_k": top_k, "train_examples": train_examples, "steps": steps,
+        "prompts_per_step": prompts_per_step, "num_generations": num_generations, "learning_rate": learning_rate,
+        "beta": beta, "epsilon": epsilon, "alpha": alpha, "tau": tau, "temperature": temperature,
+        "format_weight": format_weight, "lora": lora, "seed": seed, "processes": state.num_processes,
+        "threads": torch.get_num_threads(), "teacher_train_accuracy": sum(teacher) / len(teacher),
+        "teacher_seconds": round(teacher_seconds, 1), "train_seconds": round(train_seconds, 1),
+        "log": [entry for entry in trainer.state.log_history if "reward" in entry],
+    }
+    if not trainer.accelerator.is_main_process:
+        return metrics
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    if lora:
+        student = student.merge_and_unload()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    student.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "trainer").is_dir() and not any((out_dir / "trainer").iterdir()):
+        (out_dir / "trainer").rmdir()
+    student.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    if test_examples:
+        initial, _ = load_reference(model_path)
+        metrics["test"] = evaluate_students({"marc": initial, "marc + C-GRPO": student}, processor, press, test_examples, progress)
+    metrics["total_seconds"] = round(time.time() - start, 1)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_model_card(out_dir, metrics, command)
+    return metrics
+
+
+def write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path:
+    """MODEL_CARD.md of a C-GRPO student from its metrics."""
+    out_dir = Path(out_dir)
+    budget = metrics["budget_tokens"] or "one frame's"
+    lines = [
+        "# marc-reference: the reference model's C-GRPO student",
+        "",
+        "The synthetic reference model (`vidpress/synthetic/reference_model`) trained with C-GRPO",
+        "(`vidpress.training.cgrpo`) to answer from MarcPress-compressed video: retrieval of the top"
+        f" {metrics['top_k']} clips by the question's own text embeddings, then the parameter-free temporal merge down to {budget} tokens",
+        "(16 of 128 video tokens = 12.5% with the default budget). Vision tower frozen (shared with the reference",
+        "model, so `vidpress bench` encodes each video once); the language side is trained.",
+        "",
+        "## Training",
+        f"- GRPO on the student's rollouts (letter + `<|im_end|>`), {metrics['num_generations']} per prompt, "
+        f"{metrics['prompts_per_step']} prompts per step, {metrics['steps']} steps, lr {metrics['learning_rate']:g}, "
+        f"temperature {metrics['temperature']:g}.",
+        f"- Reward: accuracy (+ format x{metrics['format_weight']:g}) + 1[correct] * {metrics['alpha']:g} * max(0, eta - {metrics['tau']:g}),",
+        "  eta = student group accuracy / teacher accuracy (teacher = the same model on all 128 tokens, cached before",
+        f"  training; mean teacher accuracy on the train prompts {metrics['teacher_train_accuracy']:.3f}).",
+        f"- Clipped surrogate (epsilon {metrics['epsilon']:g}) + KL to the initial model (beta {metrics['beta']:g}), TRL GRPOTrainer"
+        f" ({'LoRA, merged' if metrics['lora'] else 'full LLM weights'}).",
+        f"- First {metrics['train_examples']:,} examples of the `train` split; seed {metrics['seed']}, {metrics['processes']} process(es) x "
+        f"{metrics['threads']} thread(s); teacher cache {metrics['teacher_seconds']:.0f} s, training {metrics['train_seconds']:.0f} s.",
+        "",
+        "Command:",
+        "",
+        "```bash",
+        command or "vidpress train cgrpo --out DIR",
+        "```",
+        "",
+    ]
+    test = metrics.get("test")
+    if test:
+        families = list(test["full"]["accuracy_by_family"])
+        lines += [
+            "## Accuracy on the synthetic test split",
+            "",
+            "| setting | kept tokens | effective retention | overall | " + " | ".join(families) + " |",
+            "|---|---|---|---|" + "---|" * len(families),
+        ]
+        for name, r in test.items():
+            label = {"full": "all tokens (reference)", "marc": "MarcPress on the reference", "marc + C-GRPO": "MarcPress on this student"}.get(name, name)
+            lines.append(
+                f"| {label} | {r['visual_tokens']:.1f} | {r['effective_retention']:.3f} | **{r['accuracy']:.3f}** | "
+                + " | ".join(f"{r['accuracy_by_family'][f]:.3f}" for f in families) + " |"
+            )
+        lines.append("")
+    path = out_dir / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def add_train_cgrpo_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `cgrpo` (vidpress train cgrpo --out DIR ...) on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "cgrpo",
+        help="C-GRPO: train a student to answer from MarcPress-compressed video (synthetic testbed)",
+        description="Train the reference model (or --model) with C-GRPO on the synthetic train split: GRPO on the "
+        "student's rollouts with MarcPress-compressed video, reward = accuracy (+ format) + compression reward "
+        "against the full-video teacher (cached), KL to the initial model; TRL GRPOTrainer. Runs under "
+        "`accelerate launch` on several processes. Saves the student, metrics.json and MODEL_CARD.md.",
+    )
+    parser.add_argument("--out", required=True, help="output folder (save_pretrained layout)")
+    parser.add_argument("--model", default=None, help="reference checkpoint to start from (default: the shipped one)")
+    parser.add_argument("--train-examples", type=int, default=1200, help="training prompts (default 1200)")
+    parser.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
+    parser.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step over all processes (default 8)")
+    parser.add_argument("--num-generations", type=int, default=32, help="rollouts per prompt, G (default 32: with 8, most groups of the one-letter answers were all right or all wrong and the testbed student did not improve)")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--beta", type=float, default=0.04, help="KL coefficient to the initial model (default 0.04)")
+    parser.add_argument("--epsilon", type=float, default=0.2, help="surrogate clipping range (default 0.2)")
+    parser.add_argument("--alpha", type=float, default=1.0, help="compression reward scale (default 1.0)")
+    parser.add_argument("--tau", type=float, default=0.6, help="retention threshold of the compression reward (default 0.6)")
+    parser.add_argument("--temperature", type=float, default=1.5, help="rollout sampling temperature (default 1.5: at 1.0 the testbed student's entropy collapsed within ~100 steps and most groups had no reward spread)")
+    parser.add_argument("--format-weight", type=float, default=0.0, help="weight of the format reward (default 0: off)")
+    parser.add_argument("--budget-tokens", type=int, default=None, help="MarcPress token budget (default: one frame's tokens)")
+    parser.add_argument("--top-k", type=int, default=3, help="clips MarcPress retrieves (default 3; 0: no retrieval)")
+    parser.add_argument("--teacher-samples", type=int, default=8, help="teacher rollouts per prompt (default 8)")
+    parser.add_argument("--lora", action="store_true", help="train LoRA adapters on the LLM (merged when saving)")
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--test-examples", type=int, default=720, help="test examples evaluated afterwards (0: none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_train_cgrpo)
+    return parser
+
+
+def _run_train_cgrpo(args) -> int:
+    import sys
+
+    for name in ("train_examples", "steps", "prompts_per_step", "num_generations"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.num_generations < 2:
+        raise SystemExit("--num-generations must be >= 2 (advantages are normalised within a group)")
+    command = "vidpress train cgrpo " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else None
+    metrics = train_cgrpo(
+        args.out, model_path=args.model, train_examples=args.train_examples, steps=args.steps,
+        prompts_per_step=args.prompts_per_step, num_generations=args.num_generations, learning_rate=args.lr,
+        beta=args.beta, epsilon=args.epsilon, alpha=args.alpha, tau=args.tau, temperature=args.temperature,
+        format_weight=args.format_weight, budget_tokens=args.budget_tokens, top_k=args.top_k or None,
+        teacher_samples=args.teacher_samples, lora=args.lora, lora_rank=args.lora_rank,
+        test_examples=args.test_examples, seed=args.seed, threads=args.threads, progress=not args.quiet, command=command,
+    )
+    test = metrics.get("test")
+    if test:
+        print("test accuracy: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in test.items()))
+    if "total_seconds" in metrics:
+        print(f"saved to {args.out} after {metrics['total_seconds'] / 60:.1f} min")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- bench
+
+
+_STUDENTS: dict = {}
+
+
+def marc_student_row(model, retention: float, path=None):
+    """`vidpress bench` row "marc-cgrpo": (MarcPress at `retention`, the C-GRPO student at `path`, default the
+    shipped `marc-reference`). The student must share the bench model's vision tower (videos are encoded once)."""
+    from vidpress.presses.marc import MarcPress
+    from vidpress.synthetic.reference import load_reference
+
+    path = Path(path) if path is not None else MARC_REFERENCE_DIR
+    if path not in _STUDENTS:
+        _STUDENTS[path] = load_reference(path)[0]
+    student = _STUDENTS[path].to(model.device)
+    mine, theirs = student.model.visual.state_dict(), model.model.visual.state_dict()
+    if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k].to(mine[k].device)) for k in mine):
+        raise ValueError(f"the C-GRPO student at {path} has another vision tower than the bench model; "
+                         "bench it with the reference model it was trained from")
+    return MarcPress(retention=retention), student
