@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from vidpress import VideoTokens, presses
 from vidpress.presses import DivPrunePress, DyCokePress, FastVIDPress
 from vidpress.presses.divprune import greedy_max_min
-from vidpress.presses.fastvid import _apportion
+from vidpress.presses.base import apportion
 from vidpress.testing import FAMILIES, make_inputs, tiny_video
 
 NAMES = ("divprune", "dycoke", "fastvid")
@@ -250,10 +250,10 @@ def test_fastvid_merged_features_are_averages_by_hand():
 
 
 def test_fastvid_budget_split_over_segments():
-    assert _apportion(10, [32, 32]) == [5, 5]
-    assert _apportion(7, [16, 48]) == [2, 5]  # 1.75 / 5.25: the larger remainder gets the extra token
-    assert _apportion(3, [16, 16, 16]) == [1, 1, 1]
-    assert _apportion(4, [1, 1, 100]) == [1, 1, 2]  # at least one each
+    assert apportion(10, [32, 32]) == [5, 5]
+    assert apportion(7, [16, 48]) == [2, 5]  # 1.75 / 5.25: the larger remainder gets the extra token
+    assert apportion(3, [16, 16, 16]) == [1, 1, 1]
+    assert apportion(4, [1, 1, 100]) == [1, 1, 2]  # at least one each
     # a segment-heavy video at a tiny budget still spends exactly round(R * T * M) tokens
     sel = FastVIDPress(retention=0.05, min_segments=8).select(video(T=8, M=16))
     assert sel.num_kept == round(0.05 * 128)

@@ -84,6 +84,27 @@ def token_budget(retention: float, num_tokens: int) -> int:
     return max(1, min(num_tokens, round(retention * num_tokens)))
 
 
+def apportion(total: int, sizes: list[int]) -> list[int]:
+    """Split `total` over parts of the given sizes in proportion (largest remainder), each in [1, size].
+
+    Requires len(sizes) <= total; a total of sum(sizes) or more gives every part its whole size. Ties go to the
+    earlier part, so results do not depend on the order of evaluation.
+    """
+    if total >= sum(sizes):
+        return list(sizes)
+    whole = sum(sizes)
+    shares = [total * s / whole for s in sizes]
+    counts = [min(s, max(1, int(q))) for s, q in zip(sizes, shares)]
+    # Hand out (or take back) one unit at a time, by largest (smallest) remainder.
+    while sum(counts) < total:
+        open_parts = [j for j in range(len(sizes)) if counts[j] < sizes[j]]
+        counts[max(open_parts, key=lambda j: (shares[j] - counts[j], -j))] += 1
+    while sum(counts) > total:
+        open_parts = [j for j in range(len(sizes)) if counts[j] > 1]
+        counts[min(open_parts, key=lambda j: (shares[j] - counts[j], j))] -= 1
+    return counts
+
+
 def keep_top_per_frame(scores: torch.Tensor, frame_budgets: torch.Tensor) -> torch.Tensor:
     """Keep the `frame_budgets[t]` highest-scoring tokens of every frame, in one vectorised step.
 

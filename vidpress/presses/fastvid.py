@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, average_into_kept, token_budget
+from vidpress.presses.base import Press, apportion, average_into_kept, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
 # Entries per block in the pairwise passes (rows = this // columns): at most 64 MB of float32 at a time.
@@ -119,7 +119,7 @@ class FastVIDPress(Press):
         budget = token_budget(self.retention, N)
         x = tokens.features.float()
         segments = self._segments(x, budget)
-        budgets = _apportion(budget, [(end - start) * M for start, end in segments])
+        budgets = apportion(budget, [(end - start) * M for start, end in segments])
         keep_parts, target = [], torch.arange(N, device=x.device)
         for (start, end), k in zip(segments, budgets):
             local_keep, local_target = self._segment(x[start:end].reshape(-1, x.shape[-1]), end - start, k)
@@ -208,20 +208,3 @@ def density_peaks(unit: torch.Tensor, count: int, knn: int) -> torch.Tensor:
         delta[a:b] = torch.where(higher.any(dim=1), nearest_higher, dist.amax(dim=1))
     score = rho * delta
     return torch.sort(score, descending=True, stable=True).indices[:count].sort().values
-
-
-def _apportion(total: int, sizes: list[int]) -> list[int]:
-    """Split `total` over parts of the given sizes in proportion (largest remainder), each in [1, size].
-
-    Requires len(sizes) <= total <= sum(sizes)."""
-    whole = sum(sizes)
-    shares = [total * s / whole for s in sizes]
-    counts = [min(s, max(1, int(q))) for s, q in zip(sizes, shares)]
-    # Hand out (or take back) one token at a time, by largest (smallest) remainder; earlier parts first on ties.
-    while sum(counts) < total:
-        open_parts = [j for j in range(len(sizes)) if counts[j] < sizes[j]]
-        counts[max(open_parts, key=lambda j: (shares[j] - counts[j], -j))] += 1
-    while sum(counts) > total:
-        open_parts = [j for j in range(len(sizes)) if counts[j] > 1]
-        counts[min(open_parts, key=lambda j: (shares[j] - counts[j], j))] -= 1
-    return counts

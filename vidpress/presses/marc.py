@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, token_budget
+from vidpress.presses.base import Press, apportion, token_budget
 from vidpress.retrieval.events import clips_from_boundaries, segment
 from vidpress.types import Query, Selection, VideoTokens, check_retention
 
@@ -111,7 +111,7 @@ class MarcPress(Press):
         clips = self.retrieve(tokens, query)
         F = max(1, K // M)
         sizes = [b - a for a, b in clips]
-        clip_budgets = _apportion(F, sizes) if len(clips) <= F else [1] * len(clips)
+        clip_budgets = apportion(F, sizes) if len(clips) <= F else [1] * len(clips)
         groups: list[_Group] = []
         for (a, b), budget in zip(clips, clip_budgets):
             groups += merge_adjacent([_Group(t, 1, x[t]) for t in range(a, b)], budget)
@@ -168,21 +168,3 @@ def merge_adjacent(groups: list[_Group], target: int) -> list[_Group]:
         if i < len(groups) - 1:
             sims[i] = frame_similarity(merged, groups[i + 1].mean())
     return groups
-
-
-def _apportion(total: int, sizes: list[int]) -> list[int]:
-    """Split `total` frames over clips of the given lengths in proportion (largest remainder), each in [1, size].
-
-    Requires len(sizes) <= total; a total above sum(sizes) gives every clip its whole length."""
-    if total >= sum(sizes):
-        return list(sizes)
-    whole = sum(sizes)
-    shares = [total * s / whole for s in sizes]
-    counts = [min(s, max(1, int(q))) for s, q in zip(sizes, shares)]
-    while sum(counts) < total:  # hand out one frame at a time by largest remainder, earlier clips first on ties
-        open_clips = [j for j in range(len(sizes)) if counts[j] < sizes[j]]
-        counts[max(open_clips, key=lambda j: (shares[j] - counts[j], -j))] += 1
-    while sum(counts) > total:
-        open_clips = [j for j in range(len(sizes)) if counts[j] > 1]
-        counts[min(open_clips, key=lambda j: (shares[j] - counts[j], j))] -= 1
-    return counts
