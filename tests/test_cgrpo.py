@@ -1,6 +1,7 @@
 """C-GRPO: the rewards, the advantages and log-probs of the TRL trainer with pressed video, and a 2-process
 `accelerate launch` run of `vidpress train cgrpo` that must change the LLM weights and leave the vision tower."""
 
+import json
 import os
 import socket
 import subprocess
@@ -174,9 +175,12 @@ def test_accelerate_two_processes_train_and_change_the_llm(tmp_path):
     from vidpress.synthetic.reference import REFERENCE_DIR
 
     out = tmp_path / "student"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # accelerate's torchrun launcher with no GPU visible runs gloo on CPU; `--cpu` alone starts one process unless
+    # an MPI hostfile is given.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "CUDA_VISIBLE_DEVICES": ""}
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
         "-m", "vidpress", "train", "cgrpo", "--out", str(out), "--train-examples", "8", "--steps", "3",
         "--prompts-per-step", "4", "--num-generations", "4", "--temperature", "2.0", "--lr", "1e-3",
@@ -191,4 +195,5 @@ def test_accelerate_two_processes_train_and_change_the_llm(tmp_path):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all("visual" not in k for k in changed), changed
     assert any(".layers." in k for k in changed), changed
-    assert (out / "MODEL_CARD.md").is_file() and (out / "metrics.json").is_file()
+    assert (out / "MODEL_CARD.md").is_file()
+    assert json.loads((out / "metrics.json").read_text())["processes"] == 2
