@@ -67,3 +67,11 @@ def test_inspect_draws_the_kept_tokens(tmp_path, capsys):
     assert main(["inspect", "--num-frames", "8", "--retention", "0.25", "--out", str(path)]) == 0
     assert path.stat().st_size > 10_000
     assert "per-frame budgets" in capsys.readouterr().out
+
+
+def test_bench_on_another_model_skips_the_reference_checkpoints_by_default():
+    from vidpress.evaluation.bench import BENCH_ROWS, bench_names, checkpoint_free_names
+
+    names = checkpoint_free_names()
+    assert "cacovid" in bench_names() and "marc-cgrpo" in bench_names()
+    assert not set(BENCH_ROWS) & set(names) and "vidcom2" in names and "marc" in names

@@ -66,6 +66,12 @@ def bench_names() -> list[str]:
     return sorted(set(press_registry.available()) | set(BENCH_ROWS))
 
 
+def checkpoint_free_names() -> list[str]:
+    """What `vidpress bench --model DIR` runs by default: the registered presses that need no trained checkpoint (the
+    BENCH_ROWS checkpoints belong to the shipped reference model)."""
+    return [n for n in press_registry.available() if not getattr(press_registry.PRESSES[n], "needs_policy", False)]
+
+
 def build_row(name: str, retention: float, model):
     """(press, model) of one bench row; see BENCH_ROWS."""
     if name in BENCH_ROWS:
