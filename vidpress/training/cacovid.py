@@ -64,6 +64,9 @@ class CaCoVIDSettings:
         snapshot's token scores, as the press fills frames at inference).
     easy / hard: group accuracy above / below which the rate is halved / doubled.
     clip_low / clip_high: PPO ratio clip (1 - low, 1 + high). frame_loss_weight: weight of the frame surrogate.
+    score_l2: weight of an L2 penalty on the policy's logits (mean squared token score + mean squared frame score
+        per sample, added to the loss); stops the scores from growing without bound (saturated keep/drop
+        probabilities give the PPO ratio nothing to work with). 0 (default): off.
     """
 
     group: int = 32
@@ -81,6 +84,7 @@ class CaCoVIDSettings:
     clip_low: float = 0.2
     clip_high: float = 0.28
     frame_loss_weight: float = 1.0
+    score_l2: float = 0.0
     batch_size: int = 4
     lr: float = 1e-4
     epochs: int = 1
@@ -99,6 +103,8 @@ class CaCoVIDSettings:
             raise ValueError(f"frame_fill must be 'diversity' or 'token'; got {self.frame_fill!r}")
         if self.rounds < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError("rounds, batch_size and epochs must be >= 1")
+        if not self.score_l2 >= 0:
+            raise ValueError(f"score_l2 must be >= 0; got {self.score_l2!r}")
 
 
 # ------------------------------------------------------------------------------------------- combinations
@@ -339,6 +345,8 @@ def optimise_policy(policy, samples: list[PolicySample], reward: Callable, setti
                     advantages[chose], balanced_weights(frames[chose]), settings.clip_low, settings.clip_high
                 ) if chose.any() else new_frames[i].sum() * 0.0
                 loss = loss - (token_objective + settings.frame_loss_weight * frame_objective) / len(batch)
+                if settings.score_l2:
+                    loss = loss + settings.score_l2 * (new_tokens[i].pow(2).mean() + new_frames[i].pow(2).mean()) / len(batch)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(policy.parameters(), 1.0)
@@ -636,6 +644,9 @@ def add_train_cacovid_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--frame-fill", default=defaults.frame_fill, choices=["diversity", "token"],
                         help="how frame-mode rollouts fill their frames: density-peak diversity (the paper's) or the "
                         "token head's scores (default %(default)s)")
+    parser.add_argument("--score-l2", type=float, default=defaults.score_l2,
+                        help="weight of an L2 penalty on the token and frame logits, against the scores' growth "
+                        "(default %(default)s: off)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per step and process (default %(default)s)")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the train examples (default %(default)s)")
@@ -655,6 +666,7 @@ def _run_train_cacovid(args) -> int:
     settings = CaCoVIDSettings(
         group=args.group, diversity_rollouts=args.diversity_rollouts, frame_rollouts=args.frame_rollouts,
         rounds=args.rounds, rate_range=tuple(args.rate_range), frame_fill=args.frame_fill, batch_size=args.batch_size, lr=args.lr,
+        score_l2=args.score_l2,
         epochs=args.epochs, seed=args.seed,
     )
     command = "vidpress train cacovid " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else None
