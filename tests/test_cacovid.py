@@ -396,3 +396,39 @@ def test_clipped_surrogate_stays_finite_for_saturated_probabilities():
     objective = clipped_surrogate(new, old, torch.tensor([-1.0]), torch.ones(1, 1))
     objective.backward()
     assert torch.isfinite(objective) and torch.isfinite(new.grad).all()
+
+
+def score_scale(policy, samples):
+    with torch.no_grad():
+        tokens, frames = policy([s.tokens.features for s in samples], [s.tokens.grid for s in samples], [s.query.embeddings for s in samples])
+    return float(torch.cat([t.flatten() for t in tokens]).pow(2).mean() + torch.cat([f.flatten() for f in frames]).pow(2).mean())
+
+
+def test_score_l2_keeps_the_logits_small_and_is_off_by_default(tiny_model):
+    assert CaCoVIDSettings().score_l2 == 0.0
+    with pytest.raises(ValueError, match="score_l2"):
+        CaCoVIDSettings(score_l2=-1.0)
+    model = tiny_model("qwen2_5_vl")[0]
+    held_out = one_token_task(CaCoVIDPolicy.from_vlm(model).hidden_size, 16, seed=2)
+    scales, accuracies = [], []
+    for weight in (0.0, 0.05):
+        torch.manual_seed(0)
+        policy = CaCoVIDPolicy.from_vlm(model)
+        settings = CaCoVIDSettings(group=8, diversity_rollouts=1, frame_rollouts=2, rounds=2, rate_range=(0.125, 0.125),
+                                   batch_size=4, lr=2e-3, epochs=2, seed=0, score_l2=weight)
+        optimise_policy(policy, one_token_task(policy.hidden_size, 48, seed=1), keeps_answer, settings, progress=False)
+        scales.append(score_scale(policy.eval(), held_out))
+        accuracies.append(top1_accuracy(policy, held_out))
+    assert scales[1] < 0.5 * scales[0], scales
+    assert accuracies[1] > 0.5, accuracies  # the penalty shrinks the scores, not the ranking
+
+
+def test_cli_score_l2_flag():
+    import argparse
+
+    from vidpress.training.cacovid import add_train_cacovid_parser
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    parser = add_train_cacovid_parser(sub)
+    assert parser.parse_args(["--out", "x"]).score_l2 == 0.0
+    assert parser.parse_args(["--out", "x", "--score-l2", "1e-4"]).score_l2 == 1e-4
