@@ -33,3 +33,20 @@ def test_generate_default_uses_the_labelled_demo_model(monkeypatch, tmp_path, ca
 def test_generate_bad_input_is_a_clear_error(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_learned_press_needs_and_loads_a_policy(tmp_path, capsys):
+    from vidpress.cli import main
+
+    assert main(["generate", "--press", "cacovid"]) == 2
+    assert "needs a trained policy: pass --policy DIR" in capsys.readouterr().err
+    assert main(["generate", "--press", "vidcom2", "--policy", str(tmp_path)]) == 2
+    assert "--policy is for presses with a trained policy" in capsys.readouterr().err
+    assert main(["inspect", "--press", "cacovid", "--policy", str(tmp_path / "nope")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    out = tmp_path / "kept.png"
+    from vidpress.evaluation.bench import CACOVID_REFERENCE_DIR
+
+    assert main(["inspect", "--press", "cacovid", "--policy", str(CACOVID_REFERENCE_DIR),
+                 "--retention", "0.1", "--out", str(out)]) == 0
+    assert out.is_file() and "kept 44/440 tokens" in capsys.readouterr().out

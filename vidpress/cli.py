@@ -40,13 +40,35 @@ def load_model(path: str | None, attn: str, device: str, dtype: str):
     return model, AutoProcessor.from_pretrained(path)
 
 
+def build_press(args):
+    """The press named by --press at --retention; a press with a trained policy (cacovid) loads it from --policy."""
+    from vidpress import presses
+    from vidpress.types import check_retention
+
+    knobs = {"retention": check_retention(args.retention)}
+    needs_policy = getattr(presses.PRESSES.get(args.press), "needs_policy", False)
+    policy = getattr(args, "policy", None)
+    if policy is not None and not needs_policy:
+        raise ValueError(f"--policy is for presses with a trained policy (cacovid); got --press {args.press}")
+    if needs_policy:
+        if policy is None:
+            raise ValueError(f"--press {args.press} needs a trained policy: pass --policy DIR (the shipped one for the "
+                             "reference model is vidpress/synthetic/cacovid_reference; train one with `vidpress train cacovid`)")
+        if not Path(policy).is_dir():
+            raise ValueError(f"--policy {policy!r} is not a directory; pass a folder written by `vidpress train cacovid`")
+        from vidpress.presses.cacovid import CaCoVIDPolicy
+
+        knobs["policy"] = CaCoVIDPolicy.from_pretrained(policy, device=getattr(args, "device", "cpu"))
+    return presses.get(args.press, **knobs)
+
+
 def cmd_generate(args) -> int:
     import torch
 
-    from vidpress import presses, video
+    from vidpress import video
     from vidpress.evaluation.timing import time_prefill
 
-    press = presses.get(args.press, retention=args.retention)
+    press = build_press(args)
     _check_retrieve(args)
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
@@ -160,11 +182,11 @@ def load_bench_model(path: str | None, device: str):
 
 
 def cmd_inspect(args) -> int:
-    from vidpress import presses, video
+    from vidpress import video
     from vidpress.evaluation.inspect import draw
     from vidpress.models import get_adapter
 
-    press = presses.get(args.press, retention=args.retention)
+    press = build_press(args)
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
     if args.model:
@@ -181,12 +203,10 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from vidpress import presses
     from vidpress.evaluation import benchmarks, runner
-    from vidpress.types import check_retention
 
     benchmark = benchmarks.get(args.bench)
-    press = None if args.press == "none" else presses.get(args.press, retention=check_retention(args.retention))
+    press = None if args.press == "none" else build_press(args)
     for name in ("num_frames", "max_new_tokens", "limit"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -220,13 +240,12 @@ def cmd_profile(args) -> int:
     import numpy as np
     import torch
 
-    from vidpress import presses, video
+    from vidpress import video
     from vidpress.evaluation import checkpoints
     from vidpress.evaluation.profiler import format_profile, format_retrieval, profile, profile_retrieval
     from vidpress.testing import make_inputs, tiny_video
-    from vidpress.types import check_retention
 
-    press = presses.get(args.press, retention=check_retention(args.retention))
+    press = build_press(args)
     for name in ("frames", "resolution", "repeats", "decode_tokens"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
@@ -358,6 +377,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--press", default="vidcom2", choices=["none", *presses.available()],
                           help="press name, or none for all tokens (default: %(default)s)")
     evaluate.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    _policy_option(evaluate)
     evaluate.add_argument("--num-frames", type=int, default=16, help="frames sampled per video (default: %(default)s)")
     evaluate.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: %(default)s)")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N questions")
@@ -389,6 +409,7 @@ def parser() -> argparse.ArgumentParser:
     prof.add_argument("--question", default="What happens in this video?", help="the prompt's question")
     prof.add_argument("--press", default="vidcom2", choices=presses.available(), help="press name (default: %(default)s)")
     prof.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    _policy_option(prof)
     prof.add_argument("--repeats", type=int, default=3, help="timed runs per stage, after one warm-up (default: %(default)s)")
     prof.add_argument("--decode-tokens", type=int, default=16, help="tokens generated to time decoding (default: %(default)s)")
     prof.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
@@ -421,6 +442,7 @@ def _video_press_options(command: argparse.ArgumentParser, default_model: str) -
     command.add_argument("--press", default="vidcom2", choices=presses.available(), help="press name (default: %(default)s)")
     command.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
     command.add_argument("--num-frames", type=int, default=16, help="frames sampled evenly from the video (default: %(default)s)")
+    _policy_option(command)
     command.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
 
 
@@ -428,6 +450,11 @@ def _retrieve_options(command: argparse.ArgumentParser, what: str) -> None:
     command.add_argument("--retrieve", type=int, metavar="K", help=what)
     command.add_argument("--embedder", metavar="PATH", help="local CLIP/SigLIP-style folder embedding clips and the question "
                          "for --retrieve (default: the model's own vision features and text embeddings)")
+
+
+def _policy_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--policy", help="trained policy folder for --press cacovid (e.g. vidpress/synthetic/cacovid_reference, "
+                         "trained for the shipped reference model)")
 
 
 def _cuda() -> bool:
