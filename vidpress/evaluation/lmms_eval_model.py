@@ -38,28 +38,28 @@ class VidpressLMM(lmms):
     pretrained: local model folder. press: a registered press name, or "none" for all tokens.
     retention: the press's retention in (0, 1]. max_frames_num: frames sampled per video (evenly spaced).
     device / dtype / attn_implementation: as for `from_pretrained`; batch_size must be 1 (videos differ in length).
+    policy: a trained policy folder for press=cacovid (`vidpress train cacovid`).
     """
 
     is_simple = True
 
     def __init__(self, pretrained: str, press: str = "none", retention: float = 0.25, max_frames_num: int = 32,
                  device: str | None = None, dtype: str = "auto", attn_implementation: str = "sdpa",
-                 batch_size: int | str = 1, **unknown) -> None:
+                 batch_size: int | str = 1, policy: str | None = None, **unknown) -> None:
         super().__init__()
         if unknown:
             raise ValueError(
                 f"unknown model_args {sorted(unknown)}; accepted: pretrained, press, retention, max_frames_num, "
-                "device, dtype, attn_implementation"
+                "device, dtype, attn_implementation, batch_size, policy"
             )
         if int(batch_size) != 1:
             raise ValueError(f"the vidpress model answers one request at a time (batch_size 1); got {batch_size}")
         if int(max_frames_num) <= 0:
             raise ValueError(f"max_frames_num must be a positive integer; got {max_frames_num}")
-        from vidpress import presses
-        from vidpress.cli import load_model
-        from vidpress.types import check_retention
+        from argparse import Namespace
 
-        self.press = None if press == "none" else presses.get(str(press), retention=check_retention(retention))
+        from vidpress.cli import build_press, load_model
+
         self.max_frames_num = int(max_frames_num)
         # lmms-eval shards requests itself from RANK / WORLD_SIZE; each process takes its own GPU when it has one.
         self._rank = int(os.environ.get("RANK", 0))
@@ -68,6 +68,8 @@ class VidpressLMM(lmms):
             device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
         self._model, self.processor = load_model(str(pretrained), attn_implementation, device, dtype)
         self._device = self._model.device
+        self.press = None if press == "none" else build_press(
+            Namespace(press=str(press), retention=retention, policy=policy, device=str(self._device)))
 
     @property
     def model(self):
