@@ -383,9 +383,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N questions")
     evaluate.add_argument("--skip-missing", action="store_true", help="skip questions whose video (or task file) is missing")
     evaluate.add_argument("--out", help="results folder (default: eval-results/<bench>/<model>-<press>-<retention>-<frames>f)")
-    evaluate.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
-    evaluate.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
-    evaluate.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"], help="attention implementation")
+    _runtime_options(evaluate, dtype="auto")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=cmd_eval)
 
@@ -412,9 +410,7 @@ def parser() -> argparse.ArgumentParser:
     _policy_option(prof)
     prof.add_argument("--repeats", type=int, default=3, help="timed runs per stage, after one warm-up (default: %(default)s)")
     prof.add_argument("--decode-tokens", type=int, default=16, help="tokens generated to time decoding (default: %(default)s)")
-    prof.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
-    prof.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: %(default)s)")
-    prof.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"], help="attention implementation")
+    _runtime_options(prof, dtype="float32")
     prof.add_argument("--json", help="write {\"full\": {...}, \"pressed\": {...}} (and \"retrieval\") to this file")
     _retrieve_options(prof, "also report the vision encoder's frames, time and FLOPs with all frames and with only "
                       "the frames of the top-K event clips (MARC's retrieval), and the retrieval step's own cost")
@@ -450,6 +446,14 @@ def _retrieve_options(command: argparse.ArgumentParser, what: str) -> None:
     command.add_argument("--retrieve", type=int, metavar="K", help=what)
     command.add_argument("--embedder", metavar="PATH", help="local CLIP/SigLIP-style folder embedding clips and the question "
                          "for --retrieve (default: the model's own vision features and text embeddings)")
+
+
+def _runtime_options(command: argparse.ArgumentParser, dtype: str) -> None:
+    """--device, --dtype (default `dtype`; "auto" = the checkpoint's own) and --attn of the commands that load a model."""
+    dtypes = ["float32", "bfloat16", "float16"] if dtype != "auto" else ["auto", "float32", "bfloat16", "float16"]
+    command.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
+    command.add_argument("--dtype", default=dtype, choices=dtypes, help="weights dtype (default: %(default)s)")
+    command.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"], help="attention implementation (default: %(default)s)")
 
 
 def _policy_option(command: argparse.ArgumentParser) -> None:
