@@ -34,6 +34,8 @@ class PressReport:
     extra_tokens: per video, always-kept placeholder tokens after its frame tokens (LLaVA-OneVision's newline).
     sequence_length: (before, after) padded sequence length entering the LLM.
     layer_tokens: for presses acting inside the LLM, frame tokens each decoder layer processed (whole batch).
+    input_ids: [B, L'] token ids of the pressed sequence; where the caller passed `inputs_embeds` alone, the visual
+        placeholder ids where the embeddings are placeholders and the pad id elsewhere.
     """
 
     selections: list[Selection] = field(default_factory=list)
@@ -42,6 +44,7 @@ class PressReport:
     extra_tokens: list[int] = field(default_factory=list)
     sequence_length: tuple[int, int] = (0, 0)
     layer_tokens: list[int] | None = None
+    input_ids: torch.Tensor | None = None
 
     @property
     def visual_tokens_before(self) -> int:
@@ -100,8 +103,10 @@ class Adapter:
         """Encoder output holding only the kept rows ([K_v] indices, [K_v, D] features per video)."""
         raise NotImplementedError
 
-    def full_position_ids(self, inputs: dict, attention_mask: torch.Tensor, for_generate: bool) -> torch.Tensor:
-        """Positions the unmodified model would use for this call: [B, L] or [R, B, L]."""
+    def full_position_ids(self, inputs: dict, attention_mask: torch.Tensor, for_generate: bool,
+                          embeds_only: bool = False) -> torch.Tensor:
+        """Positions the unmodified model would use for this call: [B, L] or [R, B, L]. `embeds_only`: the caller
+        passed inputs_embeds without input_ids (inputs["input_ids"] then holds `placeholder_ids`)."""
         raise NotImplementedError
 
     def finish_position_ids(self, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -111,6 +116,10 @@ class Adapter:
     def text_layers(self):
         """The LLM's decoder layers, in order."""
         return self.base.language_model.layers
+
+    def text_norm(self) -> torch.nn.Module:
+        """The LLM's final norm, which reads the last decoder layer's output."""
+        return self.base.language_model.norm
 
     # -- vision-encoder statistics (presses with `needs_vision_stats`, e.g. VisionZip) ----------------------------
     def vision_attention(self, layer: int | None) -> torch.nn.Module:
@@ -138,19 +147,26 @@ class Adapter:
         return encoder(**{n: inputs[n] for n in names}, return_dict=True)
 
     def compress(self, press, inputs: dict, for_generate: bool) -> tuple[dict, PressReport]:
-        """Return model kwargs with the press applied to every video, and a report of what was kept."""
-        if inputs.get("input_ids") is None:
-            raise ValueError("a pressed call needs input_ids (inputs_embeds alone do not show where the video tokens are)")
-        input_ids = inputs["input_ids"]
+        """Return model kwargs with the press applied to every video, and a report of what was kept.
+
+        Gradients flow as in the unpressed model when grad mode is on (the encoders run in the caller's mode);
+        `inputs_embeds` [B, L, D] may stand in for `input_ids`, their placeholder rows found as the model finds them.
+        """
+        embeds = inputs.get("inputs_embeds")
+        input_ids = inputs.get("input_ids")
+        if input_ids is None:
+            if embeds is None:
+                raise ValueError("a pressed call needs input_ids or inputs_embeds (with the visual placeholder rows)")
+            input_ids = self.placeholder_ids(embeds)
         B, L = input_ids.shape
         attention_mask = inputs.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         real = attention_mask.bool()
 
-        with torch.no_grad():
-            video_output, layouts = self.encode_videos(press, inputs)
-            image_output = self.encode("image", inputs) if _has_images(inputs) else None
+        # The encoders run as in the unpressed model: with gradients when the caller trains through the press.
+        video_output, layouts = self.encode_videos(press, inputs)
+        image_output = self.encode("image", inputs) if _has_images(inputs) else None
 
         # Feature rows fill the video placeholders in (batch, sequence) order.
         placeholder = (input_ids == self.video_token_id) & real
@@ -164,7 +180,8 @@ class Adapter:
 
         position_ids = inputs.get("position_ids")
         if position_ids is None:
-            position_ids = self.full_position_ids(inputs, attention_mask, for_generate)
+            position_ids = self.full_position_ids({**inputs, "input_ids": input_ids}, attention_mask, for_generate,
+                                                  embeds_only=inputs.get("input_ids") is None)
 
         report = PressReport(sequence_length=(L, L))
         drop = torch.zeros(B * L, dtype=torch.bool, device=input_ids.device)
@@ -173,7 +190,7 @@ class Adapter:
         for layout in layouts:
             tokens = layout.tokens
             sample = int(flat_positions[offset]) // L
-            query = self.query(input_ids[sample], real[sample]) if press.query_aware else None
+            query = self.query(input_ids[sample], real[sample], None if embeds is None else embeds[sample]) if press.query_aware else None
             selection = press.select(tokens, query)
             keep = selection.keep_indices.to(input_ids.device)
             extra = torch.arange(tokens.num_tokens, layout.num_rows, device=input_ids.device)
@@ -205,6 +222,9 @@ class Adapter:
             elif inputs.get(name) is not None:
                 value = pad_id if pad is None else pad
                 out[name] = inputs[name].gather(-1, gather).masked_fill(~valid, value)
+        if embeds is not None:
+            out["inputs_embeds"] = embeds.gather(1, gather[..., None].expand(-1, -1, embeds.shape[-1])) * valid[..., None]
+        report.input_ids = input_ids.gather(-1, gather).masked_fill(~valid, pad_id)
         position_ids = position_ids.gather(-1, gather.expand(*position_ids.shape[:-2], -1, -1)).masked_fill(~valid, 0)
         out["position_ids"] = self.finish_position_ids(position_ids, out["attention_mask"])
         encoder_outputs = {"video": self.pack_videos(video_output, kept_rows, kept_features)}
@@ -243,7 +263,7 @@ class Adapter:
         side features "vision_attention" [T, M] and "vision_keys" [T, M, d]. The output can be passed as
         pre-computed `mm_encoder_outputs["video"]` to presses that need these statistics."""
         inputs = {k: v for k, v in inputs.items() if k != "mm_encoder_outputs"}
-        with torch.no_grad(), VisionStatsRecorder(self.vision_attention(layer)) as recorder:
+        with VisionStatsRecorder(self.vision_attention(layer)) as recorder:
             output = self.encode("video", inputs)
         layouts = self.video_layouts(output, inputs)
         stats = self.vision_token_stats(recorder, inputs, layouts)
@@ -255,15 +275,28 @@ class Adapter:
         output.vidpress_vision_stats = {**getattr(output, "vidpress_vision_stats", {}), layer: stats}
         return output
 
-    def query(self, input_ids: torch.Tensor, real: torch.Tensor) -> Query:
-        """The sample's text tokens (no visual placeholders, no padding) and their embeddings."""
+    def query(self, input_ids: torch.Tensor, real: torch.Tensor, embeds: torch.Tensor | None = None) -> Query:
+        """The sample's text tokens (no visual placeholders, no padding) and their embeddings ([L] ids, [L, D]
+        rows; `embeds` [L_all, D]: the caller's inputs_embeds, used instead of the embedding table)."""
         visual = input_ids == self.video_token_id
         if self.image_token_id is not None:
             visual |= input_ids == self.image_token_id
-        ids = input_ids[real & ~visual]
+        text = real & ~visual
+        ids = input_ids[text]
         with torch.no_grad():
-            embeddings = self.model.get_input_embeddings()(ids)
+            embeddings = self.model.get_input_embeddings()(ids) if embeds is None else embeds[text].detach()
         return Query(token_ids=ids, embeddings=embeddings)
+
+    def placeholder_ids(self, embeds: torch.Tensor) -> torch.Tensor:
+        """[B, L] ids for inputs_embeds [B, L, D]: the visual placeholder ids where a row equals that token's
+        embedding (the model's own test), the pad id elsewhere."""
+        table = self.model.get_input_embeddings()
+        ids = torch.full(embeds.shape[:2], _pad_token_id(self.model), dtype=torch.long, device=embeds.device)
+        for token in (self.image_token_id, self.video_token_id):
+            if token is not None:
+                row = table(torch.tensor(token, device=embeds.device)).to(embeds.dtype)
+                ids[(embeds == row).all(-1)] = token
+        return ids
 
 
 def pick_block(blocks, layer: int, family: str):

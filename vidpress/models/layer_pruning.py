@@ -9,12 +9,16 @@ Hooks, all removed on exit, do the work without touching transformers' files:
   probabilities, [B, H, kv] — never the full [B, H, L, L] matrix;
 - a forward pre-hook on every decoder layer from the first stage on cuts the hidden states at the stage's layer
   and gives every later layer position embeddings, text positions and an attention mask for the shorter sequence,
-  in prefill and in every decoding step (the cache of those layers holds only the kept tokens).
+  in prefill and in every decoding step (the cache of those layers holds only the kept tokens);
+- a forward pre-hook on the final norm puts the kept rows back at their places in the full-length sequence, so
+  the model's output has one row per input token as without the press (labels, losses and `logits[:, i]` line
+  up). A dropped token's row is its hidden state when it was dropped: it has no later layers.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from vidpress.models.attention import AttentionRoute, own_attention
@@ -63,6 +67,7 @@ class LayerPruner:
             self._routes.append(route)
         # Every prefill starts from the full sequence again, also when the same inputs run twice.
         self._handles.append(self.layers[0].register_forward_pre_hook(self._reset_hook, with_kwargs=True))
+        self._handles.append(self.adapter.text_norm().register_forward_pre_hook(self._restore_hook))
         for index in range(self.stages[0][0], len(self.layers)):
             self._handles.append(
                 self.layers[index].register_forward_pre_hook(self._layer_hook(index), with_kwargs=True)
@@ -82,38 +87,55 @@ class LayerPruner:
         self.report = report
         self.full_length = L
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        self.owner = torch.full((B, L), -1, dtype=torch.long, device=input_ids.device)
-        self.token = torch.full((B, L), -1, dtype=torch.long, device=input_ids.device)
+        owner = torch.full((B, L), -1, dtype=torch.long, device=input_ids.device)
+        token = torch.full((B, L), -1, dtype=torch.long, device=input_ids.device)
         placeholders = ((input_ids == self.adapter.video_token_id) & valid).flatten().nonzero().squeeze(1)
         offset = 0
         for video, (selection, extra) in enumerate(zip(report.selections, report.extra_tokens)):
             positions = placeholders[offset : offset + selection.num_kept]
-            self.owner.view(-1)[positions] = video
-            self.token.view(-1)[positions] = selection.keep_indices.to(positions.device)
+            owner.view(-1)[positions] = video
+            token.view(-1)[positions] = selection.keep_indices.to(positions.device)
             offset += selection.num_kept + extra
-        self.visual_full = (self.owner >= 0).sum(1)  # [B] frame tokens per sample before any stage
-        self.full_valid = valid
+        self.prompt = (owner, token, valid)
+        # Ranking query: each row's last real prompt token, also when later steps re-run the prefill with the
+        # generated tokens appended (use_cache=False), so the ranking is the same with and without a cache.
+        self.query_position = L - 1 - valid.flip(1).int().argmax(1)
         self.left = not bool((~valid[:, -1]).any())
-        self._restart()
+        self._start(B, L)
 
-    def _restart(self):
-        B, L = self.full_valid.shape
-        self.index = torch.arange(L, device=self.full_valid.device).expand(B, L)  # current sequence -> full positions
-        self.valid = self.full_valid
+    def _start(self, rows: int, length: int):
+        """Maps for a prefill of [rows, length]: generate expands each prompt into `rows / B` copies (beams, several
+        return sequences) and, without a cache, appends the generated tokens (never video, always attended)."""
+        owner, token, valid = self.prompt
+        B, L = owner.shape
+        if rows % B or length < L:
+            raise RuntimeError(f"vidpress: the LLM got [{rows}, {length}] hidden states for a pressed prompt of [{B}, {L}]")
+        self.copies = rows // B
+        owner, token, valid, query = (t.repeat_interleave(self.copies, dim=0) for t in (*self.prompt, self.query_position))
+        if length > L:
+            pad = (0, length - L)
+            owner, token = F.pad(owner, pad, value=-1), F.pad(token, pad, value=-1)
+            valid = F.pad(valid, pad, value=True)
+        self.owner, self.token, self.full_valid, self.query_full = owner, token, valid, query
+        self.visual_full = (owner >= 0).sum(1)  # [rows] frame tokens per row before any stage
+        self.index = torch.arange(length, device=valid.device).expand(rows, length)  # current sequence -> full positions
+        self.valid = valid
         self.stage_state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # stage layer -> (index, valid)
-        self.layer_tokens = [int(self.visual_full.sum())] * len(self.layers)
+        self.full_hidden: torch.Tensor | None = None  # [rows, length, D]: every token's latest hidden state
+        self.layer_tokens = [int(self.visual_full[:: self.copies].sum())] * len(self.layers)
         self.scores = None
 
     def _reset_hook(self, module, args, kwargs):
         cache = kwargs.get("past_key_values")
         if self.report is not None and (cache is None or cache.get_seq_length(0) == 0):
-            self._restart()
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self._start(hidden.shape[0], hidden.shape[1])
 
     def record(self, query: torch.Tensor, key: torch.Tensor, scaling: float):
-        """Head-averaged attention of each row's last real token over the current keys -> self.scores [B, kv]."""
+        """Head-averaged attention of each row's last real prompt token over the current keys -> self.scores [B, kv]."""
         B, H, _, d = query.shape
         groups = H // key.shape[1]
-        last = self.valid.shape[1] - 1 - self.valid.flip(1).int().argmax(1)  # last real position per row
+        last = (self.index == self.query_full[:, None]).int().argmax(1)  # that token's place in the current sequence
         q = query[torch.arange(B), :, last].view(B, key.shape[1], groups, d)  # [B, Hkv, g, d]
         logits = torch.einsum("bkgd,bknd->bkgn", q.float(), key.float()) * scaling
         logits = logits.masked_fill(~self.valid[:, None, None, :], float("-inf"))
@@ -151,11 +173,12 @@ class LayerPruner:
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
         keep = (self.valid & ~frame) | (frame & (rank < budget[:, None]))
+        self.full_hidden = self._scatter_full(hidden)
         gather, valid = _repad_index(keep, self.left)
         hidden = hidden.gather(1, gather[..., None].expand(-1, -1, hidden.shape[-1])) * valid[..., None]
         self.index, self.valid = self.index.gather(1, gather), valid
         self.stage_state[layer_index] = (self.index, self.valid)
-        kept = int((self.owner.gather(1, self.index) >= 0).logical_and(valid).sum())
+        kept = int((self.owner.gather(1, self.index) >= 0).logical_and(valid)[:: self.copies].sum())
         for layer in range(layer_index, len(self.layers)):
             self.layer_tokens[layer] = kept
         self.scores = None
@@ -163,10 +186,24 @@ class LayerPruner:
             self._finish()
         return hidden
 
+    def _scatter_full(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The full-length hidden states [rows, length, D] with the current sequence's real rows written in."""
+        if self.full_hidden is None and hidden.shape[1] == self.index.shape[1]:  # nothing cut yet
+            return hidden
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None].expand_as(self.index)
+        return self.full_hidden.index_put((rows[self.valid], self.index[self.valid]), hidden[self.valid])
+
+    def _restore_hook(self, module, args):
+        if self.report is None or self.full_hidden is None:  # no prefill cut since the last restore
+            return None
+        hidden, self.full_hidden = self._scatter_full(args[0]), None
+        return (hidden, *args[1:])
+
     def _finish(self):
         """Write what survived the last stage back into the report, per video, with the per-layer token counts."""
-        owner = self.owner.gather(1, self.index).masked_fill(~self.valid, -1)
-        token = self.token.gather(1, self.index)
+        # the first copy of each prompt speaks for all (copies are identical until decoding starts)
+        owner = self.owner.gather(1, self.index).masked_fill(~self.valid, -1)[:: self.copies]
+        token = self.token.gather(1, self.index)[:: self.copies]
         selections = []
         for video, before in enumerate(self.report.selections):
             kept = token[owner == video].sort().values

@@ -103,7 +103,8 @@ class LlavaVideoAdapter(Adapter):
         """Per-patch statistics [F, h, w, C] -> per-token [F, h', w', C], pooled as the model pools features."""
         raise NotImplementedError
 
-    def full_position_ids(self, inputs: dict, attention_mask: torch.Tensor, for_generate: bool) -> torch.Tensor:
+    def full_position_ids(self, inputs: dict, attention_mask: torch.Tensor, for_generate: bool,
+                          embeds_only: bool = False) -> torch.Tensor:
         if for_generate:  # what generate builds: positions count real tokens only
             return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         # a plain forward without position_ids numbers every slot, padding included
@@ -123,8 +124,11 @@ class LlavaOnevisionAdapter(LlavaVideoAdapter):
         return side, side  # 2x2 bilinear pooling, rounding up
 
     def pack_videos(self, output, kept_rows, kept_features):
-        # the model flattens pooler_output [V, N, D] over (V, N); one row of all videos gives the same order
-        return type(output)(pooler_output=torch.cat(kept_features)[None])
+        # The model flattens pooler_output [V, N, D] over (V, N), so any split of the rows gives the same order; it
+        # must be one row per entry [K, 1, D]: generate's multimodal expansion (beams, several return sequences)
+        # finds each sample's entries by matching entry lengths to placeholder counts, and videos pressed to
+        # different lengths cannot be stacked per video.
+        return type(output)(pooler_output=torch.cat(kept_features)[:, None])
 
     def pool_stats(self, grid: torch.Tensor) -> torch.Tensor:
         # the model's apply_pooling: bilinear resize to ceil(h/2) x ceil(w/2)
@@ -144,8 +148,10 @@ class LlavaNextVideoAdapter(LlavaVideoAdapter):
         return side, side
 
     def pack_videos(self, output, kept_rows, kept_features):
-        # the model flattens each entry over its first two dims: give each video as [1, K_v, D]
-        return type(output)(pooler_output=tuple(features[None] for features in kept_features))
+        # The model flattens each entry over its first two dims and concatenates them. One row per entry
+        # [K, 1, 1, D], so that generate's multimodal expansion (beams, several return sequences) can split the rows
+        # per sample by matching entry lengths to placeholder counts.
+        return type(output)(pooler_output=torch.cat(kept_features)[:, None, None])
 
     def pool_stats(self, grid: torch.Tensor) -> torch.Tensor:
         # the resampler pools stride x stride windows ("average" mode; "max" / "conv" also map each window to one

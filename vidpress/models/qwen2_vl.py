@@ -82,12 +82,27 @@ class Qwen2VLAdapter(Adapter):
         # text 0, image 1, video 2: the convention of get_rope_index
         return (ids == self.image_token_id).int() + 2 * (ids == self.video_token_id).int()
 
-    def full_position_ids(self, inputs: dict, attention_mask: torch.Tensor, for_generate: bool) -> torch.Tensor:
-        # The model's own 3-D rope index over the FULL sequence: kept tokens keep their t/h/w ids.
+    def full_position_ids(self, inputs: dict, attention_mask: torch.Tensor, for_generate: bool,
+                          embeds_only: bool = False) -> torch.Tensor:
+        """The model's own positions over the FULL sequence, so kept tokens keep their t/h/w ids: the 3-D rope
+        index [3, B, L], storing its `rope_deltas` on the model as the unpressed call does (later decoding steps
+        of a caller's own loop read them). With inputs_embeds alone the model has no ids to index: mirrored."""
+        if embeds_only:
+            if for_generate:  # generate falls back to text positions on all three axes, with zero deltas
+                text = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+                self.base.rope_deltas = torch.zeros(text.shape[0], 1, dtype=torch.long, device=text.device)
+                return text[None].expand(3, -1, -1)
+            B, L = attention_mask.shape
+            positions = self.base.compute_3d_position_ids(
+                input_ids=None, image_grid_thw=None, video_grid_thw=None, inputs_embeds=inputs["inputs_embeds"],
+                attention_mask=attention_mask, past_key_values=None,
+            )
+            return torch.arange(L, device=attention_mask.device).expand(3, B, L) if positions is None else positions
         kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        rope, _ = self.base.get_rope_index(
+        rope, deltas = self.base.get_rope_index(
             inputs["input_ids"], mm_token_type_ids=self.mm_token_type_ids(inputs), attention_mask=attention_mask, **kwargs
         )
+        self.base.rope_deltas = deltas
         return rope  # [3, B, L]
 
     def finish_position_ids(self, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
