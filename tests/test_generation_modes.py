@@ -7,6 +7,7 @@
 - Every mode leaves the model as it found it.
 """
 
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -230,3 +231,96 @@ def test_gradients_reach_the_same_parameters(models, family, kind):
         return
     with press_for(kind, family, 0.5)(model):
         assert grads() == ref
+
+
+def test_one_press_per_model_and_all_or_nothing_entry(models):
+    model, processor = models("qwen2_5_vl")
+    inputs = batch_inputs(processor, "qwen2_5_vl")
+    with torch.no_grad():
+        ref = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        outer = VidCom2Press(retention=0.5)(model)
+        outer.__enter__()
+        with pytest.raises(RuntimeError, match="already inside a `with VidCom2Press"):
+            FastVPress(retention=0.6, layer=1)(model).__enter__()  # refused before it installs anything
+        pressed = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        outer.__exit__(None, None, None)
+        assert_restored(model)
+        assert torch.equal(model.generate(**inputs, max_new_tokens=2, do_sample=False), ref)
+        assert torch.equal(pressed[:, : ref.shape[1] - 2], ref[:, :-2])  # the caller's prompt comes back
+        with pytest.raises(ValueError, match="below the LLM"):  # fails after claiming: everything is undone
+            FastVPress(retention=0.6, layer=5)(model).__enter__()
+        assert_restored(model)
+        assert torch.equal(model.generate(**inputs, max_new_tokens=2, do_sample=False), ref)
+
+
+@pytest.mark.parametrize("option", [{"prompt_lookup_num_tokens": 2}, {"assistant_early_exit": 1}])
+def test_assisted_decoding_is_a_clear_error(models, option):
+    model, processor = models("qwen2_5_vl")
+    inputs = make_inputs(processor, [tiny_video(8)], "What happens?")
+    with torch.no_grad(), VidCom2Press(retention=0.5)(model), pytest.raises(ValueError, match="not supported under a press"):
+        model.generate(**inputs, max_new_tokens=2, **option)
+    assert_restored(model)
+
+
+def test_threads_each_with_its_own_model():
+    results, errors = {}, []
+
+    def work(family):
+        try:
+            model, processor = tiny_model_and_processor(family)
+            inputs = batch_inputs(processor, family)
+            with torch.no_grad():
+                ref = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+                with VidCom2Press(retention=1.0)(model):
+                    out = [model.generate(**inputs, max_new_tokens=2, do_sample=False) for _ in range(3)]
+            results[family] = all(torch.equal(o, ref) for o in out)
+            assert_restored(model)
+        except Exception as error:  # reported below with the family
+            errors.append((family, error))
+
+    threads = [threading.Thread(target=work, args=(f,)) for f in ("qwen2_5_vl", "llava_onevision")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == {"qwen2_5_vl": True, "llava_onevision": True}
+
+
+def test_a_model_shared_by_threads_is_a_clear_error_and_stays_intact(models):
+    model, processor = models("llava_onevision")
+    inputs = batch_inputs(processor, "llava_onevision")
+    with torch.no_grad():
+        ref = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    entered, release, errors = threading.Event(), threading.Event(), []
+
+    def holder():
+        with torch.no_grad(), VidCom2Press(retention=0.5)(model):
+            entered.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    entered.wait(30)
+    try:
+        for attempt in (lambda: VidCom2Press(retention=0.5)(model).__enter__(),
+                        lambda: model.generate(**inputs, max_new_tokens=2, do_sample=False),
+                        lambda: model(**inputs)):
+            with pytest.raises(RuntimeError, match="another thread"):
+                with torch.no_grad():
+                    attempt()
+    finally:
+        release.set()
+        thread.join()
+    assert_restored(model)
+    with torch.no_grad():
+        assert torch.equal(model.generate(**inputs, max_new_tokens=2, do_sample=False), ref)
+
+
+def test_a_streamer_sees_the_callers_prompt(models):
+    model, processor = models("llava_next_video")
+    inputs = make_inputs(processor, [tiny_video(8)], "What happens?")
+    streamer = Recorder()
+    with torch.no_grad(), VidCom2Press(retention=0.25)(model):
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False, streamer=streamer)
+    assert torch.equal(streamer.chunks[0], inputs["input_ids"]) and streamer.ended
+    assert torch.equal(torch.cat([c.view(1, -1) for c in streamer.chunks], 1), out)
