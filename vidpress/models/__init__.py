@@ -11,7 +11,7 @@ import threading
 
 import torch
 
-from vidpress.models.base import Adapter, PressReport
+from vidpress.models.base import PIXEL_INPUTS, SEQUENCE_INPUTS, Adapter, PressReport
 from vidpress.models.layer_pruning import LayerPruner
 from vidpress.models.llava import LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from vidpress.models.qwen2_vl import Qwen2VLAdapter, Qwen3VLAdapter
@@ -114,6 +114,7 @@ class PressedModel:
             if prompt is None:  # a cache this block did not press: nothing to map
                 return None
             return (), {**kwargs, **prompt.decode_step(kwargs, cache.get_seq_length())}
+        self._pending = None
         original = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
         pressed = self._prepare(kwargs, for_generate=False)
         if pressed is not kwargs and original is not None:
@@ -170,8 +171,14 @@ class PressedModel:
         if ids is None or kwargs.get("inputs_embeds") is not None:
             raise ValueError("continuing a pressed generate from its cache needs input_ids (the returned sequences "
                              "plus any new tokens), not inputs_embeds")
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")}
-        kwargs.update(prompt.continuation(ids, kwargs.get("attention_mask")))
+        continued = prompt.continuation(ids, kwargs.get("attention_mask"))
+        tail = ids[:, prompt.original_length :]
+        if ((tail == self.adapter.video_token_id) | (tail == self.adapter.image_token_id)).any():
+            raise ValueError("continuing a pressed generate from its cache: the new tokens hold an image or video; "
+                             "start a new pressed call with the whole conversation instead")
+        # The cache holds the video: no pixels; every per-token input is rebuilt for the pressed sequence.
+        dropped = {*PIXEL_INPUTS, *SEQUENCE_INPUTS, "mm_encoder_outputs", "position_ids"}
+        kwargs = {k: v for k, v in kwargs.items() if k not in dropped} | continued
         with self.passthrough():
             output = original(*args, **kwargs)
         output_cache = getattr(output, "past_key_values", None)
