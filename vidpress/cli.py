@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -58,7 +59,10 @@ def build_press(args):
             raise ValueError(f"--policy {policy!r} is not a directory; pass a folder written by `vidpress train cacovid`")
         from vidpress.presses.cacovid import CaCoVIDPolicy
 
-        knobs["policy"] = CaCoVIDPolicy.from_pretrained(policy, device=getattr(args, "device", "cpu"))
+        try:
+            knobs["policy"] = CaCoVIDPolicy.from_pretrained(policy, device=getattr(args, "device", "cpu"))
+        except FileNotFoundError as error:  # an empty or unrelated folder
+            raise ValueError(f"--policy {error}; pass a folder written by `vidpress train cacovid`") from None
     return presses.get(args.press, **knobs)
 
 
@@ -160,6 +164,7 @@ def cmd_bench(args) -> int:
         check_retention(r)
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be a positive number of test examples; got {args.limit}")
+    check_bench_out(Path(args.out), args.overwrite)
     model, processor = load_bench_model(args.model, args.device)
     examples = make_split(args.split, args.limit)
     print(f"model: {args.model or 'the shipped reference model'}; {len(examples)} {args.split} examples; "
@@ -169,6 +174,24 @@ def cmd_bench(args) -> int:
     paths = write_results(rows, args.out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def check_bench_out(out: Path, overwrite: bool) -> None:
+    """Before the run: `out` must be a folder we can write, holding no earlier results unless `overwrite`."""
+    from vidpress.evaluation.bench import RESULT_FILES
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder for {', '.join(RESULT_FILES)}")
+    earlier = [name for name in RESULT_FILES if (out / name).exists()]
+    if earlier and not overwrite:
+        raise ValueError(f"--out {out} already holds results ({', '.join(earlier)}); pass another --out, "
+                         "or --overwrite to replace them")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot create the folder ({error.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out}: the folder is not writable")
 
 
 def load_bench_model(path: str | None, device: str):
@@ -344,7 +367,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", help="local model directory (default: the shipped reference model)")
     bench.add_argument("--limit", type=int, default=600, help="number of test examples (default: %(default)s)")
     bench.add_argument("--split", default="test", choices=["train", "val", "test"], help="synthetic split (default: test)")
-    bench.add_argument("--out", default="bench-results", help="output folder (default: %(default)s)")
+    bench.add_argument("--out", default="bench-results", help="output folder (default: %(default)s); earlier results "
+                       "there are kept unless --overwrite")
+    bench.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     bench.add_argument("--batch-size", type=int, default=32, help="examples per forward (default: %(default)s)")
     bench.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -467,14 +492,72 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+# What each `vidpress train` trainer imports from the [train] extra (checked before any work starts).
+TRAIN_NEEDS = {"cacovid": ("accelerate",), "cgrpo": ("trl", "accelerate", "datasets")}
+# The extra that provides each optional import, for the one-line error when one is missing.
+EXTRA_OF = {"trl": "train", "peft": "train", "datasets": "train", "accelerate": "eval", "pyarrow": "eval",
+            "faiss": "retrieval"}
+
+
+def check_device(device: str) -> str:
+    """`device` if torch can use it here; ValueError naming what is wrong and what is accepted otherwise."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a torch device; pass e.g. cpu, cuda or cuda:1") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {device}: CUDA is not available ({why}); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0 ...)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+    return device
+
+
+def _check_train_extra(args) -> None:
+    import importlib.util
+
+    needed = list(TRAIN_NEEDS.get(args.trainer, ()))
+    if getattr(args, "lora", False):
+        needed.append("peft")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"vidpress train {args.trainer} needs {', '.join(missing)} from the [train] extra: "
+                         'pip install "vidpress[train]"')
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
+        if getattr(args, "device", None) is not None:
+            check_device(args.device)
+        if args.command == "train":
+            _check_train_extra(args)
         return args.run(args)
     except ValueError as error:  # bad input: say what was wrong, no traceback
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:  # an optional dependency: name the extra that installs it
+        package = (error.name or "").split(".")[0]
+        extra = EXTRA_OF.get(package)
+        hint = f': pip install "vidpress[{extra}]"' if extra else ""
+        print(f"error: vidpress {args.command} needs the {package or error} package{hint}", file=sys.stderr)
+        return 2
+    except Exception as error:  # anything else still gets one line; -v shows where it came from
+        if args.verbose:
+            raise
+        print(f"error: {type(error).__name__}: {_one_line(error)} (`vidpress -v {args.command} ...` shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":
