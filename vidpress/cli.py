@@ -238,18 +238,21 @@ def cmd_eval(args) -> int:
     if not samples:
         raise ValueError(f"--data {args.data}: no {args.bench} question has its video there")
     shard = runner.Shard(args.device)
-    model, processor = load_model(args.model, args.attn, shard.device or args.device, args.dtype)
     retention = 1.0 if press is None else args.retention
-    settings = {"benchmark": args.bench, "model": str(Path(args.model).resolve()), "press": args.press,
-                "retention": retention, "num_frames": args.num_frames, "max_new_tokens": args.max_new_tokens,
-                "dtype": args.dtype, "attn": args.attn}
+    settings = runner.run_settings(
+        benchmark=args.bench, model=args.model, data=args.data, press=press, press_name=args.press,
+        policy=args.policy, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
+        attn=args.attn)
     out = Path(args.out or f"eval-results/{args.bench}/{Path(args.model).name}-{args.press}-{retention:g}-{args.num_frames}f")
+    # Every process checks, before the model loads: a refused resume costs nothing and no process is left waiting.
+    runner.check_run_settings(out, settings, overwrite=args.overwrite, write=False)
+    model, processor = load_model(args.model, args.attn, shard.device or args.device, args.dtype)
     if shard.is_main:
         print(f"{args.bench}: {len(samples)} questions from {args.data}; press {args.press}"
               f"{'' if press is None else f' at retention {retention:g}'}; {args.num_frames} frames; "
               f"{shard.world} process(es); results in {out}")
-    summary = runner.run(model, processor, benchmark, samples, press, out, settings, shard,
-                         num_frames=args.num_frames, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
+    summary = runner.run(model, processor, benchmark, samples, press, out, settings, shard, num_frames=args.num_frames,
+                         max_new_tokens=args.max_new_tokens, progress=not args.quiet, overwrite=args.overwrite)
     if summary is not None:
         print(runner.format_summary(summary))
         print(f"wrote {out / 'results.json'} (per-question answers in {out / 'samples'})")
@@ -407,7 +410,9 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: %(default)s)")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N questions")
     evaluate.add_argument("--skip-missing", action="store_true", help="skip questions whose video (or task file) is missing")
-    evaluate.add_argument("--out", help="results folder (default: eval-results/<bench>/<model>-<press>-<retention>-<frames>f)")
+    evaluate.add_argument("--out", help="results folder (default: eval-results/<bench>/<model>-<press>-<retention>-<frames>f); "
+                          "a rerun with the same settings resumes there, other settings are refused")
+    evaluate.add_argument("--overwrite", action="store_true", help="discard the results already in --out and start over")
     _runtime_options(evaluate, dtype="auto")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=cmd_eval)
