@@ -77,6 +77,7 @@ def cmd_generate(args) -> int:
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
     model, processor = load_model(args.model, args.attn, args.device, args.dtype)
+    check_layer_press(press, model, args)
     if args.model is None:
         print(f"model: random-weight demo model ({DEMO_FAMILY}, tiny, untrained: its answer is noise)")
     else:
@@ -95,11 +96,17 @@ def cmd_generate(args) -> int:
     answer = processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0]
     print(f"press: {args.press} (requested retention {args.retention:g})")
     print(f"answer: {answer.strip()!r}")
-    print(f"visual tokens: {report.visual_tokens_before} -> {report.visual_tokens_after} "
-          f"(effective retention {report.retention:.3f}); sequence {report.sequence_length[0]} -> {report.sequence_length[1]}")
+    if report.layer_tokens:  # pressed inside the LLM: the prompt enters whole, the layers process fewer tokens
+        print(f"visual tokens: {report.visual_tokens_before} enter the LLM; {layer_summary(report)}; "
+              f"sequence {report.sequence_length[0]} (cut inside the LLM)")
+    else:
+        print(f"visual tokens: {report.visual_tokens_before} -> {report.visual_tokens_after} (effective retention "
+              f"{report.retention:.3f}); sequence {report.sequence_length[0]} -> {report.sequence_length[1]}")
+    floor_note(report, args.retention)
     for i, selection in enumerate(report.selections):
-        budgets = selection.frame_budgets.tolist() if selection.frame_budgets is not None else []
-        print(f"per-frame budgets (video {i}, {report.videos[i].tokens_per_frame} tokens per frame): {budgets}")
+        which = " in the last layers" if report.layer_tokens else ""
+        print(f"per-frame budgets{which} (video {i}, {report.videos[i].tokens_per_frame} tokens per frame): "
+              f"{frame_budgets(selection, report.videos[i]).tolist()}")
     print(f"LLM prefill: {timing.llm_full_ms:.1f} ms without the press, {timing.llm_pressed_ms:.1f} ms with it "
           f"({timing.llm_speedup:.2f}x; sequence ratio {timing.sequence_ratio:.2f}x)")
     print(f"vision encoder: {timing.vision_ms:.1f} ms (same with and without); press: {timing.press_ms:.1f} ms "
@@ -112,6 +119,48 @@ def _check_retrieve(args) -> None:
         raise ValueError(f"--retrieve must be a number of clips >= 1; got {args.retrieve}")
     if args.embedder is not None and args.retrieve is None:
         raise ValueError("--embedder chooses the embedder of --retrieve; pass --retrieve K too")
+
+
+def check_layer_press(press, model, args) -> None:
+    """A press acting inside the LLM must fit the model's depth; say so, with the layer floor, before any work."""
+    from vidpress.presses.base import LayerPress
+
+    if not isinstance(press, LayerPress):
+        return
+    layers = model.config.get_text_config().num_hidden_layers
+    try:
+        press.schedule(layers)
+    except ValueError as error:
+        hint = ""
+        if args.model is None:
+            hint = ("; the demo model is tiny: pass --model with a deeper one, e.g. the shipped reference model "
+                    "--model vidpress/synthetic/reference_model (4 layers)")
+        raise ValueError(f"--press {args.press} drops tokens between LLM layers and does not fit this model's {layers} "
+                         f"layers ({error}){hint}") from None
+
+
+def layer_summary(report) -> str:
+    """'LLM layers processed 128, 128, 35, 35 of them (layer average 0.637)' for a press acting inside the LLM."""
+    return (f"LLM layers processed {', '.join(str(n) for n in report.layer_tokens)} of them "
+            f"(layer average {report.retention:.3f} = effective retention)")
+
+
+def floor_note(report, requested: float) -> None:
+    """Print why the effective retention is above the requested one, when it is."""
+    if report.layer_tokens and report.retention > requested + 0.01:
+        print(f"note: effective retention {report.retention:.3f} > requested {requested:g}: the LLM layers before "
+              "the press's first stage see every token, so it cannot go lower on this model's "
+              f"{len(report.layer_tokens)} layers")
+
+
+def frame_budgets(selection, tokens):
+    """LongTensor [T]: tokens the selection keeps per frame (from its keep indices when it records none)."""
+    import torch
+
+    if selection.frame_budgets is not None:
+        return selection.frame_budgets
+    frames = selection.keep_indices.cpu() // tokens.tokens_per_frame
+    return torch.bincount(frames, minlength=tokens.num_frames)
 
 
 def make_retriever(args, model, processor):
@@ -205,6 +254,8 @@ def load_bench_model(path: str | None, device: str):
 
 
 def cmd_inspect(args) -> int:
+    import torch
+
     from vidpress import video
     from vidpress.evaluation.inspect import draw
     from vidpress.models import get_adapter
@@ -216,12 +267,25 @@ def cmd_inspect(args) -> int:
         model, processor = load_model(args.model, "sdpa", args.device, "auto")
     else:
         model, processor = load_bench_model(None, args.device)
+    check_layer_press(press, model, args)
     inputs = dict(build_inputs(processor, decoded, args.question).to(model.device))
-    _, report = get_adapter(model).compress(press, inputs, for_generate=False)
+    if getattr(press, "acts_in_llm", False):  # the selection happens between decoder layers: run the prefill
+        with torch.no_grad(), press(model) as pressed:
+            model(**inputs)
+        report = pressed.last_report
+    else:
+        _, report = get_adapter(model).compress(press, inputs, for_generate=False)
     selection, tokens = report.selections[0], report.videos[0]
-    title = f"{args.press} at retention {args.retention:g} on {video_path.name}: kept {selection.num_kept}/{selection.num_tokens} tokens"
+    title = f"{args.press} at retention {args.retention:g} on {video_path.name}: "
+    if report.layer_tokens:
+        title += f"the last LLM layers keep {selection.num_kept}/{selection.num_tokens} tokens"
+        detail = f"{layer_summary(report)}\n"
+    else:
+        title += f"kept {selection.num_kept}/{selection.num_tokens} tokens"
+        detail = ""
     path = draw(decoded.frames, tokens, selection, args.out, title)
-    print(f"{title}\nper-frame budgets: {selection.frame_budgets.tolist()}\nwrote {path}")
+    print(f"{title}\n{detail}per-frame budgets: {frame_budgets(selection, tokens).tolist()}\nwrote {path}")
+    floor_note(report, args.retention)
     return 0
 
 
