@@ -77,7 +77,7 @@ def cmd_generate(args) -> int:
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
     model, processor = load_model(args.model, args.attn, args.device, args.dtype)
-    check_layer_press(press, model, args)
+    check_layer_press(press, model, args, demo=args.model is None)
     if args.model is None:
         print(f"model: random-weight demo model ({DEMO_FAMILY}, tiny, untrained: its answer is noise)")
     else:
@@ -121,8 +121,9 @@ def _check_retrieve(args) -> None:
         raise ValueError("--embedder chooses the embedder of --retrieve; pass --retrieve K too")
 
 
-def check_layer_press(press, model, args) -> None:
-    """A press acting inside the LLM must fit the model's depth; say so, with the layer floor, before any work."""
+def check_layer_press(press, model, args, demo: bool = False) -> None:
+    """A press acting inside the LLM must fit the model's depth; say so, with the layer floor, before any work.
+    demo: the model is `generate`'s tiny demo model (the error then names a deeper one)."""
     from vidpress.presses.base import LayerPress
 
     if not isinstance(press, LayerPress):
@@ -132,7 +133,7 @@ def check_layer_press(press, model, args) -> None:
         press.schedule(layers)
     except ValueError as error:
         hint = ""
-        if args.model is None:
+        if demo:
             hint = ("; the demo model is tiny: pass --model with a deeper one, e.g. the shipped reference model "
                     "--model vidpress/synthetic/reference_model (4 layers)")
         raise ValueError(f"--press {args.press} drops tokens between LLM layers and does not fit this model's {layers} "
