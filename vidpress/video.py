@@ -286,7 +286,7 @@ def decode_pyav(path: str, indices: np.ndarray, listed: int, rate: float) -> tup
                     kept = len(timestamps)
                     if kept < len(wanted) and decoded == wanted[kept]:
                         if frames is None:  # sized by the first kept frame, upright; later frames are scaled to match
-                            turns = quarter_turns(frame.rotation, path)
+                            turns = quarter_turns(getattr(frame, "rotation", 0), path)  # PyAV >= 14 reads it
                             height, width = (frame.height, frame.width) if turns % 2 == 0 else (frame.width, frame.height)
                             frames = np.empty((len(wanted), height, width, 3), dtype=np.uint8)
                         stored = (frames.shape[2], frames.shape[1]) if turns % 2 == 0 else (frames.shape[1], frames.shape[2])
