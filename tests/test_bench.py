@@ -75,3 +75,44 @@ def test_bench_on_another_model_skips_the_reference_checkpoints_by_default():
     names = checkpoint_free_names()
     assert "cacovid" in bench_names() and "marc-cgrpo" in bench_names()
     assert not set(BENCH_ROWS) & set(names) and "vidcom2" in names and "marc" in names
+
+
+def test_bench_out_is_checked_before_the_run_and_never_overwritten_silently(tmp_path, capsys, monkeypatch):
+    import vidpress.cli as cli
+
+    (tmp_path / "results.json").write_text("[]")
+    monkeypatch.setattr(cli, "load_bench_model", lambda *a: pytest.fail("the run started"))
+    assert main(["bench", "--limit", "6", "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds results (results.json)" in err and "--overwrite" in err
+    (tmp_path / "file").write_text("")
+    assert main(["bench", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["bench", "--presses", "uniform", "--retentions", "0.5", "--limit", "6", "--out", str(tmp_path),
+                 "--quiet", "--overwrite"]) == 0
+    assert len(json.loads((tmp_path / "results.json").read_text())) == 2
+
+
+def test_accuracy_plot_styles_and_legend_outside_the_data():
+    from vidpress.evaluation.bench import FULL, bench_names, figure
+
+    names = bench_names()
+    rows = [{"press": FULL, "retention": 1.0, "effective_retention": 1.0, "accuracy": 0.9, "evidence_recall": 1.0,
+             "examples": 6}]
+    rows += [{"press": name, "retention": r, "effective_retention": r, "accuracy": 0.5, "evidence_recall": 0.5}
+             for name in names for r in (0.1, 0.5)]
+    fig = figure(rows)
+    for ax in fig.axes:
+        lines = [line for line in ax.get_lines() if line.get_label() in names]
+        assert [line.get_label() for line in lines] == names
+        styles = {(line.get_color() if isinstance(line.get_color(), str) else tuple(line.get_color()), line.get_marker())
+                  for line in lines}
+        assert len({s[0] for s in styles}) == len(names) and len({s[1] for s in styles}) == len(names)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert [t.get_text() for t in legend.get_texts()] == [*names, "all tokens"]
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer))

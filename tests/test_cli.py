@@ -50,3 +50,83 @@ def test_learned_press_needs_and_loads_a_policy(tmp_path, capsys):
     assert main(["inspect", "--press", "cacovid", "--policy", str(CACOVID_REFERENCE_DIR),
                  "--retention", "0.1", "--out", str(out)]) == 0
     assert out.is_file() and "kept 44/440 tokens" in capsys.readouterr().out
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "Loading weights" not in line]  # progress bars
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_in_llm_press_reports_what_the_layers_processed(capsys):
+    from vidpress.synthetic.reference import REFERENCE_DIR
+
+    assert main(["generate", "--model", str(REFERENCE_DIR), "--press", "pdrop", "--num-frames", "8",
+                 "--max-new-tokens", "2", "--repeats", "1", "--attn", "eager"]) == 0
+    out = capsys.readouterr().out
+    assert "visual tokens: 220 enter the LLM; LLM layers processed 220, 1, 1, 1 of them (layer average 0.253" in out
+    assert "-> 1 " not in out and "sequence 264 (cut inside the LLM)" in out
+
+
+def test_inspect_in_llm_press(tmp_path, capsys):
+    out = tmp_path / "fastv.png"
+    assert main(["inspect", "--press", "fastv", "--num-frames", "8", "--retention", "0.75", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "LLM layers processed 220, 220, " in printed and "the last LLM layers keep" in printed
+    assert "kept 220/220" not in printed and out.is_file()
+    kept = int(printed.split("keep ")[1].split("/")[0])
+    assert kept == round(0.5 * 220)  # (2 * 220 + 2 * kept) / 4 = 0.75 * 220
+
+
+def test_fastv_on_the_demo_model_explains_its_layer_floor(capsys):
+    assert main(["generate", "--press", "fastv", "--num-frames", "4"]) == 2
+    err = one_line_error(capsys)
+    assert "2 layers" in err and "--model vidpress/synthetic/reference_model (4 layers)" in err
+
+
+def test_empty_policy_folder_is_a_one_line_error(tmp_path, capsys):
+    assert main(["generate", "--press", "cacovid", "--policy", str(tmp_path)]) == 2
+    assert "no CaCoVID policy here" in one_line_error(capsys)
+
+
+def test_unavailable_device_is_a_one_line_error(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["generate", "--device", "cuda", "--num-frames", "4"]) == 2
+    assert "--device cuda: CUDA is not available" in one_line_error(capsys)
+    assert main(["eval", "--model", ".", "--bench", "mlvu", "--data", ".", "--device", "cuda:0"]) == 2
+    assert "use --device cpu" in one_line_error(capsys)
+    assert main(["bench", "--device", "gpu"]) == 2
+    assert "is not a torch device" in one_line_error(capsys)
+
+
+def test_train_without_the_train_extra_names_it(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
+    assert main(["train", "cgrpo", "--out", str(tmp_path)]) == 2
+    assert 'needs trl from the [train] extra: pip install "vidpress[train]"' in one_line_error(capsys)
+
+
+def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
+    import vidpress.cli as cli
+
+    def broken(args):
+        raise RuntimeError("something\nbroke")
+
+    monkeypatch.setattr(cli, "cmd_generate", broken)
+    assert main(["generate"]) == 1
+    assert "RuntimeError: something broke" in one_line_error(capsys)
+    with pytest.raises(RuntimeError):  # -v shows the traceback
+        main(["-v", "generate"])
+    import vidpress.training.cgrpo as cgrpo  # a missing optional import names its extra
+
+    def missing(args):
+        raise ModuleNotFoundError("No module named 'peft'", name="peft")
+
+    monkeypatch.setattr(cgrpo, "_run_train_cgrpo", missing)
+    assert main(["train", "cgrpo", "--out", "x"]) == 2
+    assert 'needs the peft package: pip install "vidpress[train]"' in one_line_error(capsys)

@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fixtures_benchmarks import WRITERS
@@ -76,3 +78,51 @@ def test_eval_shards_over_two_processes_with_accelerate(model_dir, tmp_path):
     records = [json.loads(p.read_text()) for p in (out / "samples").iterdir()]
     assert len(records) == 6 and {r["process"] for r in records} == {0, 1}
     assert json.loads((out / "results.json").read_text())["samples"] == 6
+
+
+def test_eval_records_its_settings_and_refuses_other_ones(model_dir, tmp_path, capsys):
+    import shutil
+
+    from vidpress.evaluation import runner
+    from vidpress.evaluation.bench import CACOVID_REFERENCE_DIR
+
+    data, count = WRITERS["mlvu"](tmp_path / "mlvu")
+    out = tmp_path / "run"
+    assert main(eval_args(model_dir, data, out, "--press", "random", "--limit", "3")) == 0
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["data"] == str(data.resolve()) and settings["model"] == str(Path(model_dir).resolve())
+    assert settings["press_knobs"] == {"seed": 0} and settings["policy"] is None
+    capsys.readouterr()
+
+    # The same questions from another data folder: refused before the model loads, naming the folders.
+    other = tmp_path / "mlvu-copy"
+    shutil.copytree(data, other)
+    assert main(eval_args(model_dir, other, out, "--press", "random", "--limit", "3")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data: " in err and "mlvu-copy" in err and "--overwrite" in err
+
+    # --overwrite discards the earlier answers and records the new settings.
+    answered = sorted((out / "samples").iterdir())
+    stamps = [p.stat().st_mtime_ns for p in answered]
+    assert main(eval_args(model_dir, other, out, "--press", "random", "--limit", "3", "--overwrite")) == 0
+    assert json.loads((out / "run.json").read_text())["data"] == str(other.resolve())
+    assert sorted((out / "samples").iterdir()) == answered
+    assert all(p.stat().st_mtime_ns != stamp for p, stamp in zip(answered, stamps))
+
+    # A trained policy is recorded by its folder and contents: a retrained policy in the same folder is refused.
+    policy = tmp_path / "policy"
+    shutil.copytree(CACOVID_REFERENCE_DIR, policy)
+    press = SimpleNamespace(press="cacovid", retention=0.25, policy=str(policy), device="cpu")
+    from vidpress.cli import build_press
+
+    recorded = runner.run_settings(benchmark="mlvu", model=model_dir, data=data, press=build_press(press),
+                                   press_name="cacovid", policy=policy, num_frames=4, max_new_tokens=3,
+                                   dtype="auto", attn="sdpa")
+    assert recorded["press_knobs"]["imp_ratio"] == 0.5 and "policy" not in recorded["press_knobs"]
+    cacovid_out = tmp_path / "cacovid"
+    runner.check_run_settings(cacovid_out, recorded)
+    with (policy / "metrics.json").open("a") as handle:
+        handle.write(" ")
+    argv = eval_args(model_dir, data, cacovid_out, "--press", "cacovid", "--policy", str(policy), "--retention", "0.25")
+    assert main(argv) == 2
+    assert "policy_sha256" in capsys.readouterr().err

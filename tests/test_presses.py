@@ -185,3 +185,16 @@ def test_selection_validates():
         Selection(torch.tensor([], dtype=torch.long), 4)
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
         Selection(torch.tensor([1, 4]), 4)
+
+
+def test_retention_true_is_refused():
+    import numpy as np
+
+    from vidpress.types import check_retention
+
+    for flag in (True, False, np.bool_(True)):
+        with pytest.raises(ValueError, match="bool"):
+            check_retention(flag)
+    with pytest.raises(ValueError, match="bool"):
+        presses.get("vidcom2", retention=True)
+    assert check_retention(1) == 1.0 and check_retention(np.float32(0.5)) == 0.5

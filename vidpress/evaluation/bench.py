@@ -215,11 +215,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
 
 
+RESULT_FILES = ("results.json", "results.csv", "accuracy.png")
+
+
 def write_results(rows: list[dict], out_dir) -> dict[str, Path]:
     """Write results.json (the rows), results.csv (families as columns) and accuracy.png; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "csv": out / "results.csv", "plot": out / "accuracy.png"}
+    paths = dict(zip(("json", "csv", "plot"), (out / name for name in RESULT_FILES)))
     paths["json"].write_text(json.dumps(rows, indent=2))
     families = [f for f in QUESTION_FAMILIES if any(f in r["accuracy_by_family"] for r in rows)]
     with paths["csv"].open("w", newline="") as handle:
@@ -232,19 +235,36 @@ def write_results(rows: list[dict], out_dir) -> dict[str, Path]:
     return paths
 
 
-def plot(rows: list[dict], path) -> None:
-    """Accuracy and evidence recall against effective retention, one line per press, the full model dashed."""
+# One colour and one marker per press: the tab20 palette's dark shades first, then its light ones, each with its
+# own marker, so no two presses share a colour or a marker up to 13 presses (then colour+marker stay unique).
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", "h", ">", "p", "d")
+
+
+def press_styles(names: list[str]) -> dict[str, dict]:
+    """Matplotlib line styles {press: {"color", "marker"}}: distinct colours, and distinct markers up to 13."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab20"].colors
+    order = [*range(0, 20, 2), *range(1, 20, 2)]  # 10 dark shades, then the 10 light ones
+    return {name: {"color": palette[order[i % 20]], "marker": _MARKERS[i % len(_MARKERS)]} for i, name in enumerate(names)}
+
+
+def figure(rows: list[dict]):
+    """The accuracy / evidence-recall figure: one line per press against effective retention, the full model dashed,
+    one legend to the right of both plots (never over the data)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     full = next(r for r in rows if r["press"] == FULL)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = list(dict.fromkeys(r["press"] for r in rows if r["press"] != FULL))
+    styles = press_styles(names)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4), layout="constrained")
     for ax, key, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "evidence_recall", "evidence recall")):
-        for name in dict.fromkeys(r["press"] for r in rows if r["press"] != FULL):
+        for name in names:
             points = sorted((r["effective_retention"], r[key]) for r in rows if r["press"] == name)
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=name, markersize=5, linewidth=1.2, **styles[name])
         ax.axhline(full[key], color="black", linestyle="--", linewidth=1, label="all tokens")
         ax.set_xscale("log")
         ticks = [0.05, 0.1, 0.15, 0.25, 0.5, 1.0]
@@ -256,7 +276,15 @@ def plot(rows: list[dict], path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_title(f"accuracy ({full['examples']} test examples)")
     axes[1].set_title("evidence recall (model-free)")
-    axes[1].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8, title="press")
+    return fig
+
+
+def plot(rows: list[dict], path) -> None:
+    """Save `figure(rows)` as a PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows)
     fig.savefig(path, dpi=120)
     plt.close(fig)

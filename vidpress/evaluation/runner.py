@@ -3,16 +3,20 @@
 Each question's result is written to `<out>/samples/<id>.json` as soon as it is answered, so an interrupted run
 resumes where it stopped. Under `accelerate launch` (or torchrun) every process takes every N-th question that
 has no result yet; the main process then scores all results and writes `<out>/results.json`.
-`<out>/run.json` records the settings that change answers; resuming with other settings is refused.
+`<out>/run.json` records the settings that change answers (`run_settings`); resuming with other settings is refused
+(`--overwrite` discards the earlier results instead).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -55,19 +59,69 @@ class Shard:
             self._state.wait_for_everyone()
 
 
-def check_run_settings(out_dir: Path, settings: dict) -> None:
-    """Write `run.json`, or check that an existing one holds the same settings; ValueError naming differences."""
+def run_settings(*, benchmark: str, model, data, press, press_name: str, policy=None, num_frames: int,
+                 max_new_tokens: int, dtype: str, attn: str) -> dict:
+    """What decides a run's answers, as recorded in `run.json`: benchmark, model and data folders (absolute),
+    press name, retention and every other knob of the press, the policy folder and a digest of its files (for
+    a press with a trained policy), frames, answer length, dtype and attention implementation."""
+    knobs = {}
+    if press is not None:
+        for item in dataclasses.fields(press):
+            value = getattr(press, item.name)
+            if item.name != "policy":  # the policy is recorded by its folder and contents below
+                knobs[item.name] = value if isinstance(value, (bool, int, float, str, type(None))) else repr(value)
+    return {
+        "benchmark": benchmark,
+        "model": str(Path(model).resolve()),
+        "data": str(Path(data).resolve()),
+        "press": press_name,
+        "retention": knobs.pop("retention", 1.0),
+        "press_knobs": knobs,
+        "policy": None if policy is None else str(Path(policy).resolve()),
+        "policy_sha256": None if policy is None else _folder_digest(Path(policy)),
+        "num_frames": num_frames,
+        "max_new_tokens": max_new_tokens,
+        "dtype": dtype,
+        "attn": attn,
+    }
+
+
+def _folder_digest(folder: Path) -> str:
+    """sha256 over the names and bytes of the files in `folder` (a retrained policy in the same folder differs)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def check_run_settings(out_dir: Path, settings: dict, overwrite: bool = False, write: bool = True) -> None:
+    """Check `<out_dir>/run.json` against `settings`, then (write=True) record them there.
+
+    A folder with results of other settings raises ValueError naming each difference, unless `overwrite`; with
+    write=True and `overwrite`, the earlier answers and summary are deleted first.
+    """
+    out_dir = Path(out_dir)
     path = out_dir / "run.json"
-    if path.exists():
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; pass a folder for the results")
+    if path.exists() and not overwrite:
         previous = json.loads(path.read_text())
         differ = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
         if differ:
-            changes = ", ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in differ)
+            changes = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in differ)
             raise ValueError(
                 f"{out_dir} holds results of a run with other settings ({changes}); "
-                "pass another --out, or the same settings to resume it"
+                "pass another --out, the same settings to resume it, or --overwrite to discard them"
             )
         return
+    if not write:
+        return
+    if overwrite:
+        shutil.rmtree(out_dir / "samples", ignore_errors=True)
+        (out_dir / "results.json").unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(path, settings)
 
@@ -130,15 +184,16 @@ def answer(model, processor, benchmark: Benchmark, sample: Sample, press, num_fr
 
 
 def run(model, processor, benchmark: Benchmark, samples: list[Sample], press, out_dir, settings: dict, shard: Shard,
-        num_frames: int = 16, max_new_tokens: int = 32, progress: bool = True) -> dict | None:
+        num_frames: int = 16, max_new_tokens: int = 32, progress: bool = True, overwrite: bool = False) -> dict | None:
     """Answer every sample without a result in `out_dir` (this process's share), then score all of them.
+    overwrite: discard earlier results in `out_dir` first (even of other settings; see `check_run_settings`).
 
     Returns the summary on the main process (also written to `<out_dir>/results.json`), None on the others.
     """
     out_dir = Path(out_dir)
     samples_dir = out_dir / "samples"
     if shard.is_main:
-        check_run_settings(out_dir, settings)
+        check_run_settings(out_dir, settings, overwrite=overwrite)
         samples_dir.mkdir(parents=True, exist_ok=True)
     shard.wait()
     todo = [s for s in samples if not (samples_dir / f"{s.id}.json").exists()][shard.rank :: shard.world]

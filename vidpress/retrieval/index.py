@@ -8,12 +8,15 @@ Both return the same neighbours. Every vector carries its clip's half-open frame
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 BACKENDS = ("auto", "faiss", "torch")
 EMBEDDINGS_FILE = "clip_embeddings.safetensors"
@@ -108,13 +111,30 @@ class ClipIndex:
         return (scores[0], ids[0]) if single else (scores, ids)
 
     def save(self, directory) -> Path:
-        """Write the embeddings (safetensors) and the ranges + metadata (JSON) into `directory`; returns it."""
+        """Write the embeddings (safetensors) and the ranges + metadata (JSON) into `directory`; returns it.
+
+        Both files are written in full under temporary names first and then renamed over the old ones, so an
+        interrupted re-save leaves the previous index intact. Both carry the same save id: `load` refuses a
+        pair from two different saves (an interruption between the two renames) instead of mixing them.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({"embeddings": self.embeddings.contiguous()}, str(directory / EMBEDDINGS_FILE))
+        save_id = uuid.uuid4().hex
         meta = {"format_version": FORMAT_VERSION, "dim": self.dim, "ranges": [list(r) for r in self.ranges],
-                "metadata": self.metadata}
-        (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+                "metadata": self.metadata, "save_id": save_id}
+        tmp_embeddings = directory / f".{EMBEDDINGS_FILE}.{save_id}.tmp"
+        tmp_meta = directory / f".{META_FILE}.{save_id}.tmp"
+        try:
+            save_file({"embeddings": self.embeddings.contiguous()}, str(tmp_embeddings), metadata={"save_id": save_id})
+            tmp_meta.write_text(json.dumps(meta, indent=1))
+            for path in (tmp_embeddings, tmp_meta):  # on disk before the renames make them the index
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+            os.replace(tmp_embeddings, directory / EMBEDDINGS_FILE)
+            os.replace(tmp_meta, directory / META_FILE)
+        finally:
+            tmp_embeddings.unlink(missing_ok=True)
+            tmp_meta.unlink(missing_ok=True)
         return directory
 
     @classmethod
@@ -127,7 +147,12 @@ class ClipIndex:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{directory}: clip index format {meta.get('format_version')!r}; this vidpress reads {FORMAT_VERSION}")
         index = cls(meta["dim"], backend, meta.get("metadata", {}))
-        embeddings = load_file(str(directory / EMBEDDINGS_FILE))["embeddings"]
+        with safe_open(str(directory / EMBEDDINGS_FILE), framework="pt") as handle:
+            embeddings_id = (handle.metadata() or {}).get("save_id")
+            embeddings = handle.get_tensor("embeddings")
+        if embeddings_id != meta.get("save_id"):  # indexes saved before save ids existed carry neither
+            raise ValueError(f"{directory}: {EMBEDDINGS_FILE} and {META_FILE} come from two different saves (an "
+                             "interrupted re-save); save the index again")
         if embeddings.shape != (len(meta["ranges"]), meta["dim"]):
             raise ValueError(f"{directory}: {tuple(embeddings.shape)} embeddings do not match {len(meta['ranges'])} clips of width {meta['dim']}")
         if len(embeddings):
