@@ -213,11 +213,13 @@ class FastVIDPress(Press):
                     ((targets * targets).sum(-1)[None, :] - 2 * rows @ targets.T).argmin(dim=1)
                     for rows in flat[sources].split(max(1, _BLOCK_ELEMENTS // peaks.numel()))
                 ])
-                n = torch.bincount(nearest, minlength=peaks.numel()).float()
-                sums = torch.zeros(peaks.numel(), D, device=device).index_add_(0, nearest, flat[sources].float())
-                w = (1 / (n + 1)).clamp(min=0.6)
                 rows = slot[peaks]
-                features[rows] = (features[rows] + w[:, None] * sums) / (1 + n * w)[:, None]
+                n = torch.bincount(nearest, minlength=peaks.numel()).float()
+                w = (1 / (n + 1)).clamp(min=0.6)
+                # (c + w * sum(a)) / (1 + n * w), written as c + w * sum(a - c) / (1 + n * w): copies merge exactly
+                own = flat[peaks].float()
+                deltas = torch.zeros(peaks.numel(), D, device=device).index_add_(0, nearest, flat[sources].float() - own[nearest])
+                features[rows] = features[rows] + (w / (1 + n * w))[:, None] * deltas
         return keep, features
 
 
