@@ -99,7 +99,7 @@ def test_effective_retention_sorted_unique_deterministic(name, R, T):
         (FastVIDPress, {"threshold": "high"}, "threshold"),
         (FastVIDPress, {"max_segments": 0}, "max_segments"),
         (FastVIDPress, {"max_segments": 2, "min_segments": 4}, "max_segments"),
-        (FastVIDPress, {"salient_ratio": 1.5}, "salient_ratio"),
+        (FastVIDPress, {"context_ratio": 1.5}, "context_ratio"),
         (FastVIDPress, {"anchor_interval": 0}, "anchor_interval"),
         (FastVIDPress, {"knn": 0}, "knn"),
         (FastVIDPress, {"saliency": "attention"}, "saliency"),
@@ -149,7 +149,7 @@ def test_dycoke_reference_frames_follow_the_paper():
 def test_dycoke_identical_frames_collapse_onto_the_reference_frames():
     frame = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
     tokens = VideoTokens(frame.repeat(8, 1, 1), (8, 4, 4))
-    sel = DyCokePress(retention=0.25).select(tokens)
+    sel = DyCokePress(retention=0.25, merge=True).select(tokens)
     assert sel.frame_budgets.tolist() == [16, 0, 0, 0, 16, 0, 0, 0]
     assert sel.keep_indices.tolist() == list(range(16)) + list(range(64, 80))
     assert torch.equal(sel.features, frame.repeat(2, 1))  # averages of identical tokens: exactly the originals
@@ -165,12 +165,12 @@ def test_dycoke_merged_features_are_averages_by_hand():
             [[-1.0, 1.0], [0.2, 1.0]],  # frame 3 vs 2: token 0 kept; token 1 ~ (2, 1), which went to (0, 1)
         ]
     )
-    sel = DyCokePress(retention=5 / 8).select(VideoTokens(x, (4, 1, 2)))
+    sel = DyCokePress(retention=5 / 8, merge=True).select(VideoTokens(x, (4, 1, 2)))
     assert sel.keep_indices.tolist() == [0, 1, 3, 4, 6]
     expected = torch.tensor([[1.0, 0.05], [0.1, 1.0], [1.0, 1.0], [1.0, 1.0], [-1.0, 1.0]])
     assert torch.allclose(sel.features, expected, atol=1e-6)
-    # merge=False drops the same tokens and keeps the original features
-    plain = DyCokePress(retention=5 / 8, merge=False).select(VideoTokens(x, (4, 1, 2)))
+    # the default (released, merge=False) drops the same tokens and keeps the original features
+    plain = DyCokePress(retention=5 / 8).select(VideoTokens(x, (4, 1, 2)))
     assert torch.equal(plain.keep_indices, sel.keep_indices) and plain.features is None
 
 
@@ -230,23 +230,12 @@ def test_fastvid_merges_duplicates_into_identical_kept_tokens():
 
 
 def test_fastvid_duplicated_frames_collapse_onto_the_anchor_frame():
-    # no salient share: density peaks come from each segment's anchor frame (its first), which holds every
-    # distinct token once; the three copies merge into it, so the merged features are the originals
+    # no salient share: context tokens come from each segment's anchor frame (its LAST), which holds every distinct
+    # token once; the three copies merge into it, so the merged features are the originals
     x = two_scenes()
-    sel = FastVIDPress(retention=0.25, min_segments=1, salient_ratio=0.0).select(VideoTokens(x, (8, 4, 4)))
-    assert sel.frame_budgets.tolist() == [16, 0, 0, 0, 16, 0, 0, 0]
-    assert torch.equal(sel.features, x[[0, 4]].reshape(-1, 32))
-
-
-def test_fastvid_merged_features_are_averages_by_hand():
-    # one frame, 4 tokens, budget 2: one salient (largest norm: token 0), one density peak among tokens 1-3
-    # (tokens 2 and 3 are close, 1 is apart; token 3 is densest and farthest from the rest -> the peak);
-    # token 1 merges into its nearest kept token 0, token 2 into 3
-    x = torch.tensor([[[2.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]]])
-    press = FastVIDPress(retention=0.5, salient_ratio=0.5, saliency="norm", knn=2)
-    sel = press.select(VideoTokens(x, (1, 2, 2)))
-    assert sel.keep_indices.tolist() == [0, 3]
-    assert torch.allclose(sel.features, torch.tensor([[1.5, 0.05], [0.05, 1.0]]), atol=1e-6)
+    sel = FastVIDPress(retention=0.25, min_segments=1, context_ratio=1.0).select(VideoTokens(x, (8, 4, 4)))
+    assert sel.frame_budgets.tolist() == [0, 0, 0, 16, 0, 0, 0, 16]
+    assert torch.allclose(sel.features, x[[3, 7]].reshape(-1, 32), atol=1e-6)
 
 
 def test_fastvid_budget_split_over_segments():

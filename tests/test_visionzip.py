@@ -39,7 +39,7 @@ def test_select_keeps_dominant_and_merges_into_most_key_similar_target():
     T, M, D = 1, 8, 3
     features = torch.arange(T * M * D, dtype=torch.float32).view(T, M, D)
     attention = torch.tensor([[0.1, 0.9, 0.0, 0.0, 0.0, 0.0, 0.8, 0.0]])  # tokens 1 and 6 receive the most
-    # rest in raster order: 0, 2, 3, 4, 5, 7 (n = 6); targets at ranks floor(i * 6 / 2) = 0, 3 -> tokens 0 and 4
+    # rest in raster order: 0, 2, 3, 4, 5, 7 (n = 6); targets at ranks arange(0, 6, 6 // 2) = 0, 3 -> tokens 0 and 4
     keys = torch.zeros(T, M, 2)
     keys[0, :, 0] = 1.0
     keys[0, 4] = torch.tensor([0.0, 1.0])
@@ -49,7 +49,7 @@ def test_select_keeps_dominant_and_merges_into_most_key_similar_target():
     assert sel.keep_indices.tolist() == [0, 1, 4, 6]
     assert sel.num_kept == 4 and sel.frame_budgets.tolist() == [4]
     x = features[0]
-    expected = torch.stack([(x[0] + x[2] + x[3] + x[7]) / 4, x[1], (x[4] + x[5]) / 2, x[6]])
+    expected = torch.stack([x[0] + (x[2] + x[3] + x[7]) / 3, x[1], x[4] + x[5], x[6]])  # released: target + mean
     assert torch.allclose(sel.features, expected)
 
 

@@ -71,11 +71,14 @@ class Query:
         token_ids: [L] the sample's text token ids (visual placeholders and padding removed).
         embeddings: [L, D] their input embeddings in the LLM's space.
         text: the decoded text, when known.
+        question_mask: optional [L] bool over token_ids: the user's question alone (no system prompt, role tags
+            or generation prompt); None: unknown, every token counts.
     """
 
     token_ids: torch.Tensor
     embeddings: torch.Tensor | None = None
     text: str | None = None
+    question_mask: torch.Tensor | None = None
 
 
 @dataclass

@@ -276,8 +276,12 @@ class Adapter:
         return output
 
     def query(self, input_ids: torch.Tensor, real: torch.Tensor, embeds: torch.Tensor | None = None) -> Query:
-        """The sample's text tokens (no visual placeholders, no padding) and their embeddings ([L] ids, [L, D]
-        rows; `embeds` [L_all, D]: the caller's inputs_embeds, used instead of the embedding table)."""
+        """The sample's text tokens (no visual placeholders, no padding), their embeddings ([L] ids, [L, D] rows;
+        `embeds` [L_all, D]: the caller's inputs_embeds, used instead of the embedding table), and `question_mask`
+        over them: the user's question, i.e. the text after the last visual token (placeholder or vision-end
+        token) up to the next end-of-turn token (the model's EOS ids, e.g. <|im_end|>), which leaves out the system
+        prompt, role tags and generation prompt. Templates without an end-of-turn token run to the prompt's end;
+        with no text after the video (the question came first) the mask covers every text token."""
         visual = input_ids == self.video_token_id
         if self.image_token_id is not None:
             visual |= input_ids == self.image_token_id
@@ -285,7 +289,26 @@ class Adapter:
         ids = input_ids[text]
         with torch.no_grad():
             embeddings = self.model.get_input_embeddings()(ids) if embeds is None else embeds[text].detach()
-        return Query(token_ids=ids, embeddings=embeddings)
+        return Query(token_ids=ids, embeddings=embeddings, question_mask=self._question_mask(input_ids, real, visual)[text])
+
+    def _question_mask(self, input_ids: torch.Tensor, real: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """[L] bool: the question's tokens of one sample (see `query`)."""
+        vision_end = getattr(self.config, "vision_end_token_id", None)
+        boundary = visual | (input_ids == vision_end) if vision_end is not None else visual
+        positions = torch.arange(input_ids.shape[0], device=input_ids.device)
+        start = int(positions[boundary & real].max()) + 1 if bool((boundary & real).any()) else 0
+        ends = torch.isin(input_ids, torch.tensor(self._end_of_turn_ids(), dtype=input_ids.dtype, device=input_ids.device))
+        ends &= real & (positions >= start)
+        end = int(positions[ends].min()) if bool(ends.any()) else input_ids.shape[0]
+        mask = real & ~visual & (positions >= start) & (positions < end)
+        return mask if bool(mask.any()) else real & ~visual
+
+    def _end_of_turn_ids(self) -> list[int]:
+        ids = []
+        for source in (getattr(self.model, "generation_config", None), self.config, self.config.get_text_config()):
+            eos = getattr(source, "eos_token_id", None) if source is not None else None
+            ids += [eos] if isinstance(eos, int) else list(eos or [])
+        return sorted(set(ids))
 
     def placeholder_ids(self, embeds: torch.Tensor) -> torch.Tensor:
         """[B, L] ids for inputs_embeds [B, L, D]: the visual placeholder ids where a row equals that token's

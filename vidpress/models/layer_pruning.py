@@ -1,8 +1,12 @@
 """Dropping video tokens inside the LLM (FastV, PDrop): the machinery behind `LayerPress`.
 
 A press gives a schedule of stages `(layer, fraction)`: from `layer` on, only the best `fraction` of each sample's
-video tokens are processed, ranked by the attention the last prompt token pays them in the layer just before.
-Hooks, all removed on exit, do the work without touching transformers' files:
+video tokens are processed, ranked by the attention the last prompt token pays them. Where that attention comes
+from is the press's `scoring`: "previous_layer" (FastV) — the attention of the layer just before, recorded while
+it runs; "stage_layer" (PDrop as released) — the stage layer's own attention on the hidden states entering it,
+computed in a scoring pass before the layer runs (its input norm, q/k projections and rotary embedding, through
+the layer's own attention module; the attention itself is not computed). Hooks, all removed on exit, do the work
+without touching transformers' files:
 
 - the scoring layer's attention module runs through `vidpress_scoring`, a registered AttentionInterface function
   that calls the model's own attention (eager, SDPA, ...) and also computes the last query row's attention
@@ -31,9 +35,13 @@ SCORING = "vidpress_scoring"
 def _scoring_attention(module, query, key, value, attention_mask, **kwargs):
     """The model's own attention, plus the last prompt token's attention row recorded for ranking tokens."""
     pruner = module._vidpress_owner
+    scaling = kwargs.get("scaling", query.shape[-1] ** -0.5)
+    if pruner.scoring_pass:  # a stage layer ranking its own input: only q and k are needed, the output is unused
+        pruner.record(query, key, scaling)
+        return query.new_zeros(query.shape[0], query.shape[2], query.shape[1], value.shape[-1]), None
     output = own_attention(module, pruner.attn_implementation)(module, query, key, value, attention_mask, **kwargs)
-    if query.shape[2] > 1:  # prefill only; decoding steps are not ranked
-        pruner.record(query, key, kwargs.get("scaling", query.shape[-1] ** -0.5))
+    if query.shape[2] > 1 and not pruner.own_layer:  # prefill only; decoding steps are not ranked
+        pruner.record(query, key, scaling)
     return output
 
 
@@ -56,13 +64,20 @@ class LayerPruner:
                 f"{num_layers - 1} only" + (" (its DeepStack features enter the first layers)" if adapter.min_prune_layer > 1 else "")
             )
         self.attn_implementation = adapter.config.get_text_config()._attn_implementation
+        scoring = getattr(press, "scoring", "previous_layer")
+        if scoring not in ("previous_layer", "stage_layer"):
+            raise ValueError(f"{type(press).__name__}.scoring must be 'previous_layer' or 'stage_layer'; got {scoring!r}")
+        self.own_layer = scoring == "stage_layer"  # rank with the stage layer's own attention (PDrop as released)
+        self.scoring_pass = False
+        self.compute_dtype = getattr(press, "compute_dtype", "float32")
         self._handles, self._routes = [], []
         self.report: PressReport | None = None
 
     # -- install / remove ----------------------------------------------------------------------------------
     def install(self):
         for stage_layer, _ in self.stages:
-            route = AttentionRoute(self.layers[stage_layer - 1].self_attn, SCORING, self)
+            scoring_layer = stage_layer if self.own_layer else stage_layer - 1
+            route = AttentionRoute(self.layers[scoring_layer].self_attn, SCORING, self)
             route.install()
             self._routes.append(route)
         # Every prefill starts from the full sequence again, also when the same inputs run twice.
@@ -137,9 +152,28 @@ class LayerPruner:
         groups = H // key.shape[1]
         last = (self.index == self.query_full[:, None]).int().argmax(1)  # that token's place in the current sequence
         q = query[torch.arange(B), :, last].view(B, key.shape[1], groups, d)  # [B, Hkv, g, d]
-        logits = torch.einsum("bkgd,bknd->bkgn", q.float(), key.float()) * scaling
+        if self.compute_dtype == "float32":  # else in the model's dtype, as the released code
+            q, key = q.float(), key.float()
+        logits = torch.einsum("bkgd,bknd->bkgn", q, key) * scaling
         logits = logits.masked_fill(~self.valid[:, None, None, :], float("-inf"))
-        self.scores = torch.softmax(logits, dim=-1).mean(dim=(1, 2))  # [B, kv]
+        self.scores = torch.softmax(logits, dim=-1).mean(dim=(1, 2)).float()  # [B, kv]
+
+    def _score_in_layer(self, layer, layer_index: int, hidden: torch.Tensor, kwargs: dict) -> None:
+        """Rank with `layer`'s own attention on the hidden states entering it (before they are cut): its input
+        norm, then its attention module, whose q and k (with rotary positions) reach `record` in a scoring pass."""
+        if not hasattr(layer, "input_layernorm"):
+            raise ValueError(f"{type(self.press).__name__} ranks with the stage layer's own attention and needs its `input_layernorm`; {type(layer).__name__} has none")
+        embeddings = kwargs.get("position_embeddings")
+        index, _ = self._active(layer_index)  # the sequence as cut by earlier stages
+        if index is not None and embeddings is not None:
+            embeddings = tuple(_gather_embedding(t, index) for t in embeddings)
+        self.scoring_pass = True
+        try:
+            with torch.no_grad():
+                layer.self_attn(hidden_states=layer.input_layernorm(hidden), attention_mask=None,
+                                position_embeddings=embeddings, past_key_values=None)
+        finally:
+            self.scoring_pass = False
 
     def _layer_hook(self, layer_index: int):
         def hook(module, args, kwargs):
@@ -149,6 +183,8 @@ class LayerPruner:
             cache = kwargs.get("past_key_values")
             prefill = cache is None or cache.get_seq_length(layer_index) == 0
             if prefill and layer_index in dict(self.stages):
+                if self.own_layer:
+                    self._score_in_layer(module, layer_index, hidden, kwargs)
                 hidden = self._prune(layer_index, hidden)
             index, valid = self._active(layer_index)
             if index is None:
@@ -168,7 +204,7 @@ class LayerPruner:
             raise RuntimeError("vidpress: the scoring layer did not run before the pruning layer")
         fraction = dict(self.stages)[layer_index]
         frame = (self.owner.gather(1, self.index) >= 0) & self.valid
-        budget = (fraction * self.visual_full.float()).round().long().clamp(min=1)
+        budget = self.press.stage_budget(fraction, self.visual_full)
         scores = self.scores.masked_fill(~frame, float("-inf"))
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))

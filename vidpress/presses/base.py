@@ -58,25 +58,60 @@ class Press:
 @dataclass
 class LayerPress(Press):
     """Base of presses that act inside the LLM: the video reaches the LLM whole, and from some decoder layers on
-    only the frame tokens the last prompt token attends to most are processed (ranked in the layer before).
+    only the frame tokens the last prompt token attends to most are processed.
 
-    Subclasses implement `schedule`. `retention` is the share of frame tokens the LLM processes averaged over its
-    layers, the same compute measure as for presses acting before the LLM; the layers before the first stage see
-    every token, so a retention below (first stage layer / layers) cannot be reached: such a press keeps one token
-    per sample after the stage and reports the effective retention it reached.
+    Subclasses implement `schedule`, and say where the ranking attention comes from with `scoring`:
+    "previous_layer" (the layer before the stage layer, recorded while it runs; FastV) or "stage_layer" (the stage
+    layer's own attention on the hidden states entering it; PDrop as released). `retention` is the share of frame
+    tokens the LLM processes averaged over its layers, the same compute measure as for presses acting before the
+    LLM; the layers before the first stage see every token, so a retention below (first stage layer / layers)
+    cannot be reached: such a press keeps one token per sample after the stage and reports the effective retention
+    it reached.
+
+    Papers state a kept ratio r "after layer K" instead: with N layers and the first stage at K, a single stage
+    processes (K + (N - K) * r) / N of the tokens on average, so r = (R * N - K) / (N - K) (see `FastVPress`,
+    `PDropPress` for worked examples).
     """
 
     acts_in_llm = True
+    #: where the ranking attention comes from (see the class docstring)
+    scoring = "previous_layer"
 
     def schedule(self, num_layers: int) -> list[tuple[int, float]]:
         """Stages [(layer, fraction)]: from `layer` on, `fraction` of each sample's frame tokens are processed."""
         raise NotImplementedError
+
+    def stage_budget(self, fraction: float, frame_tokens: torch.Tensor) -> torch.Tensor:
+        """Frame tokens kept per sample at a stage: round(fraction * frame_tokens), at least 1. [B] -> [B]."""
+        return (fraction * frame_tokens.float()).round().long().clamp(min=1)
 
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         # Nothing is dropped before the LLM; the pruning happens between decoder layers.
         T, M = tokens.num_frames, tokens.tokens_per_frame
         return Selection(torch.arange(tokens.num_tokens, device=tokens.features.device), tokens.num_tokens,
                          frame_budgets=torch.full((T,), M, dtype=torch.long))
+
+
+#: Accepted values of the presses' `compute_dtype` knob.
+COMPUTE_DTYPES = ("float32", "model")
+
+
+def check_compute_dtype(value: str) -> str:
+    """Validate a press's `compute_dtype` knob.
+
+    "float32" (vidpress's default): similarities, norms and attention scores are computed in float32, whatever the
+    model's dtype, so a bf16/fp16 model keeps the same tokens as a float32 one. "model": computed in the dtype the
+    features arrive in (bf16/fp16 on a half-precision model), as the authors' released code does; rounding then
+    swaps a few near-tied tokens (about 6.5% of VidCom2's kept tokens in bf16). On float32 features both are equal.
+    """
+    if value not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {', '.join(map(repr, COMPUTE_DTYPES))} ('model' computes in the features' own dtype, as the released code); got {value!r}")
+    return value
+
+
+def in_compute_dtype(x: torch.Tensor, compute_dtype: str) -> torch.Tensor:
+    """x in the dtype a press computes in: float32, or x's own (floating) dtype for compute_dtype="model"."""
+    return x.float() if compute_dtype == "float32" or not x.is_floating_point() else x
 
 
 def token_budget(retention: float, num_tokens: int) -> int:

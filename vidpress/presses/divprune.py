@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, token_budget
+from vidpress.presses.base import Press, check_compute_dtype, in_compute_dtype, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
 # Rows of the all-pairs pass per block: [ROWS, N] similarities at a time, never the [N, N] matrix.
@@ -39,15 +39,25 @@ class DivPrunePress(Press):
     every other candidate's stale upper bound is the exact argmax; when none does, the update is made early).
     Memory stays O(1024 N), never [N, N].
 
+    Follows the released code exactly in float32 (and the released precision with compute_dtype="model").
+
     Args:
         retention: R, fraction of video tokens kept.
+        compute_dtype: "float32" (default) or "model": the cosine distances in the features' own dtype (bf16/fp16),
+            as the released code (see `vidpress.presses.base.check_compute_dtype`).
     """
+
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.compute_dtype = check_compute_dtype(self.compute_dtype)
 
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         T, M = tokens.num_frames, tokens.tokens_per_frame
         N = T * M
         budget = token_budget(self.retention, N)
-        x = tokens.features.reshape(N, -1).float()
+        x = in_compute_dtype(tokens.features.reshape(N, -1), self.compute_dtype)
         x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
         if budget >= N:
             keep = torch.arange(N, device=x.device)

@@ -1,10 +1,10 @@
 """FastVID (Shen et al., "FastVID: Dynamic Density Pruning for Fast Video Large Language Models", NeurIPS 2025,
 arXiv 2503.11187).
 
-The video is cut into segments where adjacent frames differ (DySeg); inside each segment a share of the budget keeps
-salient tokens and the rest keeps density peaks (DPC-kNN) of the anchor frames, and every other token is averaged into
-its nearest kept token (STPrune). Acts on the projector output, before the LLM; needs no attention weights (the
-paper's [CLS]-attention saliency is replaced by an attention-free proxy).
+The video is cut into segments where adjacent frames differ (DySeg); inside each segment every frame keeps its most
+salient tokens, and the anchor frames keep density peaks (DPC-kNN) of their other tokens as context tokens, into which
+the segment's remaining tokens are merged (STPrune). Acts on the projector output, before the LLM; needs no attention
+weights (the paper's [CLS]-attention saliency is replaced by an attention-free proxy).
 """
 
 from __future__ import annotations
@@ -13,58 +13,68 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, apportion, average_into_kept, token_budget
+from vidpress.presses.base import Press, apportion, check_compute_dtype, in_compute_dtype, keep_top_per_frame, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
-# Entries per block in the pairwise passes (rows = this // columns): at most 64 MB of float32 at a time.
+# Entries per block in the token-to-context distance pass (rows = this // columns).
 _BLOCK_ELEMENTS = 1 << 24
-
 
 @dataclass
 class FastVIDPress(Press):
     """FastVID: dynamic temporal segmentation + density-based spatiotemporal pruning with merging.
 
-    Rule:
+    Rule (the released code's, apart from the saliency proxy, the budget split and tie-breaking, noted below):
       1. DySeg. Frame feature f_t = mean of frame t's tokens; s_t = cos(f_t, f_{t+1}). Cut after frame t when s_t is
          among the `min_segments - 1` lowest (the paper's c: at least c segments) or s_t < `threshold` (tau). With
          more cuts than `max_segments - 1` (optional) or than the budget allows (one token per segment at least),
          the lowest-similarity cuts are kept.
-      2. Budget: round(R * T * M) tokens, split over segments in proportion to their size (largest remainder, at
-         least one each).
-      3. Per segment with budget k: the round(`salient_ratio` * k) most salient tokens (attention-free proxy, see
-         `saliency`), then k minus that many density peaks among the other tokens of the anchor frames (every
-         `anchor_interval`-th frame of the segment, starting at its first; the interval shrinks when those frames
-         hold too few tokens). Density peaks, DPC-kNN on unit-normalised features (d = Euclidean distance):
-         rho_i = exp(-mean of d^2 to its `knn` nearest candidates); delta_i = distance to the nearest candidate of
-         higher density (ties: the lower index counts as higher), or the largest distance for the densest one;
-         keep the largest rho * delta.
-      4. Every token not kept is averaged into its most cosine-similar kept token of the same segment (salient or
-         peak); the merged token sits at the kept token's position. `Selection.features` holds the averages.
-    Effective retention: exactly round(R * T * M) / (T * M).
+      2. Budget. `budget="exact"` (default): round(R * T * M) tokens, split over segments in proportion to their size
+         (largest remainder, at least one each) and inside a segment evenly over its frames (b_f per frame).
+         `budget="per_frame"` (released): b_f = int(R * M) for every frame, so the video keeps T * int(R * M).
+      3. Salient tokens: every frame keeps its b_f - int(b_f * d) most salient tokens (d = `context_ratio`, 0.4:
+         60% salient), ranked by the attention-free proxy `saliency`. They keep their features and take no merges.
+      4. Context tokens: anchor frames are every p-th frame (p = `anchor_interval`) counted back from the segment's
+         LAST frame. The segment's context budget, sum_f int(b_f * d), is split evenly over its anchor frames (an
+         anchor frame with too few non-salient tokens passes the rest on; what no anchor frame can hold goes,
+         spread evenly over the frames, to their next most salient tokens). On each anchor frame, the density peaks (DPC-kNN) of its non-salient tokens
+         on raw features: dist = Euclidean / sqrt(D); rho_i = exp(-mean dist^2 to its `knn` (4) nearest tokens,
+         itself included); delta_i = dist to the nearest token of higher density, or the largest distance of the
+         frame for the densest; keep the largest rho * delta.
+      5. Merging, per anchor frame: every other non-salient token of the segment goes to the nearest (Euclidean)
+         context token of that anchor frame; a context token c with n tokens assigned becomes
+         (c + w * sum(assigned)) / (1 + n * w), w = clamp(1 / (n + 1), min=0.6), at c's position
+         (`Selection.features`). A token thus feeds one context token of every anchor frame of its segment.
+    Effective retention: exactly round(R * T * M) / (T * M) with `budget="exact"`; T * int(R * M) / (T * M) (at least
+    one token per segment) with "per_frame".
 
-    Choices where the paper leaves room or needs attention: saliency is the cosine distance to the segment's mean
-    token ("distinct", default) or the token's L2 norm ("norm"), in place of [CLS] attention; merging goes to the
-    nearest kept token of either kind (so a copy of a salient token merges into it rather than into background);
-    merging is a plain mean.
+    Differences from the released code: saliency is the cosine distance to the segment's mean token ("distinct",
+    default) or the token's L2 norm ("norm"), in place of [CLS] attention; density ties go to the lower index where
+    the released code adds random noise; the default budget is exact (the per-frame int() budget keeps fewer tokens
+    than R, e.g. 0.22 at R = 0.25, M = 9); our reading of step 5's weighting is stated above.
 
     Args:
         retention: R, fraction of video tokens kept.
         min_segments: c, cuts at the c - 1 least similar transitions at least (8 in the paper).
         threshold: tau, also cut wherever adjacent-frame similarity < tau (0.9 in the paper).
         max_segments: optional cap on the number of segments (None: no cap).
-        salient_ratio: d, share of each segment's budget for salient tokens (0.4 in the paper).
-        anchor_interval: p, anchor-frame spacing for density peaks (4 in the paper).
-        knn: neighbours for the local density (DPC-kNN).
+        context_ratio: d, share int(b * d) of each frame's budget b that goes to context tokens (0.4 released).
+        anchor_interval: p, anchor-frame spacing (4 in the paper), counted back from each segment's last frame.
+        knn: k of DPC-kNN, neighbours for the local density, the token itself included (4 released).
         saliency: "distinct" or "norm".
+        budget: "exact" (default) or "per_frame" (released: int(R * M) per frame).
+        compute_dtype: "float32" (default) or "model": segmentation, saliency, densities and distances in the
+            features' own dtype, as the released code (see `vidpress.presses.base.check_compute_dtype`).
     """
 
     min_segments: int = 8
     threshold: float = 0.9
     max_segments: int | None = None
-    salient_ratio: float = 0.4
+    context_ratio: float = 0.4
     anchor_interval: int = 4
-    knn: int = 5
+    knn: int = 4
     saliency: str = "distinct"
+    budget: str = "exact"
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         super().__post_init__()
@@ -85,22 +95,29 @@ class FastVIDPress(Press):
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a number in [-1, 1] (cosine similarity); got {self.threshold!r}")
         self.threshold = threshold
-        if isinstance(self.salient_ratio, bool) or not isinstance(self.salient_ratio, (int, float)) or not 0.0 <= self.salient_ratio <= 1.0:
-            raise ValueError(f"salient_ratio must be in [0, 1]; got {self.salient_ratio!r}")
+        if isinstance(self.context_ratio, bool) or not isinstance(self.context_ratio, (int, float)) or not 0.0 <= self.context_ratio <= 1.0:
+            raise ValueError(f"context_ratio must be in [0, 1]; got {self.context_ratio!r}")
         if self.saliency not in ("distinct", "norm"):
             raise ValueError(f"saliency must be 'distinct' or 'norm'; got {self.saliency!r}")
+        if self.budget not in ("exact", "per_frame"):
+            raise ValueError(f"budget must be 'exact' (round(R * T * M) in total) or 'per_frame' (released: int(R * M) per frame); got {self.budget!r}")
+        self.compute_dtype = check_compute_dtype(self.compute_dtype)
 
     # -- DySeg --------------------------------------------------------------------------------------------
     def segments(self, tokens: VideoTokens) -> list[tuple[int, int]]:
         """Temporal segments as (first frame, end frame) pairs, in order, covering all T frames."""
-        return self._segments(tokens.features.float(), token_budget(self.retention, tokens.num_tokens))
+        return self._segments(in_compute_dtype(tokens.features, self.compute_dtype), self._total_budget(tokens.num_frames, tokens.tokens_per_frame))
+
+    def _total_budget(self, T: int, M: int) -> int:
+        """Tokens the video keeps (for "per_frame", the most segments that may hold one token each)."""
+        return token_budget(self.retention, T * M) if self.budget == "exact" else T * M
 
     def _segments(self, x: torch.Tensor, budget: int) -> list[tuple[int, int]]:
         T = x.shape[0]
         if T == 1:
             return [(0, 1)]
         frames = x.mean(dim=1)  # [T, D]
-        sim = torch.nn.functional.cosine_similarity(frames[:-1], frames[1:], dim=-1, eps=1e-12)  # [T - 1]
+        sim = torch.nn.functional.cosine_similarity(frames[:-1], frames[1:], dim=-1, eps=1e-12).float()  # [T - 1]
         order = torch.sort(sim, stable=True).indices  # least similar first, earlier transition on ties
         cut = sim < self.threshold
         cut[order[: self.min_segments - 1]] = True
@@ -113,98 +130,141 @@ class FastVIDPress(Press):
         return list(zip(bounds[:-1], bounds[1:]))
 
     # -- STPrune ------------------------------------------------------------------------------------------
+    def frame_budgets(self, segments: list[tuple[int, int]], M: int) -> list[list[int]]:
+        """Per segment, the budget b_f of each of its frames (step 2)."""
+        T = segments[-1][1]
+        if self.budget == "per_frame":
+            per_frame = int(self.retention * M)
+            out = [[per_frame] * (end - start) for start, end in segments]
+            for frames in out:
+                if per_frame == 0:  # at least one token per segment, on its last frame
+                    frames[-1] = 1
+            return out
+        totals = apportion(token_budget(self.retention, T * M), [(end - start) * M for start, end in segments])
+        return [_spread(total, end - start) for (start, end), total in zip(segments, totals)]
+
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         T, M = tokens.num_frames, tokens.tokens_per_frame
         N = T * M
-        budget = token_budget(self.retention, N)
-        x = tokens.features.float()
-        segments = self._segments(x, budget)
-        budgets = apportion(budget, [(end - start) * M for start, end in segments])
-        keep_parts, target = [], torch.arange(N, device=x.device)
-        for (start, end), k in zip(segments, budgets):
-            local_keep, local_target = self._segment(x[start:end].reshape(-1, x.shape[-1]), end - start, k)
+        x = in_compute_dtype(tokens.features, self.compute_dtype)
+        segments = self._segments(x, self._total_budget(T, M))
+        keep_parts, feature_parts = [], []
+        for (start, end), budgets in zip(segments, self.frame_budgets(segments, M)):
+            local_keep, local_features = self._segment(x[start:end], budgets)
             keep_parts.append(local_keep + start * M)
-            target[start * M : end * M] = local_target + start * M
+            feature_parts.append(local_features)
         keep = torch.cat(keep_parts)
-        features = average_into_kept(tokens.features.reshape(N, -1), keep, target)
+        features = torch.cat(feature_parts).to(tokens.features.dtype)
         frame_budgets = torch.bincount(keep.cpu() // M, minlength=T)
         return Selection(keep, N, features=features, frame_budgets=frame_budgets)
 
-    def _segment(self, seg: torch.Tensor, num_frames: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One segment's tokens seg [n, D] (frame-major) with budget k -> (sorted kept local indices [k], target of
-        every local token [n], a local kept index)."""
-        n = seg.shape[0]
-        M = n // num_frames
-        unit = seg / torch.linalg.vector_norm(seg, dim=-1, keepdim=True).clamp_min(1e-12)
-        num_salient = min(k, round(self.salient_ratio * k))
-        num_peaks = k - num_salient
+    def _segment(self, seg: torch.Tensor, budgets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One segment's tokens seg [F, M, D] with per-frame budgets b_f -> (sorted kept local indices [k] into
+        F * M, their features [k, D] after merging)."""
+        F, M, D = seg.shape
+        flat = seg.reshape(F * M, D)
+        device = seg.device
+        salient_counts = torch.tensor([b - int(b * self.context_ratio) for b in budgets])
+        context_total = sum(budgets) - int(salient_counts.sum())
 
         if self.saliency == "norm":
-            score = torch.linalg.vector_norm(seg, dim=-1)
+            score = torch.linalg.vector_norm(flat, dim=-1)
         else:
-            centre = seg.mean(dim=0)
+            unit = flat / torch.linalg.vector_norm(flat, dim=-1, keepdim=True).clamp_min(1e-12)
+            centre = flat.mean(dim=0)
             score = 1 - unit @ (centre / torch.linalg.vector_norm(centre).clamp_min(1e-12))
-        salient = torch.sort(score, descending=True, stable=True).indices[:num_salient]
-        is_salient = torch.zeros(n, dtype=torch.bool, device=seg.device)
-        is_salient[salient] = True
+        score = score.float().view(F, M)
 
-        peaks = salient[:0]
-        if num_peaks > 0:
-            frame_of = torch.arange(n, device=seg.device) // M
-            for interval in range(min(self.anchor_interval, num_frames), 0, -1):
-                candidates = ((frame_of % interval == 0) & ~is_salient).nonzero().squeeze(1)
-                if candidates.numel() >= num_peaks:
-                    break
-            peaks = candidates[density_peaks(unit[candidates], num_peaks, self.knn)]
-        keep = torch.cat([salient, peaks]).sort().values
+        anchors = list(range(F - 1, -1, -self.anchor_interval))[::-1]
+        room = [M - int(salient_counts[a]) for a in anchors]
+        context_counts = _fill(context_total, room)
+        leftover = context_total - sum(context_counts)
+        if leftover:  # the anchor frames cannot hold the context budget: the frames' next most salient tokens take it
+            taken = salient_counts.clone()
+            taken[anchors] += torch.tensor(context_counts)
+            salient_counts += torch.tensor(_fill(leftover, [M - int(c) for c in taken]))
+        salient = torch.zeros(F * M, dtype=torch.bool, device=device)
+        salient[keep_top_per_frame(score, salient_counts)] = True
 
-        target = torch.arange(n, device=seg.device)
-        is_kept = torch.zeros(n, dtype=torch.bool, device=seg.device)
-        is_kept[keep] = True
-        rest = (~is_kept).nonzero().squeeze(1)
-        if rest.numel():
-            rows = max(1, _BLOCK_ELEMENTS // keep.numel())
-            kept_unit_t = unit[keep].T
-            nearest = torch.cat([(unit[r] @ kept_unit_t).argmax(dim=1) for r in rest.split(rows)])
-            target[rest] = keep[nearest]  # first maximum: the lower kept index on ties
-        return keep, target
+        keep_parts = [salient.nonzero().squeeze(1)]
+        context_sets = []
+        for a, count in zip(anchors, context_counts):
+            if count == 0:
+                continue
+            candidates = a * M + (~salient[a * M : (a + 1) * M]).nonzero().squeeze(1)
+            peaks = candidates[density_peaks(flat[candidates], count, self.knn)]
+            context_sets.append(peaks)
+            keep_parts.append(peaks)
+        keep = torch.cat(keep_parts).sort().values
+        features = flat.float()[keep].clone()
+
+        # Step 5: per anchor frame, every other non-salient token of the segment joins its nearest context token there.
+        is_context = torch.zeros(F * M, dtype=torch.bool, device=device)
+        for peaks in context_sets:
+            is_context[peaks] = True
+        sources = (~salient & ~is_context).nonzero().squeeze(1)
+        if sources.numel():
+            slot = torch.full((F * M,), -1, dtype=torch.long, device=device)
+            slot[keep] = torch.arange(keep.numel(), device=device)
+            for peaks in context_sets:
+                targets = flat[peaks]
+                # nearest by Euclidean distance: argmin ||t||^2 - 2 x.t (first minimum: the lower index on ties)
+                nearest = torch.cat([
+                    ((targets * targets).sum(-1)[None, :] - 2 * rows @ targets.T).argmin(dim=1)
+                    for rows in flat[sources].split(max(1, _BLOCK_ELEMENTS // peaks.numel()))
+                ])
+                rows = slot[peaks]
+                n = torch.bincount(nearest, minlength=peaks.numel()).float()
+                w = (1 / (n + 1)).clamp(min=0.6)
+                # (c + w * sum(a)) / (1 + n * w), written as c + w * sum(a - c) / (1 + n * w): copies merge exactly
+                own = flat[peaks].float()
+                deltas = torch.zeros(peaks.numel(), D, device=device).index_add_(0, nearest, flat[sources].float() - own[nearest])
+                features[rows] = features[rows] + (w / (1 + n * w))[:, None] * deltas
+        return keep, features
 
 
-def density_peaks(unit: torch.Tensor, count: int, knn: int) -> torch.Tensor:
-    """DPC-kNN on unit rows [C, D]: indices of the `count` tokens with the largest rho * delta, sorted ascending.
+def _spread(total: int, parts: int) -> list[int]:
+    """`total` split over `parts` as evenly as possible, the remainder's +1s on evenly spaced parts."""
+    base, extra = divmod(total, parts)
+    return [base + (i + 1) * extra // parts - i * extra // parts for i in range(parts)]
 
-    rho_i = exp(-mean squared distance to the knn nearest other rows); delta_i = distance to the nearest row of
-    higher density (equal density: the lower index is higher), the largest distance for the top one. Pairwise
-    distances are computed in blocks of rows (twice: once for rho, once for delta), never as one [C, C] matrix
-    beyond 2^24 entries.
+
+def _fill(total: int, room: list[int]) -> list[int]:
+    """`total` split evenly over parts of capacity `room`, passing what a full part cannot hold on to the others.
+    Returns the counts; their sum is min(total, sum(room))."""
+    counts = [0] * len(room)
+    left = total
+    while left > 0:
+        open_parts = [i for i in range(len(room)) if counts[i] < room[i]]
+        if not open_parts:
+            break
+        share = _spread(left, len(open_parts))
+        for i, extra in zip(open_parts, share):
+            add = min(extra, room[i] - counts[i])
+            counts[i] += add
+            left -= add
+    return counts
+
+
+def density_peaks(x: torch.Tensor, count: int, knn: int) -> torch.Tensor:
+    """DPC-kNN on raw rows x [C, D] (released rule): indices of the `count` rows with the largest rho * delta, sorted.
+
+    dist = Euclidean / sqrt(D); rho_i = exp(-mean of dist^2 to the knn nearest rows, row i itself included);
+    delta_i = dist to the nearest row of higher density (equal density: the lower index is higher), or the largest
+    distance between any two rows for the densest one. [C, C] distances: C is one frame's token count.
     """
-    C = unit.shape[0]
+    C, D = x.shape
     if count >= C:
-        return torch.arange(C, device=unit.device)
-    k = min(knn, C - 1)
-    rows = max(1, _BLOCK_ELEMENTS // C)
-    index = torch.arange(C, device=unit.device)
-
-    def blocks():
-        for a in range(0, C, rows):
-            b = min(a + rows, C)
-            sq = (2 - 2 * unit[a:b] @ unit.T).clamp_min(0)  # squared Euclidean distance of unit vectors
-            sq[torch.arange(b - a, device=unit.device), index[a:b]] = float("inf")  # not its own neighbour
-            yield a, b, sq
-
-    single = list(blocks()) if rows >= C else None  # one block: compute it once for both passes
-    rho = torch.ones(C, device=unit.device)
-    if k > 0:
-        for a, b, sq in single or blocks():
-            rho[a:b] = torch.exp(-torch.topk(sq, k, dim=1, largest=False).values.mean(dim=1))
-    delta = torch.zeros(C, device=unit.device)
-    for a, b, sq in single or blocks():
-        sq = sq.clone()
-        sq[torch.arange(b - a, device=unit.device), index[a:b]] = 0.0
-        r = rho[a:b, None]
-        higher = (rho[None, :] > r) | ((rho[None, :] == r) & (index[None, :] < index[a:b, None]))
-        dist = sq.sqrt()
-        nearest_higher = dist.masked_fill(~higher, float("inf")).amin(dim=1)
-        delta[a:b] = torch.where(higher.any(dim=1), nearest_higher, dist.amax(dim=1))
+        return torch.arange(C, device=x.device)
+    sq_norm = (x * x).sum(-1)
+    sq = ((sq_norm[:, None] + sq_norm[None, :] - 2 * x @ x.T).clamp_min(0) / D).float()
+    sq.fill_diagonal_(0.0)
+    k = min(knn, C)
+    rho = torch.exp(-torch.topk(sq, k, dim=1, largest=False).values.mean(dim=1))
+    index = torch.arange(C, device=x.device)
+    higher = (rho[None, :] > rho[:, None]) | ((rho[None, :] == rho[:, None]) & (index[None, :] < index[:, None]))
+    dist = sq.sqrt()
+    nearest_higher = dist.masked_fill(~higher, float("inf")).amin(dim=1)
+    delta = torch.where(higher.any(dim=1), nearest_higher, dist.max())
     score = rho * delta
     return torch.sort(score, descending=True, stable=True).indices[:count].sort().values

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, apportion, token_budget
+from vidpress.presses.base import Press, apportion, check_compute_dtype, in_compute_dtype, token_budget
 from vidpress.retrieval.events import clips_from_boundaries, segment
 from vidpress.types import Query, Selection, VideoTokens, check_retention
 
@@ -23,8 +23,9 @@ class MarcPress(Press):
     Rule, for a video of T frames x M tokens and a token budget K:
       1. Retrieval (`top_k` clips; None = off, e.g. for videos already retrieved before the vision encoder):
          frame embedding = mean of its tokens; clips = `segment(frame embeddings, detector)`; clip embedding = mean
-         of its frames'; query embedding = mean of `Query.embeddings` (the VLM's own text embeddings, MARC's
-         fallback embedder). The `top_k` clips most cosine-similar to the query are kept, in time order; the others
+         of its frames'; query embedding = mean of the question's `Query.embeddings` (the VLM's own text
+         embeddings, MARC's fallback embedder), over `Query.question_mask` (as released, the question text only: no
+         system prompt, role tags or generation prompt; every token when the mask is missing). The `top_k` clips most cosine-similar to the query are kept, in time order; the others
          are dropped. Without a query (or without embeddings) there is nothing to retrieve with: every clip is kept
          and the press only merges.
       2. Frame budget F = max(1, K // M), split over the kept clips in proportion to their length (largest
@@ -44,12 +45,15 @@ class MarcPress(Press):
         budget_tokens: K as a token count; default (both None): one frame's tokens, K = M (the paper's target).
         top_k: clips kept by retrieval (3 in the paper); None turns retrieval off.
         detector: event-boundary detector for `segment` (default: `SimilarityDropDetector()`).
+        compute_dtype: "float32" (default) or "model": retrieval and frame similarities/means in the features' own
+            dtype (see `vidpress.presses.base.check_compute_dtype`).
     """
 
     retention: float | None = None
     budget_tokens: int | None = None
     top_k: int | None = 3
     detector: object | None = None
+    compute_dtype: str = "float32"
 
     query_aware = True
 
@@ -64,6 +68,7 @@ class MarcPress(Press):
             raise ValueError(f"budget_tokens must be an integer >= 1 (or None: one frame's tokens); got {self.budget_tokens!r}")
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1):
             raise ValueError(f"top_k must be an integer >= 1, or None to turn retrieval off; got {self.top_k!r}")
+        self.compute_dtype = check_compute_dtype(self.compute_dtype)
 
     def budget(self, tokens: VideoTokens) -> int:
         """K, the tokens this press aims to keep of `tokens`."""
@@ -84,7 +89,7 @@ class MarcPress(Press):
     # -- retrieval ----------------------------------------------------------------------------------------
     def retrieve(self, tokens: VideoTokens, query: Query | None) -> list[tuple[int, int]]:
         """Kept clips as (first frame, end frame), in time order (all clips without a query or with top_k None)."""
-        frames = tokens.features.float().mean(dim=1)  # [T, D]
+        frames = in_compute_dtype(tokens.features, self.compute_dtype).mean(dim=1)  # [T, D]
         clips = clips_from_boundaries(segment(frames, self.detector), tokens.num_frames)
         if self.top_k is None or query is None or query.embeddings is None or len(clips) <= self.top_k:
             return clips
@@ -94,7 +99,11 @@ class MarcPress(Press):
                 "MarcPress compares them in the LLM's input space"
             )
         clip_embeddings = torch.stack([frames[a:b].mean(dim=0) for a, b in clips])  # [C, D]
-        q = query.embeddings.float().mean(dim=0).to(frames.device)
+        embeddings = query.embeddings
+        mask = query.question_mask
+        if mask is not None and bool(mask.any()):
+            embeddings = embeddings[mask.to(embeddings.device)]
+        q = embeddings.to(frames.dtype).mean(dim=0).to(frames.device)
         scores = torch.nn.functional.cosine_similarity(clip_embeddings, q[None], dim=-1, eps=1e-12)
         best = torch.sort(scores, descending=True, stable=True).indices[: self.top_k]
         return [clips[int(i)] for i in best.sort().values]
@@ -107,7 +116,7 @@ class MarcPress(Press):
         device = tokens.features.device
         if K >= N:
             return Selection(torch.arange(N, device=device), N, frame_budgets=torch.full((T,), M, dtype=torch.long))
-        x = tokens.features.float()
+        x = in_compute_dtype(tokens.features, self.compute_dtype)
         clips = self.retrieve(tokens, query)
         F = max(1, K // M)
         sizes = [b - a for a, b in clips]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import ScorePress
+from vidpress.presses.base import ScorePress, check_compute_dtype, in_compute_dtype
 from vidpress.types import Query, VideoTokens
 
 
@@ -25,12 +25,18 @@ class VidCom2Press(ScorePress):
         alphas: bandwidths of the multi-scale Gaussian kernel sum_a exp(-||x - c||^2 / (2a)).
         channel_ratio: share of channels, lowest variance first, used for similarity (0.5 released).
         similarity: "gaussian" (released code) or "cosine" (paper).
+        compute_dtype: "float32" (default) or "model": the similarities in the features' own dtype (bf16/fp16),
+            as the released code; in bf16 that swaps about 6.5% of the kept tokens (see
+            `vidpress.presses.base.check_compute_dtype`).
+
+    Follows the released code exactly in float32 (and the released precision with compute_dtype="model").
     """
 
     tau: float = 0.01
     alphas: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0)
     channel_ratio: float = 0.5
     similarity: str = "gaussian"
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         super().__post_init__()
@@ -43,10 +49,11 @@ class VidCom2Press(ScorePress):
             raise ValueError(f"channel_ratio must be in (0, 1]; got {self.channel_ratio!r}")
         if self.similarity not in ("gaussian", "cosine"):
             raise ValueError(f"similarity must be 'gaussian' or 'cosine'; got {self.similarity!r}")
+        self.compute_dtype = check_compute_dtype(self.compute_dtype)
 
     def similarities(self, tokens: VideoTokens) -> tuple[torch.Tensor, torch.Tensor]:
         """Similarity of every token to the video centre (sv) and to its frame centre (sf), both [T, M]."""
-        x = tokens.features.float()
+        x = in_compute_dtype(tokens.features, self.compute_dtype)
         T, M, D = x.shape
         num_channels = max(1, int(D * self.channel_ratio))
         # Low-variance channels carry the shared "background"; similarity on them separates redundant tokens.
@@ -68,7 +75,7 @@ class VidCom2Press(ScorePress):
         sq_norm = (norm.squeeze(-1) / norm.squeeze(-1).clamp_min(1e-12)).pow(2)
         sq_video = (sq_norm - 2 * dot_video + video_centre.pow(2).sum()).clamp_min(0)
         sq_frame = (sq_norm - 2 * dot_frame + frame_centres.pow(2).sum(-1, keepdim=True)).clamp_min(0)
-        alphas = torch.tensor(self.alphas, device=x.device)
+        alphas = torch.tensor(self.alphas, device=x.device, dtype=x.dtype)
 
         def kernel(sq_dist):  # [T, M] -> [T, M]
             return torch.exp(-sq_dist[..., None] / (2 * alphas)).sum(-1)
@@ -90,7 +97,7 @@ class VidCom2Press(ScorePress):
         r = self._frame_retention(sv).clamp(max=1.0)
         M = tokens.tokens_per_frame
         budgets = torch.round(r * M).long().clamp(min=1, max=M)
-        return -(sv + sf), budgets  # most distinct from the video and frame centres first
+        return -(sv + sf).float(), budgets  # most distinct from the video and frame centres first
 
 
 def _channel_variance(x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, keep_top_per_frame, token_budget
+from vidpress.presses.base import Press, check_compute_dtype, in_compute_dtype, keep_top_per_frame, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
 # Frames per block in the similarity pass: [frames, M, M] similarities at a time.
@@ -32,25 +32,36 @@ class VisionZipPress(Press):
          (attention received in the vision layer: the [CLS] query's where the encoder has a [CLS], else the mean over
          heads and queries), ties to the lower index. They keep their features.
       3. Contextual targets: the frame's other n_t = M - d_t tokens, in raster order; c_t = k_t - d_t of them at ranks
-         floor(i * n_t / c_t), i < c_t.
+         arange(0, n_t, n_t // c_t)[:c_t] (released rule: stride n_t // c_t from the first, so when c_t does not
+         divide n_t the last ranks are never targets).
       4. Every remaining token goes to the target whose "vision_keys" (head-averaged keys of the vision layer) are the
-         most cosine-similar (ties to the earlier target); a target's feature becomes the mean of its own and its
-         assigned tokens' features, at the target's position (`Selection.features`). With c_t = 0 they are dropped.
+         most cosine-similar (ties to the earlier target). Released rule (`contextual_merge="add"`): the contextual
+         feature is target + mean(assigned tokens) (the target alone when none are assigned);
+         `contextual_merge="mean"` (vidpress before 0.x) takes the mean over the target and its assigned tokens.
+         The feature sits at the target's position (`Selection.features`). With c_t = 0 the rest are dropped.
     Effective retention: exactly K / (T * M).
 
     The statistics come as VideoTokens side features "vision_attention" [T, M] and "vision_keys" [T, M, d], mapped
     from encoder patches to the LLM's tokens by the model adapter (mean over merged / pooled patches). Unlike the
     paper, which merges the encoder's hidden states before the projector, merging averages the projector output.
 
+    Follows the released code exactly (targets, assignment, target + mean), apart from where the merge happens (above)
+    and the per-frame budget split.
+
     Args:
         retention: R, fraction of video tokens kept (dominant + contextual).
         dominant_ratio: share of each frame's budget for dominant tokens (the paper's 54 of 64).
         vision_layer: vision-encoder block whose attention is used (Python indexing); None: the last block whose
             output the model uses (Qwen: the last block; LLaVA: the block of `config.vision_feature_layer`).
+        contextual_merge: "add" (released: target + mean of assigned) or "mean" (mean of target and assigned).
+        compute_dtype: "float32" (default) computes key similarities in float32; "model" in the keys' own dtype
+            (bf16/fp16 on a half-precision model), as the released code does.
     """
 
     dominant_ratio: float = 54 / 64
     vision_layer: int | None = None
+    contextual_merge: str = "add"
+    compute_dtype: str = "float32"
 
     #: the adapter records vision-encoder attention statistics for this press (see `Adapter.encode_videos`)
     needs_vision_stats = True
@@ -63,6 +74,9 @@ class VisionZipPress(Press):
         self.dominant_ratio = float(ratio)
         if self.vision_layer is not None and (isinstance(self.vision_layer, bool) or not isinstance(self.vision_layer, int)):
             raise ValueError(f"vision_layer must be None or an integer block index; got {self.vision_layer!r}")
+        if self.contextual_merge not in ("add", "mean"):
+            raise ValueError(f"contextual_merge must be 'add' (released: target + mean of assigned) or 'mean'; got {self.contextual_merge!r}")
+        self.compute_dtype = check_compute_dtype(self.compute_dtype)
 
     def frame_budgets(self, num_frames: int, tokens_per_frame: int) -> torch.Tensor:
         """Tokens kept per frame [T]: round(R * T * M) split evenly, the remainder to evenly spaced frames."""
@@ -81,18 +95,17 @@ class VisionZipPress(Press):
         dominant[keep_top_per_frame(attention.float(), dominant_budgets)] = True
         dominant = dominant.view(T, M)
 
-        # Evenly strided targets among the rest: rank r (in raster order) is a target iff r == floor(i * n / c)
-        # for some i < c, i.e. for i = ceil(r * c / n).
+        # Strided targets among the rest (released): rank r (in raster order) is a target iff r = i * (n // c), i < c.
         rest = ~dominant
         n = (M - dominant_budgets).to(device)[:, None]
         c = (budgets - dominant_budgets).to(device)[:, None]
         rank = rest.long().cumsum(1) - 1
-        i = (rank * c + n - 1) // n.clamp(min=1)
-        target = rest & (i < c) & (i * n // c.clamp(min=1) == rank)
+        stride = (n // c.clamp(min=1)).clamp(min=1)
+        target = rest & (c > 0) & (rank % stride == 0) & (rank // stride < c)
         merged_away = rest & ~target & (c > 0)
 
         # Each merged-away token joins its most key-similar target of the same frame.
-        unit = torch.nn.functional.normalize(keys.float(), dim=-1)
+        unit = torch.nn.functional.normalize(in_compute_dtype(keys, self.compute_dtype), dim=-1)
         assign = torch.zeros(T, M, dtype=torch.long, device=device)
         step = max(1, _BLOCK_ELEMENTS // (M * M))
         for start in range(0, T, step):
@@ -104,16 +117,23 @@ class VisionZipPress(Press):
         kept = tokens.features.reshape(T * M, -1)[keep].clone()  # dominant tokens keep their features exactly
         max_targets = int(c.max())
         if max_targets > 0:
-            # A target's mean over itself and its merged tokens, for all frames at once: one-hot weights
+            # Each target's sum over itself and its merged tokens, for all frames at once: one-hot weights
             # [T, targets, M] times features [T, M, D] (targets are few, so this beats scattering D-wide rows).
             slot = target.long().cumsum(1) - 1  # index of each target among its frame's targets
             owner = torch.where(target, slot, slot.gather(1, assign)).masked_fill(~(target | merged_away), max_targets)
             weights = torch.zeros(T, max_targets + 1, M, device=device)  # the last row collects everything else
             weights.scatter_(1, owner[:, None, :], 1.0)
             weights = weights[:, :max_targets]
-            means = (weights @ tokens.features.float()) / weights.sum(-1, keepdim=True).clamp(min=1)
+            sums = (weights @ tokens.features.float())  # [T, targets, D]: target + its assigned tokens
+            counts = weights.sum(-1, keepdim=True)
             real = torch.arange(max_targets, device=device)[None, :] < c  # [T, targets]: slots that hold a target
-            kept[target.flatten()[keep]] = means[real].to(kept.dtype)
+            rows = target.flatten()[keep]  # kept rows that are targets, frame-major in slot order like sums[real]
+            own = kept[rows].float()
+            if self.contextual_merge == "add":  # released: target + mean of the assigned tokens (target alone if none)
+                merged = own + (sums[real] - own) / (counts[real] - 1).clamp(min=1)
+            else:
+                merged = sums[real] / counts[real]
+            kept[rows] = merged.to(kept.dtype)
         return Selection(keep, T * M, features=kept, frame_budgets=budgets)
 
 
