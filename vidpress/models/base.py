@@ -173,7 +173,8 @@ class Adapter:
         for layout in layouts:
             tokens = layout.tokens
             sample = int(flat_positions[offset]) // L
-            query = self.query(input_ids[sample], real[sample]) if press.query_aware else None
+            frame_slots = flat_positions[offset : offset + tokens.num_tokens] % L
+            query = self.query(input_ids[sample], real[sample], position_ids[..., sample, :], frame_slots) if press.query_aware else None
             selection = press.select(tokens, query)
             keep = selection.keep_indices.to(input_ids.device)
             extra = torch.arange(tokens.num_tokens, layout.num_rows, device=input_ids.device)
@@ -255,15 +256,24 @@ class Adapter:
         output.vidpress_vision_stats = {**getattr(output, "vidpress_vision_stats", {}), layer: stats}
         return output
 
-    def query(self, input_ids: torch.Tensor, real: torch.Tensor) -> Query:
-        """The sample's text tokens (no visual placeholders, no padding) and their embeddings."""
+    def query(self, input_ids: torch.Tensor, real: torch.Tensor, position_ids: torch.Tensor | None = None,
+              video_slots: torch.Tensor | None = None) -> Query:
+        """The sample's text tokens (no visual placeholders, no padding) and their embeddings. With the sample's
+        full-sequence `position_ids` ([L] or [R, L]) and one video's frame-token slots `video_slots` [N], the Query
+        also carries the positions of its text and of that video's tokens and where the video sits among the text."""
         visual = input_ids == self.video_token_id
         if self.image_token_id is not None:
             visual |= input_ids == self.image_token_id
-        ids = input_ids[real & ~visual]
+        text = real & ~visual
+        ids = input_ids[text]
         with torch.no_grad():
             embeddings = self.model.get_input_embeddings()(ids)
-        return Query(token_ids=ids, embeddings=embeddings)
+        query = Query(token_ids=ids, embeddings=embeddings)
+        if position_ids is not None and video_slots is not None and video_slots.numel():
+            query.position_ids = position_ids[..., text]
+            query.video_position_ids = position_ids[..., video_slots]
+            query.video_offset = int(text[: int(video_slots.min())].sum())
+        return query
 
 
 def pick_block(blocks, layer: int, family: str):
