@@ -209,15 +209,21 @@ def test_released_allocation_frame_blind_fill_crosses_frames():
     assert torch.equal(released_allocation(token_scores, torch.tensor([100.0, -100.0]), 8, 0.5), keep)
 
 
-def test_released_allocation_per_frame_cap_and_flat_frames():
+def test_released_allocation_split_by_largest_remainder():
     """T=4, M=4, R=0.5: budget 8, top part 4. Frame logits [3, 0, 0, 0]: softmax [0.870, 0.043 x 3] -> clipped to
-    [0.375, 0.125 x 3] -> renormalised [0.5, 1/6 x 3] -> floors [2, 0, 0, 0] -> cap int(0.5 * 4 * 1.5 * 0.5) = 1.
-    Frame 0 keeps its best token (2); the fill puts the other 7 at linspace(0, 14, 7).round() = [0, 2, 5, 7, 9, 12, 14]
-    of the 15 remaining tokens: 0, 3, 6, 8, 10, 13, 15."""
+    [0.375, 0.125 x 3] -> renormalised [0.5, 1/6 x 3] -> ideal [2, 2/3, 2/3, 2/3] -> largest remainder (ties to the
+    earlier frame) [2, 1, 1, 0] (cap int(0.5 * 4 * 1.5) = 3). Top tokens: 2 and 0 (frame 0; ties to the lower index),
+    4, 8. The fill puts the other 4 at linspace(0, 11, 4).round() = [0, 4, 7, 11] of the 12 remaining tokens:
+    1, 7, 11, 15."""
     token_scores = torch.zeros(4, 4)
     token_scores[0, 2] = 1.0
     keep = released_allocation(token_scores, torch.tensor([3.0, 0.0, 0.0, 0.0]), budget=8, retention=0.5)
-    assert keep.flatten().nonzero().squeeze(1).tolist() == [0, 2, 3, 6, 8, 10, 13, 15]
+    assert keep.flatten().nonzero().squeeze(1).tolist() == [0, 1, 2, 4, 7, 8, 11, 15]
+    # small budgets keep their top part: R = 0.05 of 8 x 16 tokens -> budget 6, top part floor(3.2) = 3 tokens
+    scores = torch.zeros(8, 16)
+    scores[torch.arange(8), torch.arange(8) + 3] = 1.0  # each frame's best token: 3, 4, ..., 10
+    small = released_allocation(scores, torch.tensor([3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), budget=6, retention=0.05)
+    assert small.sum() == 6 and small[0, 3] and small[1, 4] and small[2, 5]
     flat = released_allocation(token_scores, torch.zeros(4), budget=8, retention=0.5)
     assert flat.sum() == 8  # all-zero frame logits: uniform shares, no division by zero
     with pytest.raises(ValueError, match="min_ratio"):

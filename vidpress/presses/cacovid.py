@@ -268,12 +268,12 @@ def released_allocation(token_scores: torch.Tensor, frame_scores: torch.Tensor, 
     token_scores [T, M], frame_scores [T], budget = round(R * N) (N = T * M), retention R.
     1. f = frame_scores rescaled so max |f| = frame_logit_max; shares = softmax(f) clipped to
        [min_ratio / T, max_ratio / T] and renormalised.
-    2. Top part: floor(imp_ratio * R * N) tokens; frame t takes min(int(shares[t] * that), cap) of its top tokens by
-       token score, cap = int(imp_ratio * M * max_ratio * R) (the eval script's per-frame sample ratio, max_ratio * R).
+    2. Top part: floor(imp_ratio * R * N) tokens, split over the frames by the shares (largest remainder, ties to the
+       earlier frame) with the per-frame cap int(imp_ratio * M * max_ratio); frame t keeps its top tokens by token
+       score.
     3. Fill: the rest of the budget at linspace(0, n - 1, k).round() over the n not-yet-kept tokens of the whole
        video in raster order (frame-blind, may cross frames).
-    Rounding: the per-frame counts are floored; what the floors and the cap leave of the top part goes to the fill,
-    so the total is exactly `budget`.
+    Rounding: what the cap leaves of the top part goes to the fill, so the total is exactly `budget`.
     """
     T, M = token_scores.shape
     N = T * M
@@ -284,8 +284,14 @@ def released_allocation(token_scores: torch.Tensor, frame_scores: torch.Tensor, 
     shares = torch.softmax(f, dim=0).clamp(min_ratio / T, max_ratio / T)
     shares = shares / shares.sum()
     top_total = min(budget, math.floor(imp_ratio * retention * N + 1e-9))
-    cap = int(imp_ratio * M * max_ratio * retention + 1e-9)
-    per_frame = (shares * top_total).floor().long().clamp(max=min(cap, M))
+    cap = min(M, int(imp_ratio * M * max_ratio + 1e-9))
+    ideal = shares * top_total
+    per_frame = (ideal + 1e-9).floor().long().clamp(max=cap)
+    short = top_total - int(per_frame.sum())
+    if short > 0:  # largest remainders first (stable: ties go to the earlier frame), only frames below the cap
+        remainder = (ideal - per_frame).masked_fill(per_frame >= cap, -1.0)
+        order = torch.sort(remainder, descending=True, stable=True).indices
+        per_frame[order[: min(short, int((per_frame < cap).sum()))]] += 1
     keep = torch.zeros(N, dtype=torch.bool, device=token_scores.device)
     keep[keep_top_per_frame(token_scores, per_frame)] = True
     rest = budget - int(per_frame.sum())
@@ -301,7 +307,7 @@ class CaCoVIDPress(Press):
     """CaCoVID token selection with a trained `CaCoVIDPolicy`, by the released allocation (`released_allocation`):
     frame logits rescaled to max |f| = frame_logit_max, frame shares softmax-clipped to [min_ratio / T,
     max_ratio / T]; the top-scored part floor(imp_ratio * R * N) split over frames by the shares (per-frame cap
-    int(imp_ratio * M * max_ratio * R)); the rest an evenly spaced fill over all remaining tokens, frame-blind.
+    int(imp_ratio * M * max_ratio)); the rest an evenly spaced fill over all remaining tokens, frame-blind.
 
     Args:
         policy: the trained policy (`CaCoVIDPolicy.from_pretrained(path)`), built for the model it runs on.
