@@ -46,6 +46,7 @@ __all__ = [
     "density_peak_scores",
     "encode_samples",
     "frame_mode_sample",
+    "frame_surrogate",
     "group_bounds",
     "group_cap",
     "grouped_token_sample",
