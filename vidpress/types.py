@@ -73,12 +73,19 @@ class Query:
         text: the decoded text, when known.
         question_mask: optional [L] bool over token_ids: the user's question alone (no system prompt, role tags
             or generation prompt); None: unknown, every token counts.
+        position_ids: optional [L] or [R, L] positions of `token_ids` in the full sequence, as the VLM numbers
+            them (Qwen: M-RoPE rows), for presses that rebuild the whole prompt (CaCoVID's policy).
+        video_position_ids: optional [N] or [R, N] positions of this video's N = T * M frame tokens.
+        video_offset: with these, how many of `token_ids` come before the video's frame tokens.
     """
 
     token_ids: torch.Tensor
     embeddings: torch.Tensor | None = None
     text: str | None = None
     question_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    video_position_ids: torch.Tensor | None = None
+    video_offset: int | None = None
 
 
 @dataclass

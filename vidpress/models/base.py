@@ -190,7 +190,9 @@ class Adapter:
         for layout in layouts:
             tokens = layout.tokens
             sample = int(flat_positions[offset]) // L
-            query = self.query(input_ids[sample], real[sample], None if embeds is None else embeds[sample]) if press.query_aware else None
+            frame_slots = flat_positions[offset : offset + tokens.num_tokens] % L
+            query = (self.query(input_ids[sample], real[sample], None if embeds is None else embeds[sample],
+                                position_ids[..., sample, :], frame_slots) if press.query_aware else None)
             selection = press.select(tokens, query)
             keep = selection.keep_indices.to(input_ids.device)
             extra = torch.arange(tokens.num_tokens, layout.num_rows, device=input_ids.device)
@@ -275,13 +277,17 @@ class Adapter:
         output.vidpress_vision_stats = {**getattr(output, "vidpress_vision_stats", {}), layer: stats}
         return output
 
-    def query(self, input_ids: torch.Tensor, real: torch.Tensor, embeds: torch.Tensor | None = None) -> Query:
+    def query(self, input_ids: torch.Tensor, real: torch.Tensor, embeds: torch.Tensor | None = None,
+              position_ids: torch.Tensor | None = None, video_slots: torch.Tensor | None = None) -> Query:
         """The sample's text tokens (no visual placeholders, no padding), their embeddings ([L] ids, [L, D] rows;
         `embeds` [L_all, D]: the caller's inputs_embeds, used instead of the embedding table), and `question_mask`
         over them: the user's question, i.e. the text after the last visual token (placeholder or vision-end
         token) up to the next end-of-turn token (the model's EOS ids, e.g. <|im_end|>), which leaves out the system
         prompt, role tags and generation prompt. Templates without an end-of-turn token run to the prompt's end;
-        with no text after the video (the question came first) the mask covers every text token."""
+        with no text after the video (the question came first) the mask covers every text token.
+        With the sample's full-sequence `position_ids` ([L] or [R, L]) and one video's frame-token slots
+        `video_slots` [N], the Query also carries the positions of its text and of that video's tokens and where
+        the video sits among the text."""
         visual = input_ids == self.video_token_id
         if self.image_token_id is not None:
             visual |= input_ids == self.image_token_id
@@ -289,7 +295,12 @@ class Adapter:
         ids = input_ids[text]
         with torch.no_grad():
             embeddings = self.model.get_input_embeddings()(ids) if embeds is None else embeds[text].detach()
-        return Query(token_ids=ids, embeddings=embeddings, question_mask=self._question_mask(input_ids, real, visual)[text])
+        query = Query(token_ids=ids, embeddings=embeddings, question_mask=self._question_mask(input_ids, real, visual)[text])
+        if position_ids is not None and video_slots is not None and video_slots.numel():
+            query.position_ids = position_ids[..., text]
+            query.video_position_ids = position_ids[..., video_slots]
+            query.video_offset = int(text[: int(video_slots.min())].sum())
+        return query
 
     def _question_mask(self, input_ids: torch.Tensor, real: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """[L] bool: the question's tokens of one sample (see `query`)."""

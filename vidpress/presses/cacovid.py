@@ -1,9 +1,10 @@
 """CaCoVID — Contribution-aware token Compression for VIDeo (arXiv 2602.01649, AAAI 2026).
 
-A small policy (one decoder layer copied from the VLM's first LLM layer, run bidirectionally over the video and
-question tokens) scores every token and every frame; it is trained by combinatorial policy optimisation against
-the frozen VLM (`vidpress.training.cacovid`). At inference the frame head splits the budget over frames and the
-token head picks the tokens inside them, topped up with evenly spaced tokens.
+A small policy (one decoder layer copied from the VLM's first LLM layer, run without a causal mask over the whole
+prompt: system text, video, question) scores every token and every frame; it is trained by combinatorial policy
+optimisation against the frozen VLM (`vidpress.training.cacovid`). At inference (the released allocation, METHODS.md
+"Released rules" 3) the frame head splits the top-scored part of the budget over frames, each frame takes its top
+tokens by token score, and an evenly spaced, frame-blind fill over all remaining tokens completes the budget.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vidpress.presses.base import Press, token_budget
+from vidpress.presses.base import Press, keep_top_per_frame, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
 CONFIG_NAME = "cacovid_config.json"
@@ -35,35 +36,71 @@ def _load_class(path: str):
     return getattr(importlib.import_module(module), name)
 
 
+def head_mlp(width: int) -> nn.Sequential:
+    """The released head MLP D -> D/2 -> D/4 -> D/8 -> D/16 -> 2 with SiLU between: Linear layers at indices
+    0, 2, 4, 6, 8 of the Sequential (weights [out, in], biases [out]); the last one starts at zero (neutral scores)."""
+    dims = [width, width // 2, width // 4, width // 8, width // 16, 2]
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), nn.SiLU()]
+    layers.pop()
+    nn.init.zeros_(layers[-1].weight)
+    nn.init.zeros_(layers[-1].bias)
+    return nn.Sequential(*layers)
+
+
 class CaCoVIDPolicy(nn.Module):
-    """Token and frame scorer of CaCoVID.
+    """Token, frame and mode scorer of CaCoVID, laid out as the released policy.
 
-    Input: per video its frame tokens [T, M, D] (grid t, h, w) and the question's embeddings [L, D], laid out as
-    one sequence [video tokens; question tokens] with the family's rotary positions (3-D M-RoPE ids (t, h, w) for
-    the Qwen families, 1-D otherwise), run through one decoder layer without a causal mask.
-    Output: token scores [T, M] (keep logit minus drop logit) and frame scores [T] (same, from mean-pooled frames).
+    Context: the whole prompt as the VLM sees it (system text, this video's T * M frame tokens, question) with the
+    VLM's own position ids (Qwen: the M-RoPE rows (t, h, w); LLaVA: 1-D), run through one decoder layer initialised
+    from the LLM's first layer, without a causal mask. The adapter fills `Query.position_ids`,
+    `Query.video_position_ids` and `Query.video_offset`; a hand-built Query without them gets [video; text] with
+    positions numbered here (video grid ids, then text after them).
+    Heads: a shared RMSNorm on the layer's output, then
+      token head on every video token -> 2 logits; token score [T, M] = logit 1 (keep) - logit 0 (drop);
+      frame head on each frame's mean-pooled tokens -> frame score [T], the same way;
+      mode head on the mean of all video tokens -> 2 logits (token mode / frame mode). vidpress loads and runs it,
+      but neither the press nor `vidpress train cacovid` uses or trains it.
 
-    Build it from a VLM with `CaCoVIDPolicy.from_vlm(model)`; save/load with save_pretrained/from_pretrained.
+    Parameter names and shapes (D = hidden_size; a state dict with exactly these keys loads with from_pretrained):
+      layer.*                                the LLM decoder layer's own names (e.g. layer.self_attn.q_proj.weight,
+                                             layer.mlp.gate_proj.weight, layer.input_layernorm.weight)
+      norm.weight                            [D]
+      {token,frame,mode}_head.0.weight/bias  [D/2, D] / [D/2]
+      {token,frame,mode}_head.2.weight/bias  [D/4, D/2] / [D/4]
+      {token,frame,mode}_head.4.weight/bias  [D/8, D/4] / [D/8]
+      {token,frame,mode}_head.6.weight/bias  [D/16, D/8] / [D/16]
+      {token,frame,mode}_head.8.weight/bias  [2, D/16] / [2]
+    A folder holds cacovid_config.json (`from_vlm(model).config`: width, family, the transformers classes and text
+    config of the layer) and model.safetensors.
     """
 
     def __init__(self, config: dict, layer: nn.Module | None = None, rotary: nn.Module | None = None):
         super().__init__()
+        if "head_hidden_size" in config:
+            raise ValueError(
+                "this CaCoVID policy was saved with the earlier head layout (LayerNorm + GELU heads of one hidden "
+                "size), which the released architecture replaced; train a new one with `vidpress train cacovid`"
+            )
         self.config = dict(config)
-        width, hidden = config["hidden_size"], config["head_hidden_size"]
+        width = config["hidden_size"]
+        if width < 16:
+            raise ValueError(f"the released heads need hidden_size >= 16 (D -> D/16); got {width}")
+        text_config = None
         if layer is None or rotary is None:
             text_config = _load_class(config["text_config_class"]).from_dict(config["text_config"])
             text_config._attn_implementation = "sdpa"
             layer = _load_class(config["layer_class"])(text_config, layer_idx=0)
             rotary = _load_class(config["rotary_class"])(config=text_config)
         self.layer, self.rotary = layer, rotary
-        self.token_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 2))
-        self.frame_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 2))
-        for head in (self.token_head, self.frame_head):  # start neutral: every token and frame scored 0
-            nn.init.zeros_(head[-1].weight)
-            nn.init.zeros_(head[-1].bias)
+        self.norm = nn.RMSNorm(width, eps=float(config.get("rms_norm_eps", 1e-6)))
+        self.token_head = head_mlp(width)
+        self.frame_head = head_mlp(width)
+        self.mode_head = head_mlp(width)
 
     @classmethod
-    def from_vlm(cls, model, head_hidden_size: int | None = None) -> CaCoVIDPolicy:
+    def from_vlm(cls, model) -> CaCoVIDPolicy:
         """A fresh policy for `model` (any supported family): its first LLM layer and rotary module, deep-copied."""
         import copy
 
@@ -80,19 +117,17 @@ class CaCoVIDPolicy(nn.Module):
         for module in layer.modules():
             if getattr(module, "config", None) is not None:
                 module.config = layer_config
-        width = text_config.hidden_size
         config = {
             "model_type": model.config.model_type,
-            "hidden_size": width,
-            "head_hidden_size": int(head_hidden_size or max(16, width // 2)),
+            "hidden_size": text_config.hidden_size,
+            "rms_norm_eps": float(getattr(text_config, "rms_norm_eps", 1e-6)),
             "mrope": model.config.model_type.startswith("qwen"),
             "layer_class": _class_path(layer),
             "rotary_class": _class_path(rotary),
             "text_config_class": _class_path(text_config),
             "text_config": text_config.to_dict(),
         }
-        policy = cls(config, layer, rotary).float()
-        return policy
+        return cls(config, layer, rotary).float()
 
     @property
     def hidden_size(self) -> int:
@@ -105,58 +140,78 @@ class CaCoVIDPolicy(nn.Module):
                 f"but the video tokens have width {width}: train a policy for this model (vidpress train cacovid)"
             )
 
-    def positions(self, grid: tuple[int, int, int], num_text: int, device) -> torch.Tensor:
-        """Rotary position ids of [video; question]: [3, N + L] (M-RoPE) or [N + L]."""
+    def context(self, video: torch.Tensor, grid: tuple[int, int, int], query: Query) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The policy's input for one video: embeddings [S, D], rotary position ids [R, S] (R = 3 for M-RoPE, else 1)
+        and the offset of the video's T * M tokens in the sequence."""
+        rows = 3 if self.config["mrope"] else 1
+        text = query.embeddings
+        n = video.shape[0] * video.shape[1]
+        flat = video.reshape(n, -1)
+        if query.position_ids is not None and query.video_position_ids is not None:
+            offset = int(query.video_offset or 0)
+            text_pos, video_pos = _rows(query.position_ids, rows), _rows(query.video_position_ids, rows)
+            if text_pos.shape[1] != text.shape[0] or video_pos.shape[1] != n:
+                raise ValueError(
+                    f"the Query's position ids ({text_pos.shape[1]} text, {video_pos.shape[1]} video) do not match its "
+                    f"{text.shape[0]} text tokens and the video's {n} tokens"
+                )
+            x = torch.cat([text[:offset].to(flat), flat, text[offset:].to(flat)])
+            pos = torch.cat([text_pos[:, :offset], video_pos, text_pos[:, offset:]], dim=1)
+            return x, pos, offset
         t, h, w = grid
-        if not self.config["mrope"]:
-            return torch.arange(t * h * w + num_text, device=device)
-        video = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1)
-        text = torch.arange(num_text).expand(3, -1) + max(t, h, w)
-        return torch.cat([video, text], dim=1).to(device)
+        if rows == 1:
+            pos = torch.arange(n + text.shape[0])[None]
+        else:
+            video_pos = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1)
+            pos = torch.cat([video_pos, torch.arange(text.shape[0]).expand(3, -1) + max(t, h, w)], dim=1)
+        return torch.cat([flat, text.to(flat)]), pos, 0
 
-    def forward(self, videos: list[torch.Tensor], grids: list[tuple[int, int, int]], queries: list[torch.Tensor]):
-        """Score a batch of videos. videos: [T_i, M_i, D] each; queries: [L_i, D] each.
+    def forward(self, videos: list[torch.Tensor], grids: list[tuple[int, int, int]], queries: list[Query]):
+        """Score a batch of videos. videos: [T_i, M_i, D] each; queries: the Query of each video's prompt.
 
-        Returns (token scores, frame scores): lists of [T_i, M_i] and [T_i] float tensors.
+        Returns (token scores, frame scores, mode logits): lists of [T_i, M_i], [T_i] and [2] float tensors.
         """
         dtype = next(self.parameters()).dtype
         device = next(self.parameters()).device
-        lengths = [v.shape[0] * v.shape[1] + q.shape[0] for v, q in zip(videos, queries)]
-        B, S = len(videos), max(lengths)
+        contexts = []
+        for video, grid, query in zip(videos, grids, queries):
+            self.check_width(video.shape[-1])
+            if query is None or query.embeddings is None:
+                raise ValueError("CaCoVIDPolicy needs each video's Query with the prompt's text embeddings")
+            self.check_width(query.embeddings.shape[-1])
+            contexts.append(self.context(video.to(device, dtype), grid, query))
+        B, S = len(videos), max(x.shape[0] for x, _, _ in contexts)
+        rows = 3 if self.config["mrope"] else 1
         x = torch.zeros(B, S, self.hidden_size, dtype=dtype, device=device)
         valid = torch.zeros(B, S, dtype=torch.bool, device=device)
-        rows = 3 if self.config["mrope"] else 1
         position_ids = torch.zeros(rows, B, S, dtype=torch.long, device=device)
-        for i, (video, grid, query) in enumerate(zip(videos, grids, queries)):
-            self.check_width(video.shape[-1])
-            self.check_width(query.shape[-1])
-            n = video.shape[0] * video.shape[1]
-            x[i, :n] = video.reshape(n, -1).to(device, dtype)
-            x[i, n : lengths[i]] = query.to(device, dtype)
-            valid[i, : lengths[i]] = True
-            position_ids[:, i, : lengths[i]] = self.positions(grid, query.shape[0], device).view(rows, -1)
-        if not self.config["mrope"]:
+        for i, (seq, pos, _) in enumerate(contexts):
+            x[i, : seq.shape[0]] = seq
+            valid[i, : seq.shape[0]] = True
+            position_ids[:, i, : seq.shape[0]] = pos.to(device)
+        if rows == 1:
             position_ids = position_ids[0]
         position_embeddings = self.rotary(x, position_ids)
         # Bidirectional: every real token sees every real token; padded keys are masked (additive mask).
         mask = torch.zeros(B, 1, S, S, dtype=dtype, device=device)
         mask.masked_fill_(~valid[:, None, None, :], torch.finfo(dtype).min)
         out = self.layer(x, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings, is_causal=False)
-        hidden = out[0] if isinstance(out, tuple) else out
-        token_scores, frame_scores = [], []
-        for i, video in enumerate(videos):
+        hidden = self.norm(out[0] if isinstance(out, tuple) else out)
+        token_scores, frame_scores, mode_logits = [], [], []
+        for i, (video, (_, _, offset)) in enumerate(zip(videos, contexts)):
             T, M = video.shape[:2]
-            h = hidden[i, : T * M].view(T, M, -1)
+            h = hidden[i, offset : offset + T * M].view(T, M, -1)
             logits = self.token_head(h)
             token_scores.append((logits[..., 1] - logits[..., 0]).float())
             frame_logits = self.frame_head(h.mean(dim=1))
             frame_scores.append((frame_logits[..., 1] - frame_logits[..., 0]).float())
-        return token_scores, frame_scores
+            mode_logits.append(self.mode_head(h.mean(dim=(0, 1))).float())
+        return token_scores, frame_scores, mode_logits
 
     @torch.no_grad()
     def score(self, tokens: VideoTokens, query: Query) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token scores [T, M] and frame scores [T] of one video and its question."""
-        token_scores, frame_scores = self([tokens.features], [tokens.grid], [query.embeddings])
+        """Token scores [T, M] and frame scores [T] of one video and its prompt."""
+        token_scores, frame_scores, _ = self([tokens.features], [tokens.grid], [query])
         return token_scores[0], frame_scores[0]
 
     def save_pretrained(self, path) -> None:
@@ -170,68 +225,103 @@ class CaCoVIDPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, device="cpu") -> CaCoVIDPolicy:
-        """Load a policy saved with save_pretrained."""
+        """Load a policy folder (save_pretrained, or released weights renamed to the names above with a config).
+        Missing, unexpected or mis-shaped weights are a ValueError that lists them."""
         from safetensors.torch import load_file
 
         path = Path(path)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{path}: no CaCoVID policy here (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
         policy = cls(json.loads((path / CONFIG_NAME).read_text()))
-        policy.load_state_dict(load_file(path / WEIGHTS_NAME, device=str(device)))
+        weights = load_file(path / WEIGHTS_NAME, device=str(device))
+        expected = policy.state_dict()
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        misshaped = [f"{k}: {tuple(weights[k].shape)} in the file, {tuple(expected[k].shape)} expected"
+                     for k in sorted(set(weights) & set(expected)) if weights[k].shape != expected[k].shape]
+        if missing or unexpected or misshaped:
+            problems = [f"{label} ({len(keys)}): {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
+                        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+            raise ValueError(
+                f"{path / WEIGHTS_NAME} does not match a CaCoVIDPolicy of width {policy.hidden_size}: " + "; ".join(problems)
+                + ". Expected names: layer.* (the decoder layer), norm.weight, {token,frame,mode}_head.{0,2,4,6,8}.weight/bias"
+            )
+        policy.load_state_dict(weights)
         return policy.float().to(device).eval()
 
 
-def allocate_budgets(total: int, shares: torch.Tensor, cap: int) -> torch.Tensor:
-    """Integer budgets [T] summing exactly to `total`, each <= cap, proportional to `shares` [T] (sum 1):
-    floors first, then one token at a time to the frames furthest below their ideal share that still have room."""
-    T = shares.shape[0]
-    if total > T * cap:
-        raise ValueError(f"cannot place {total} tokens in {T} frames of {cap}")
-    ideal = shares.double() * total
-    budgets = ideal.floor().long().clamp(max=cap)
-    while int(budgets.sum()) < total:
-        room = budgets < cap
-        deficit = (ideal - budgets).masked_fill(~room, -math.inf)
-        take = min(total - int(budgets.sum()), int(room.sum()))
-        budgets[torch.topk(deficit, take).indices] += 1
-    return budgets
+def _rows(position_ids: torch.Tensor, rows: int) -> torch.Tensor:
+    """Position ids [L], [R, L] as [rows, L]: M-RoPE keeps its last 3 rows (a 4th, leading text row is dropped)."""
+    pos = position_ids if position_ids.dim() == 2 else position_ids[None]
+    if rows == 3 and pos.shape[0] == 4:
+        pos = pos[1:]
+    if pos.shape[0] != rows:
+        raise ValueError(f"expected position ids with {rows} row(s) for this policy; got shape {tuple(position_ids.shape)}")
+    return pos.long()
 
 
-def top_and_spread(scores: torch.Tensor, budget: int, imp_ratio: float) -> torch.Tensor:
-    """Keep mask [M] of one frame: the ceil(imp_ratio * budget) top-scoring tokens, then evenly spaced tokens
-    among the others (in index order) for the rest of the budget."""
-    M = scores.shape[0]
-    keep = torch.zeros(M, dtype=torch.bool, device=scores.device)
-    if budget <= 0:
-        return keep
-    top = min(budget, math.ceil(imp_ratio * budget))
-    keep[torch.sort(scores, descending=True, stable=True).indices[:top]] = True
-    rest = budget - top
-    if rest:
-        others = (~keep).nonzero().squeeze(1)
-        picks = ((torch.arange(rest, device=scores.device) + 0.5) * others.numel() / rest).long()
-        keep[others[picks]] = True
-    return keep
+def released_allocation(token_scores: torch.Tensor, frame_scores: torch.Tensor, budget: int, retention: float,
+                        imp_ratio: float = 0.5, min_ratio: float = 0.5, max_ratio: float = 1.5,
+                        frame_logit_max: float = 3.0) -> torch.Tensor:
+    """The released inference allocation; keep mask [T, M] with exactly `budget` tokens.
+
+    token_scores [T, M], frame_scores [T], budget = round(R * N) (N = T * M), retention R.
+    1. f = frame_scores rescaled so max |f| = frame_logit_max; shares = softmax(f) clipped to
+       [min_ratio / T, max_ratio / T] and renormalised.
+    2. Top part: floor(imp_ratio * R * N) tokens, split over the frames by the shares (largest remainder, ties to the
+       earlier frame) with the per-frame cap int(imp_ratio * M * max_ratio); frame t keeps its top tokens by token
+       score.
+    3. Fill: the rest of the budget at linspace(0, n - 1, k).round() over the n not-yet-kept tokens of the whole
+       video in raster order (frame-blind, may cross frames).
+    Rounding: what the cap leaves of the top part goes to the fill, so the total is exactly `budget`.
+    """
+    T, M = token_scores.shape
+    N = T * M
+    f = frame_scores.double()
+    peak = f.abs().max()
+    if peak > 0:
+        f = f * (frame_logit_max / peak)
+    shares = torch.softmax(f, dim=0).clamp(min_ratio / T, max_ratio / T)
+    shares = shares / shares.sum()
+    top_total = min(budget, math.floor(imp_ratio * retention * N + 1e-9))
+    cap = min(M, int(imp_ratio * M * max_ratio + 1e-9))
+    ideal = shares * top_total
+    per_frame = (ideal + 1e-9).floor().long().clamp(max=cap)
+    short = top_total - int(per_frame.sum())
+    if short > 0:  # largest remainders first (stable: ties go to the earlier frame), only frames below the cap
+        remainder = (ideal - per_frame).masked_fill(per_frame >= cap, -1.0)
+        order = torch.sort(remainder, descending=True, stable=True).indices
+        per_frame[order[: min(short, int((per_frame < cap).sum()))]] += 1
+    keep = torch.zeros(N, dtype=torch.bool, device=token_scores.device)
+    keep[keep_top_per_frame(token_scores, per_frame)] = True
+    rest = budget - int(per_frame.sum())
+    if rest > 0:
+        remaining = (~keep).nonzero().squeeze(1)
+        picks = torch.linspace(0, remaining.numel() - 1, rest, dtype=torch.float64).round().long()
+        keep[remaining[picks.to(remaining.device)]] = True
+    return keep.view(T, M)
 
 
 @dataclass
 class CaCoVIDPress(Press):
-    """CaCoVID token selection with a trained `CaCoVIDPolicy`.
+    """CaCoVID token selection with a trained `CaCoVIDPolicy`, by the released allocation (`released_allocation`):
+    frame logits rescaled to max |f| = frame_logit_max, frame shares softmax-clipped to [min_ratio / T,
+    max_ratio / T]; the top-scored part floor(imp_ratio * R * N) split over frames by the shares (per-frame cap
+    int(imp_ratio * M * max_ratio)); the rest an evenly spaced fill over all remaining tokens, frame-blind.
 
     Args:
         policy: the trained policy (`CaCoVIDPolicy.from_pretrained(path)`), built for the model it runs on.
-        retention: R; exactly token_budget(R, T * M) tokens are kept.
-        imp_ratio: share of each frame's budget filled by the token head's top tokens (0.5 released); the rest
-            is evenly spaced over the frame's other tokens.
-        frame_share_range: each frame's budget share (softmax of the frame scores) is clipped to
-            [lo / T, hi / T] and renormalised, so no frame is starved or hoards the budget beyond these factors.
-        frame_temperature: temperature of that softmax (lower: budgets follow the frame head more sharply).
+        retention: R; exactly token_budget(R, T * M) = round(R * N) tokens are kept.
+        imp_ratio: share of the budget taken by the token head's top tokens (0.5 released).
+        min_ratio, max_ratio: clip of the frame shares relative to the uniform 1 / T (0.5 and 1.5 released).
+        frame_logit_max: the frame logits are rescaled so their largest magnitude is this (3 released).
     """
 
     policy: CaCoVIDPolicy | None = None
     imp_ratio: float = 0.5
-    frame_share_range: tuple[float, float] = (0.1, 3.0)
-    frame_temperature: float = 1.0
+    min_ratio: float = 0.5
+    max_ratio: float = 1.5
+    frame_logit_max: float = 3.0
 
     query_aware = True
     #: built by name without a policy, the press only works at retention 1 (the registry's generic tests skip it)
@@ -243,19 +333,10 @@ class CaCoVIDPress(Press):
             raise ValueError(f"policy must be a CaCoVIDPolicy; got {type(self.policy).__name__}")
         if not 0.0 <= self.imp_ratio <= 1.0:
             raise ValueError(f"imp_ratio must be in [0, 1]; got {self.imp_ratio!r}")
-        lo, hi = (float(v) for v in self.frame_share_range)
-        if not 0.0 <= lo <= 1.0 <= hi:
-            raise ValueError(f"frame_share_range must be (lo, hi) with 0 <= lo <= 1 <= hi; got {self.frame_share_range!r}")
-        self.frame_share_range = (lo, hi)
-        if not self.frame_temperature > 0:
-            raise ValueError(f"frame_temperature must be > 0; got {self.frame_temperature!r}")
-
-    def frame_budgets(self, frame_scores: torch.Tensor, total: int, cap: int) -> torch.Tensor:
-        """Budgets [T] summing to `total` from frame scores [T]: softmax, clipped, renormalised, capped at `cap`."""
-        T = frame_scores.shape[0]
-        lo, hi = self.frame_share_range
-        shares = torch.softmax(frame_scores.double() / self.frame_temperature, dim=0).clamp(lo / T, hi / T)
-        return allocate_budgets(total, shares / shares.sum(), cap)
+        if not 0.0 <= self.min_ratio <= 1.0 <= self.max_ratio:
+            raise ValueError(f"need 0 <= min_ratio <= 1 <= max_ratio; got min_ratio={self.min_ratio!r}, max_ratio={self.max_ratio!r}")
+        if not self.frame_logit_max > 0:
+            raise ValueError(f"frame_logit_max must be > 0; got {self.frame_logit_max!r}")
 
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         if self.policy is None:
@@ -264,12 +345,12 @@ class CaCoVIDPress(Press):
                 "train one with `vidpress train cacovid`"
             )
         if query is None or query.embeddings is None:
-            raise ValueError("CaCoVIDPress is query-aware: select() needs a Query with the question's embeddings")
+            raise ValueError("CaCoVIDPress is query-aware: select() needs a Query with the prompt's embeddings")
         T, M = tokens.num_frames, tokens.tokens_per_frame
         token_scores, frame_scores = self.policy.score(tokens, query)
         if not (torch.isfinite(token_scores).all() and torch.isfinite(frame_scores).all()):
             raise ValueError("the CaCoVID policy gave non-finite scores for this video; is it the policy trained for this model?")
-        budgets = self.frame_budgets(frame_scores, token_budget(self.retention, T * M), M)
-        keep = torch.stack([top_and_spread(token_scores[t], int(budgets[t]), self.imp_ratio) for t in range(T)])
+        keep = released_allocation(token_scores, frame_scores, token_budget(self.retention, T * M), self.retention,
+                                   self.imp_ratio, self.min_ratio, self.max_ratio, self.frame_logit_max)
         keep_indices = keep.flatten().nonzero().squeeze(1).to(tokens.features.device)
-        return Selection(keep_indices, T * M, frame_budgets=budgets.cpu())
+        return Selection(keep_indices, T * M, frame_budgets=keep.sum(1).cpu())

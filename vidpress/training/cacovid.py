@@ -1,14 +1,19 @@
-"""CaCoVID's combinatorial policy optimisation (`vidpress train cacovid`).
+"""CaCoVID's combinatorial policy optimisation (`vidpress train cacovid`), by the released sampler and loss
+(METHODS.md "Released rules" 3b).
 
-The VLM stays frozen. Every training video is encoded once. Per sample, G token combinations (keep masks) are
-drawn from the policy snapshot taken before the sample's first update: one by diversity alone, some by online
-grouped sampling in the combination space (token mode), some by sampling frames from the frame head (frame
-mode). The frozen VLM answers with each combination in one batched forward; the reward is whether the argmax
-option letter is right. Over several rollout rounds the sample's combinations join one growing group; the
-rewards are z-scored within it and a PPO-style clipped surrogate on per-token (and per-frame) keep/drop
-log-probabilities, kept and dropped entries weighted to contribute equally, updates the policy after each round.
-Each sample's sampling rate adapts (halved when its group is almost always right, doubled when almost always
-wrong). Data parallel through accelerate; deterministic given the seed, the process count and the threads.
+The VLM stays frozen. Every training video is encoded once. Per sample and round, G token combinations (keep
+masks, all with k = round(r * M) tokens per frame on average) are drawn from the policy snapshot taken before the
+sample's first update: 1 content rollout (density-peak diversity alone), token-mode rollouts (rollout 0 = the
+deterministic per-frame top-k in EVERY round, the others by grouped sampling in the combination space) and
+frame-mode rollouts (ceil(0.125 T) frames from the frame head, rollout 0 = the top frames, the budget filled inside
+them jointly by density peaks). The frozen VLM answers with each combination in one batched forward; the reward is
+whether the argmax option letter is right. Token-mode and frame-mode rewards accumulate over the rounds in separate
+memories and are z-scored separately (unbiased std + 1e-4); a PPO-style clipped surrogate on the token keep/drop
+log-probabilities of token-mode rollouts (kept and dropped tokens weighted to contribute equally) plus one on the
+log-probabilities of the frames each frame-mode rollout sampled (unweighted mean) updates the policy after each
+round. Each sample's rate starts at 0.02 and is halved / doubled when its accumulated token-mode accuracy is
+>= 0.875 / <= 0.125, within [0.01, 0.12]. Data parallel through accelerate; deterministic given the seed, the
+process count and the threads.
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from vidpress.presses.base import Press, keep_top
-from vidpress.presses.cacovid import CaCoVIDPolicy, allocate_budgets
+from vidpress.presses.cacovid import CaCoVIDPolicy
 from vidpress.types import Query, Selection, VideoTokens
 
 __all__ = [
+    "CONTENT",
+    "FRAME",
+    "TOKEN",
     "CaCoVIDSettings",
     "PolicySample",
     "VLMReward",
@@ -38,73 +46,89 @@ __all__ = [
     "density_peak_scores",
     "encode_samples",
     "frame_mode_sample",
+    "frame_surrogate",
     "group_bounds",
+    "group_cap",
     "grouped_token_sample",
+    "mode_advantages",
+    "next_rate",
     "optimise_policy",
     "rollout_combinations",
     "train_cacovid",
+    "water_fill",
+    "zscore",
 ]
+
+#: rollout modes (the `modes` returned by rollout_combinations)
+CONTENT, TOKEN, FRAME = 0, 1, 2
 
 
 @dataclass
 class CaCoVIDSettings:
-    """Knobs of the optimisation (defaults: the paper's released setup).
+    """Knobs of the optimisation. Defaults: the released setup (METHODS.md "Released rules" 3b).
 
-    group: combinations per rollout round (G); diversity_rollouts + frame_rollouts of them come from the diversity
-        rule and the frame mode, the rest from the token mode (the first of those, in round 0, is the
-        deterministic per-frame top-k).
-    rounds: rollout rounds per sample against the first policy snapshot (the group grows each round).
-    rate_range: bounds of the per-sample sampling rate r (share of each frame's tokens kept, k = round(r * M));
-        a sample starts at a rate drawn uniformly in this range.
-    group_factor: the `group_size` of n_g = max(floor(1 / (r * group_factor)), 1) groups per frame ranking.
-    group_prob_cap: cap on a group's probability before renormalising (keeps other groups explored).
-    token_prob_range: clamp of the within-group token probabilities before sampling without replacement.
-    frame_fraction_range: frame mode keeps a fraction of the frames drawn uniformly in this range.
-    frame_fill: how frame mode fills the drawn frames: "diversity" (density-peak score, the paper's) or "token" (the
-        snapshot's token scores, as the press fills frames at inference).
-    easy / hard: group accuracy above / below which the rate is halved / doubled.
-    clip_low / clip_high: PPO ratio clip (1 - low, 1 + high). frame_loss_weight: weight of the frame surrogate.
+    group: combinations per rollout round (G = 32): diversity_rollouts content rollouts (1), frame_rollouts
+        frame-mode rollouts (8) and the rest token mode (23). Token-mode rollout 0 is the deterministic per-frame
+        top-k and frame-mode rollout 0 the top frames, in every round.
+    rounds: rollout rounds per sample against the first policy snapshot (5); rollouts accumulate over the rounds.
+    rate_start: every sample's initial sampling rate r (0.02), the share of each frame's tokens kept
+        (k = max(1, round(r * M))).
+    rate_range: bounds of the adaptive rate ([0.01, 0.12]).
+    easy / hard: the rate is halved when the sample's accumulated token-mode accuracy is >= easy (0.875) and
+        doubled when it is <= hard (0.125).
+    group_factor: the `group_size` of n_g = max(floor(1 / (r * group_factor)), 1) groups per frame ranking (2).
+    frame_fraction: frame mode samples ceil(frame_fraction * T) frames (0.125), more if the budget needs them.
+    frame_prob_cap: frame mode's sampling probabilities are capped at frame_prob_cap / T by water-filling (3).
+    clip_low / clip_high: PPO ratio clip (1 - low, 1 + high) = (0.2, 0.28). frame_loss_weight: weight of the frame
+        surrogate (1).
     score_l2: weight of an L2 penalty on the policy's logits (mean squared token score + mean squared frame score
-        per sample, added to the loss); stops the scores from growing without bound (saturated keep/drop
-        probabilities give the PPO ratio nothing to work with). 0 (default): off.
+        per sample, added to the loss); not in the paper. 0 (default): off.
+    lr: AdamW learning rate (1e-6, the paper's scale); grad_clip: gradient-norm clip (5).
+    batch_size: samples per step and process; epochs: passes over the samples; seed: sampling and order.
     """
 
     group: int = 32
     diversity_rollouts: int = 1
     frame_rollouts: int = 8
     rounds: int = 5
+    rate_start: float = 0.02
     rate_range: tuple[float, float] = (0.01, 0.12)
+    easy: float = 0.875
+    hard: float = 0.125
     group_factor: float = 2.0
-    group_prob_cap: float = 0.8
-    token_prob_range: tuple[float, float] = (0.02, 0.9)
-    frame_fraction_range: tuple[float, float] = (0.25, 0.75)
-    frame_fill: str = "diversity"
-    easy: float = 0.9
-    hard: float = 0.1
+    frame_fraction: float = 0.125
+    frame_prob_cap: float = 3.0
     clip_low: float = 0.2
     clip_high: float = 0.28
     frame_loss_weight: float = 1.0
     score_l2: float = 0.0
+    lr: float = 1e-6
+    grad_clip: float = 5.0
     batch_size: int = 4
-    lr: float = 1e-4
     epochs: int = 1
     seed: int = 0
 
     def __post_init__(self):
-        if self.group < 1 + self.diversity_rollouts + self.frame_rollouts:
+        if self.group < 1 + self.diversity_rollouts + self.frame_rollouts or min(self.diversity_rollouts, self.frame_rollouts) < 0:
             raise ValueError(
                 f"group ({self.group}) must exceed diversity_rollouts + frame_rollouts "
-                f"({self.diversity_rollouts} + {self.frame_rollouts}) by at least one token-mode rollout"
+                f"({self.diversity_rollouts} + {self.frame_rollouts}, each >= 0) by at least one token-mode rollout"
             )
         lo, hi = self.rate_range
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"rate_range must be (lo, hi) with 0 < lo <= hi <= 1; got {self.rate_range!r}")
-        if self.frame_fill not in ("diversity", "token"):
-            raise ValueError(f"frame_fill must be 'diversity' or 'token'; got {self.frame_fill!r}")
+        if not lo <= self.rate_start <= hi:
+            raise ValueError(f"rate_start must lie in rate_range {self.rate_range!r}; got {self.rate_start!r}")
+        if not 0 <= self.hard < self.easy <= 1:
+            raise ValueError(f"need 0 <= hard < easy <= 1; got hard={self.hard!r}, easy={self.easy!r}")
+        if not 0 < self.frame_fraction <= 1 or not self.frame_prob_cap >= 1:
+            raise ValueError(f"need 0 < frame_fraction <= 1 and frame_prob_cap >= 1; got {self.frame_fraction!r}, {self.frame_prob_cap!r}")
         if self.rounds < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError("rounds, batch_size and epochs must be >= 1")
         if not self.score_l2 >= 0:
             raise ValueError(f"score_l2 must be >= 0; got {self.score_l2!r}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0; got {self.grad_clip!r}")
 
 
 # ------------------------------------------------------------------------------------------- combinations
@@ -139,84 +163,149 @@ def group_bounds(size: int, n_groups: int) -> list[int]:
     return bounds
 
 
-def grouped_token_sample(scores: torch.Tensor, rate: float, generator: torch.Generator, group_factor: float = 2.0,
-                         group_prob_cap: float = 0.8, token_prob_range: tuple[float, float] = (0.02, 0.9)) -> torch.Tensor:
+def water_fill(probs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Probabilities [n] (sum 1) with every entry <= cap: entries above the cap are set to it and their excess is
+    shared by the others in proportion to their mass, repeatedly until none exceeds it (by weight when the
+    uncapped entries hold no mass). Needs n * cap >= 1; otherwise the uniform distribution (the closest)."""
+    p = probs.double() / probs.double().sum()
+    n = p.numel()
+    if n * cap <= 1 + 1e-12:
+        return torch.full_like(p, 1.0 / n)
+    capped = torch.zeros(n, dtype=torch.bool, device=p.device)
+    while True:
+        over = (p > cap + 1e-12) & ~capped
+        if not over.any():
+            return p
+        capped |= over
+        p = torch.where(capped, torch.full_like(p, cap), p)
+        free = ~capped
+        excess = 1.0 - float(p.sum())
+        mass = float(p[free].sum())
+        share = p[free] / mass if mass > 0 else torch.full_like(p[free], 1.0 / int(free.sum()))
+        p[free] = p[free] + excess * share
+
+
+def group_cap(n_groups: int) -> float:
+    """The released cap on one group's probability: max(min(2 / n_g, 0.9), 0.1)."""
+    return max(min(2.0 / n_groups, 0.9), 0.1)
+
+
+def grouped_token_sample(scores: torch.Tensor, rate: float, generator: torch.Generator, group_factor: float = 2.0) -> torch.Tensor:
     """Token-mode combination, keep mask [T, M] with exactly k = max(1, round(rate * M)) tokens per frame.
 
     Per frame: softmax the token scores, sort the tokens by probability, cut the ranking into
-    n_g = max(floor(1 / (rate * group_factor)), 1) contiguous groups (at most M // k, so each holds k tokens),
-    draw one group with its probability mass capped at group_prob_cap and renormalised, then draw k tokens
-    inside it without replacement from their renormalised probabilities clamped to token_prob_range.
+    n_g = max(floor(1 / (rate * group_factor)), 1) contiguous groups (at most M // k, so each holds >= k tokens),
+    draw one group from the group masses water-filled to the cap max(min(2 / n_g, 0.9), 0.1), then draw k tokens
+    inside it without replacement from their renormalised probabilities clamped to [1 / (2e), 2 / e], e = M // n_g.
     """
     T, M = scores.shape
     k = max(1, min(M, round(rate * M)))
     n_groups = min(max(math.floor(1 / (rate * group_factor) + 1e-9), 1), M // k)
-    probs = torch.softmax(scores.float().cpu(), dim=1)
+    e = M // n_groups
+    probs = torch.softmax(scores.double().cpu(), dim=1)
     sorted_p, order = torch.sort(probs, dim=1, descending=True, stable=True)
     bounds = group_bounds(M, n_groups)
-    group_p = torch.stack([sorted_p[:, a:b].sum(1) for a, b in zip(bounds[:-1], bounds[1:])], dim=1)  # [T, n_g]
-    group_p = group_p.clamp(max=group_prob_cap)
-    chosen = torch.multinomial(group_p / group_p.sum(1, keepdim=True), 1, generator=generator).squeeze(1)
     keep = torch.zeros(T, M, dtype=torch.bool)
-    lo, hi = token_prob_range
+    cap = group_cap(n_groups)
     for t in range(T):
-        a, b = bounds[int(chosen[t])], bounds[int(chosen[t]) + 1]
-        inside = sorted_p[t, a:b] / sorted_p[t, a:b].sum()
-        picks = torch.multinomial(inside.clamp(lo, hi), k, replacement=False, generator=generator)
+        group_p = torch.stack([sorted_p[t, a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])])
+        chosen = int(torch.multinomial(water_fill(group_p, cap), 1, generator=generator))
+        a, b = bounds[chosen], bounds[chosen + 1]
+        inside = (sorted_p[t, a:b] / sorted_p[t, a:b].sum()).clamp(1 / (2 * e), 2 / e)
+        picks = torch.multinomial(inside, k, replacement=False, generator=generator)
         keep[t, order[t, a + picks]] = True
     return keep.to(scores.device)
 
 
-def frame_mode_sample(frame_scores: torch.Tensor, diversity: torch.Tensor, total: int, generator: torch.Generator,
-                      fraction_range: tuple[float, float] = (0.25, 0.75)) -> torch.Tensor:
-    """Frame-mode combination, keep mask [T, M] with `total` tokens: draw a fraction of the frames (uniform in
-    fraction_range, at least enough to hold the budget) without replacement from the frame head's softmax, spread
-    the budget evenly over them and keep each one's highest-scoring tokens by `diversity` [T, M] (the density-peak
-    score, or any other within-frame score)."""
-    T, M = diversity.shape
-    lo, hi = fraction_range
-    fraction = lo + (hi - lo) * float(torch.rand((), generator=generator))
-    n_frames = min(T, max(math.ceil(total / M), round(fraction * T), 1))
-    probs = torch.softmax(frame_scores.float().cpu(), dim=0).clamp_min(1e-6)
-    frames = torch.multinomial(probs, n_frames, replacement=False, generator=generator)
-    shares = torch.zeros(T, dtype=torch.float64)
-    shares[frames] = 1.0 / n_frames
-    budgets = allocate_budgets(total, shares, M)
+def frame_mode_sample(frame_scores: torch.Tensor, features: torch.Tensor, total: int, generator: torch.Generator | None,
+                      fraction: float = 0.125, prob_cap: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame-mode combination: (keep mask [T, M] with `total` tokens, sampled frames [T] bool).
+
+    Picks n_f = ceil(fraction * T) frames (more if `total` needs them): without replacement by a multinomial on the
+    frame softmax water-filled to <= prob_cap / T, or, with generator None, the n_f top-scoring frames. The budget
+    is filled inside the picked frames jointly (not per frame) by density-peak scores over their tokens
+    `features` [T, M, D]."""
+    T, M, _ = features.shape
+    n_frames = min(T, max(math.ceil(fraction * T - 1e-9), math.ceil(total / M), 1))
+    if generator is None:
+        frames = torch.sort(frame_scores.float().cpu(), descending=True, stable=True).indices[:n_frames]
+    else:
+        probs = torch.softmax(frame_scores.double().cpu(), dim=0).clamp_min(1e-12)
+        frames = torch.multinomial(water_fill(probs, min(1.0, prob_cap / T)), n_frames, replacement=False, generator=generator)
+    frames = frames.sort().values
+    picked = torch.zeros(T, dtype=torch.bool)
+    picked[frames] = True
+    inside = keep_top(density_peak_scores(features[frames.to(features.device)]), total).cpu()  # into n_f * M
     keep = torch.zeros(T, M, dtype=torch.bool)
-    order = torch.sort(diversity.float().cpu(), dim=1, descending=True, stable=True).indices
-    for t in frames.tolist():
-        keep[t, order[t, : int(budgets[t])]] = True
-    return keep.to(diversity.device)
+    keep[frames[inside // M], inside % M] = True
+    return keep.to(features.device), picked.to(features.device)
 
 
-def rollout_combinations(token_scores: torch.Tensor, frame_scores: torch.Tensor, diversity: torch.Tensor, rate: float,
-                         settings: CaCoVIDSettings, generator: torch.Generator, first_round: bool) -> torch.Tensor:
-    """One round's G combinations of one sample, keep masks [G, T, M], all with the same budget k * T
-    (k = max(1, round(rate * M))): [diversity-only..., token mode (round 0 starts with the deterministic per-frame
-    top-k)..., frame mode...]."""
+def rollout_combinations(token_scores: torch.Tensor, frame_scores: torch.Tensor, features: torch.Tensor,
+                         diversity: torch.Tensor, rate: float, settings: CaCoVIDSettings, generator: torch.Generator):
+    """One round's G combinations of one sample, all with the budget k * T (k = max(1, round(rate * M))).
+
+    Returns keep masks [G, T, M], modes [G] (CONTENT, TOKEN or FRAME) and the frames each rollout sampled [G, T]
+    (all True outside frame mode). Order: content rollouts (top density-peak `diversity` [T, M] over the video),
+    token mode (rollout 0 the per-frame top-k, then grouped sampling), frame mode (rollout 0 the top frames, then
+    sampled frames)."""
     T, M = token_scores.shape
+    device = token_scores.device
     k = max(1, min(M, round(rate * M)))
     total = k * T
-    masks = []
+    masks, modes, frames = [], [], []
     for _ in range(settings.diversity_rollouts):
-        keep = torch.zeros(T * M, dtype=torch.bool, device=token_scores.device)
+        keep = torch.zeros(T * M, dtype=torch.bool, device=device)
         keep[keep_top(diversity, total)] = True
         masks.append(keep.view(T, M))
+        modes.append(CONTENT)
     token_rollouts = settings.group - settings.diversity_rollouts - settings.frame_rollouts
     for j in range(token_rollouts):
-        if first_round and j == 0:
+        if j == 0:
             top = torch.sort(token_scores, dim=1, descending=True, stable=True).indices[:, :k]
-            masks.append(torch.zeros(T, M, dtype=torch.bool, device=token_scores.device).scatter_(1, top, True))
+            masks.append(torch.zeros(T, M, dtype=torch.bool, device=device).scatter_(1, top, True))
         else:
-            masks.append(grouped_token_sample(token_scores, rate, generator, settings.group_factor,
-                                              settings.group_prob_cap, settings.token_prob_range))
-    for _ in range(settings.frame_rollouts):
-        fill = diversity if settings.frame_fill == "diversity" else token_scores
-        masks.append(frame_mode_sample(frame_scores, fill, total, generator, settings.frame_fraction_range))
-    return torch.stack(masks)
+            masks.append(grouped_token_sample(token_scores, rate, generator, settings.group_factor))
+        modes.append(TOKEN)
+    frames = [torch.ones(T, dtype=torch.bool, device=device)] * len(masks)
+    for j in range(settings.frame_rollouts):
+        keep, picked = frame_mode_sample(frame_scores, features, total, None if j == 0 else generator,
+                                         settings.frame_fraction, settings.frame_prob_cap)
+        masks.append(keep)
+        frames.append(picked)
+        modes.append(FRAME)
+    return torch.stack(masks), torch.tensor(modes, device=device), torch.stack(frames)
 
 
 # ------------------------------------------------------------------------------------------- loss
+
+
+def zscore(rewards: torch.Tensor) -> torch.Tensor:
+    """(r - mean) / (unbiased std + 1e-4), the released normalisation; zeros for fewer than two rewards."""
+    if rewards.numel() < 2:
+        return torch.zeros_like(rewards)
+    return (rewards - rewards.mean()) / (rewards.std(unbiased=True) + 1e-4)
+
+
+def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:
+    """Advantages [n] of accumulated rollouts: token-mode and frame-mode rewards z-scored each within its own mode
+    (its own memory); content rollouts get 0 (they enter no loss)."""
+    advantages = torch.zeros_like(rewards)
+    for mode in (TOKEN, FRAME):
+        chosen = modes == mode
+        advantages[chosen] = zscore(rewards[chosen])
+    return advantages
+
+
+def next_rate(rate: float, token_accuracy: float, settings: CaCoVIDSettings) -> float:
+    """The released rate schedule: halve when the accumulated token-mode accuracy is >= easy, double when it is
+    <= hard, within rate_range."""
+    lo, hi = settings.rate_range
+    if token_accuracy >= settings.easy:
+        return max(lo, rate / 2)
+    if token_accuracy <= settings.hard:
+        return min(hi, rate * 2)
+    return rate
 
 
 def balanced_weights(keep: torch.Tensor) -> torch.Tensor:
@@ -248,12 +337,24 @@ def clipped_surrogate(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, 
     return (objective * weights).sum(1).mean()
 
 
+def frame_surrogate(new_scores: torch.Tensor, old_scores: torch.Tensor, picked: torch.Tensor, advantages: torch.Tensor,
+                    clip_low: float = 0.2, clip_high: float = 0.28) -> torch.Tensor:
+    """Clipped objective of frame-mode rollouts: frame scores [T] (new, old), sampled frames [F, T] bool,
+    advantages [F]; each sampled frame's log-probability under the frame softmax, unweighted mean over all
+    (rollout, sampled frame) entries."""
+    new_lp = torch.log_softmax(new_scores, dim=0)[None].expand_as(picked)[picked]
+    old_lp = torch.log_softmax(old_scores, dim=0)[None].expand_as(picked)[picked]
+    a = advantages[:, None].expand_as(picked)[picked]
+    ratio = torch.exp((new_lp - old_lp).clamp(-20.0, 20.0))
+    return torch.minimum(ratio * a, ratio.clamp(1 - clip_low, 1 + clip_high) * a).mean()
+
+
 # ------------------------------------------------------------------------------------------- rollouts + updates
 
 
 @dataclass
 class PolicySample:
-    """One training sample: the video's frame tokens, the question (with embeddings) and its diversity scores."""
+    """One training sample: the video's frame tokens, its prompt's Query and its diversity scores."""
 
     tokens: VideoTokens
     query: Query
@@ -266,8 +367,12 @@ class PolicySample:
 
 
 @dataclass
-class _Group:
+class _Memory:
+    """A sample's accumulated rollouts over the rounds of one step."""
+
     masks: list = field(default_factory=list)  # [G, T*M] bool per round
+    modes: list = field(default_factory=list)  # [G] per round
+    frames: list = field(default_factory=list)  # [G, T] bool per round
     rewards: list = field(default_factory=list)  # [G] per round
 
 
@@ -277,6 +382,8 @@ def optimise_policy(policy, samples: list[PolicySample], reward: Callable, setti
 
     reward(batch_samples, masks) -> list of [G] float rewards, masks being one bool [G, T * M] per sample.
     `policy` may be wrapped by accelerate (DDP); the optimiser is created and prepared here.
+    Records: reward (all rollouts), topk_accuracy (token-mode rollout 0, round 0), frame_reward (frame mode),
+    rate (mean over the batch after the step), loss.
     """
     from tqdm.auto import tqdm
 
@@ -287,78 +394,77 @@ def optimise_policy(policy, samples: list[PolicySample], reward: Callable, setti
     optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     generator = torch.Generator().manual_seed(settings.seed * 1000 + accelerator.process_index)
-    lo, hi = settings.rate_range
-    rates = [lo + (hi - lo) * float(torch.rand((), generator=generator)) for _ in samples]
+    rates = [settings.rate_start] * len(samples)
     order_rng = torch.Generator().manual_seed(settings.seed)  # the same order on every process
     batches = []
     for _ in range(settings.epochs):
         perm = torch.randperm(len(samples), generator=order_rng).tolist()
         batches += [perm[i : i + settings.batch_size] for i in range(0, len(perm) - settings.batch_size + 1, settings.batch_size)]
+    topk = settings.diversity_rollouts  # index of token-mode rollout 0 in a round
     history = []
     ema = {}
     bar = tqdm(batches, desc="cacovid policy", disable=not (progress and accelerator.is_main_process), mininterval=2.0)
     for step, rows in enumerate(bar):
         batch = [samples[r] for r in rows]
+        inputs = ([s.tokens.features for s in batch], [s.tokens.grid for s in batch], [s.query for s in batch])
         policy.eval()
         with torch.no_grad():  # the snapshot every round of this batch samples from and is compared against
-            old_tokens, old_frames = policy([s.tokens.features for s in batch], [s.tokens.grid for s in batch],
-                                            [s.query.embeddings for s in batch])
+            old_tokens, old_frames, _ = policy(*inputs)
         if not all(torch.isfinite(t).all() and torch.isfinite(f).all() for t, f in zip(old_tokens, old_frames)):
             raise RuntimeError(f"the policy's scores became non-finite at step {step + 1} (training diverged); "
                                f"train again with a lower --lr (now {settings.lr:g})")
-        groups = [_Group() for _ in batch]
+        memories = [_Memory() for _ in batch]
         first_accuracy = []
         for round_ in range(settings.rounds):
-            masks = [
-                rollout_combinations(old_tokens[i], old_frames[i], s.diversity, rates[rows[i]], settings, generator, round_ == 0).flatten(1)
-                for i, s in enumerate(batch)
-            ]
+            drawn = [rollout_combinations(old_tokens[i], old_frames[i], s.tokens.features, s.diversity, rates[rows[i]],
+                                          settings, generator) for i, s in enumerate(batch)]
+            masks = [m.flatten(1) for m, _, _ in drawn]
             rewards = reward(batch, masks)
-            for i, (group, m, r) in enumerate(zip(groups, masks, rewards)):
-                group.masks.append(m)
-                group.rewards.append(torch.as_tensor(r, dtype=torch.float32))
+            for i, (memory, (m, modes, frames), r) in enumerate(zip(memories, drawn, rewards)):
+                memory.masks.append(m.flatten(1))
+                memory.modes.append(modes.cpu())
+                memory.frames.append(frames)
+                memory.rewards.append(torch.as_tensor(r, dtype=torch.float32).cpu())
                 if round_ == 0:  # the deterministic top-k rollout: what the greedy policy gets at this rate
-                    first_accuracy.append(float(r[settings.diversity_rollouts]))
-                accuracy = float(torch.as_tensor(r).float().mean())
-                if accuracy > settings.easy:
-                    rates[rows[i]] = max(lo, rates[rows[i]] / 2)
-                elif accuracy < settings.hard:
-                    rates[rows[i]] = min(hi, rates[rows[i]] * 2)
+                    first_accuracy.append(float(r[topk]))
+                all_modes, all_rewards = torch.cat(memory.modes), torch.cat(memory.rewards)
+                rates[rows[i]] = next_rate(rates[rows[i]], float(all_rewards[all_modes == TOKEN].mean()), settings)
             policy.train()
-            new_tokens, new_frames = policy([s.tokens.features for s in batch], [s.tokens.grid for s in batch],
-                                            [s.query.embeddings for s in batch])
+            new_tokens, new_frames, new_modes = policy(*inputs)
             loss = 0.0
-            for i, (group, sample) in enumerate(zip(groups, batch)):
-                keep = torch.cat(group.masks)  # [G * rounds, T * M]
-                rewards_i = torch.cat(group.rewards)
-                advantages = (rewards_i - rewards_i.mean()) / (rewards_i.std(unbiased=False) + 1e-6)
-                T, M = sample.tokens.num_frames, sample.tokens.tokens_per_frame
+            for i, memory in enumerate(memories):
+                keep = torch.cat(memory.masks)  # [G * rounds so far, T * M]
+                modes = torch.cat(memory.modes).to(keep.device)
+                advantages = mode_advantages(torch.cat(memory.rewards), torch.cat(memory.modes)).to(new_tokens[i].device)
+                token = modes == TOKEN
                 token_objective = clipped_surrogate(
-                    keep_log_probs(new_tokens[i].flatten(), keep), keep_log_probs(old_tokens[i].flatten(), keep),
-                    advantages, balanced_weights(keep), settings.clip_low, settings.clip_high)
-                frames = keep.view(-1, T, M).any(-1)
-                # Only combinations that dropped some frame made a frame decision (token mode keeps k tokens in
-                # every frame); the others would push every frame's keep probability by their advantage alike.
-                chose = ~frames.all(1)
-                frame_objective = clipped_surrogate(
-                    keep_log_probs(new_frames[i], frames[chose]), keep_log_probs(old_frames[i], frames[chose]),
-                    advantages[chose], balanced_weights(frames[chose]), settings.clip_low, settings.clip_high
-                ) if chose.any() else new_frames[i].sum() * 0.0
+                    keep_log_probs(new_tokens[i].flatten(), keep[token]), keep_log_probs(old_tokens[i].flatten(), keep[token]),
+                    advantages[token], balanced_weights(keep[token]), settings.clip_low, settings.clip_high)
+                frame = modes == FRAME
+                frame_objective = frame_surrogate(new_frames[i], old_frames[i], torch.cat(memory.frames)[frame],
+                                                  advantages[frame], settings.clip_low, settings.clip_high
+                                                  ) if frame.any() else new_frames[i].sum() * 0.0
                 loss = loss - (token_objective + settings.frame_loss_weight * frame_objective) / len(batch)
                 if settings.score_l2:
                     loss = loss + settings.score_l2 * (new_tokens[i].pow(2).mean() + new_frames[i].pow(2).mean()) / len(batch)
+                # The mode head is not trained; a zero term keeps its parameters in the graph for DDP.
+                loss = loss + 0.0 * new_modes[i].sum()
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(policy.parameters(), 1.0)
+            accelerator.clip_grad_norm_(policy.parameters(), settings.grad_clip)
             optimizer.step()
+        all_rewards = torch.cat([torch.cat(m.rewards) for m in memories])
+        all_modes = torch.cat([torch.cat(m.modes) for m in memories])
         stats = torch.tensor([
-            float(torch.cat([torch.cat(g.rewards) for g in groups]).mean()),
+            float(all_rewards.mean()),
             sum(first_accuracy) / len(first_accuracy),
+            float(all_rewards[all_modes == FRAME].mean()) if bool((all_modes == FRAME).any()) else 0.0,
             sum(rates[r] for r in rows) / len(rows),
             float(loss.detach()),
         ])
         stats = accelerator.reduce(stats, reduction="mean") if accelerator.num_processes > 1 else stats
-        record = {"step": step + 1, "reward": stats[0].item(), "topk_accuracy": stats[1].item(), "rate": stats[2].item(), "loss": stats[3].item()}
+        record = {"step": step + 1, "reward": stats[0].item(), "topk_accuracy": stats[1].item(),
+                  "frame_reward": stats[2].item(), "rate": stats[3].item(), "loss": stats[4].item()}
         history.append(record)
         for key in ("reward", "topk_accuracy"):
             ema[key] = record[key] if key not in ema else 0.95 * ema[key] + 0.05 * record[key]
@@ -466,6 +572,9 @@ def encode_samples(model, processor, examples, batch_size: int = 32, progress: b
             raise ValueError(f"expected one video per example; got {len(layouts)} videos for {len(chunk)} examples")
         B, L = inputs["input_ids"].shape
         real = inputs["attention_mask"].bool()
+        # the policy sees the whole prompt with the VLM's own position ids (as the press gets them from the adapter)
+        position_ids = adapter.full_position_ids(inputs, inputs["attention_mask"], for_generate=False)
+        slots = (inputs["input_ids"] == adapter.video_token_id) & real
         sequence_keys = {k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == (B, L)}
         for i, example in enumerate(chunk):
             own = {}
@@ -477,7 +586,8 @@ def encode_samples(model, processor, examples, batch_size: int = 32, progress: b
             tokens = VideoTokens(tokens.features.detach().float().cpu(), tokens.grid)
             samples.append(PolicySample(
                 tokens=tokens,
-                query=adapter.query(inputs["input_ids"][i], real[i]),
+                query=adapter.query(inputs["input_ids"][i], real[i], position_ids[..., i, :],
+                                    slots[i].nonzero().squeeze(1)[: tokens.num_tokens]),
                 data={"inputs": own, "sequence_keys": sequence_keys, "videos": [entries[i]], "like": output,
                       "answer": int(example.answer)},
             ))
@@ -554,7 +664,7 @@ def _curve(history: list[dict], points: int = 10) -> list[dict]:
     for a in range(0, len(history), size):
         part = history[a : a + size]
         curve.append({"steps": f"{part[0]['step']}-{part[-1]['step']}",
-                      **{k: round(sum(r[k] for r in part) / len(part), 4) for k in ("reward", "topk_accuracy", "rate")}})
+                      **{k: round(sum(r.get(k, 0.0) for r in part) / len(part), 4) for k in ("reward", "topk_accuracy", "frame_reward", "rate")}})
     return curve
 
 
@@ -588,8 +698,9 @@ def write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path
         f"- {metrics['train_examples']} synthetic `train` examples, {metrics['steps']} steps of {s['batch_size']} samples x "
         f"{s['rounds']} rollout rounds x G={s['group']} combinations ({s['diversity_rollouts']} diversity, "
         f"{s['group'] - s['diversity_rollouts'] - s['frame_rollouts']} token mode, {s['frame_rollouts']} frame mode),",
-        f"  sampling rate in [{s['rate_range'][0]:g}, {s['rate_range'][1]:g}] (adaptive), clip {s['clip_low']:g}/{s['clip_high']:g}, "
-        f"frame-mode fill: {s['frame_fill']}, AdamW lr {s['lr']:g}, seed {s['seed']}.",
+        f"  sampling rate from {s['rate_start']:g} in [{s['rate_range'][0]:g}, {s['rate_range'][1]:g}] (halved / doubled at accumulated "
+        f"token-mode accuracy >= {s['easy']:g} / <= {s['hard']:g}), clip {s['clip_low']:g}/{s['clip_high']:g}, "
+        f"AdamW lr {s['lr']:g}, grad clip {s['grad_clip']:g}, seed {s['seed']}.",
         *([f"- Continued from the policy in `{metrics['init_from']}`."] if metrics.get("init_from") else []),
         f"- {metrics['processes']} process(es), {metrics['threads']} CPU thread(s); encoding {metrics['encode_seconds']:.0f} s, "
         f"total {metrics['train_seconds'] / 60:.1f} min.",
@@ -602,11 +713,12 @@ def write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path
         "",
         "## Reward curve (mean over slices of the steps)",
         "",
-        "reward = share of all rollouts answered right; top-k acc = the deterministic top-k rollout's accuracy.",
+        "reward = share of all rollouts answered right; top-k acc = the deterministic top-k rollout's accuracy (round 0);",
+        "frame = share of frame-mode rollouts answered right.",
         "",
-        "| steps | reward | top-k acc | rate |",
-        "|---|---|---|---|",
-        *[f"| {c['steps']} | {c['reward']:.3f} | {c['topk_accuracy']:.3f} | {c['rate']:.3f} |" for c in metrics["curve"]],
+        "| steps | reward | top-k acc | frame | rate |",
+        "|---|---|---|---|---|",
+        *[f"| {c['steps']} | {c['reward']:.3f} | {c['topk_accuracy']:.3f} | {c.get('frame_reward', 0.0):.3f} | {c['rate']:.3f} |" for c in metrics["curve"]],
         "",
     ]
     if metrics.get("val"):
@@ -639,16 +751,15 @@ def add_train_cacovid_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--diversity-rollouts", type=int, default=defaults.diversity_rollouts, help="diversity-only combinations per round (default %(default)s)")
     parser.add_argument("--frame-rollouts", type=int, default=defaults.frame_rollouts, help="frame-mode combinations per round; the rest of --group are token mode (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=defaults.rounds, help="rollout rounds per sample (default %(default)s)")
+    parser.add_argument("--rate-start", type=float, default=defaults.rate_start, help="initial per-sample sampling rate (default %(default)s)")
     parser.add_argument("--rate-range", type=float, nargs=2, default=defaults.rate_range, metavar=("LO", "HI"),
                         help="bounds of the adaptive per-sample sampling rate (default %(default)s)")
-    parser.add_argument("--frame-fill", default=defaults.frame_fill, choices=["diversity", "token"],
-                        help="how frame-mode rollouts fill their frames: density-peak diversity (the paper's) or the "
-                        "token head's scores (default %(default)s)")
     parser.add_argument("--score-l2", type=float, default=defaults.score_l2,
                         help="weight of an L2 penalty on the token and frame logits, against the scores' growth "
                         "(default %(default)s: off)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per step and process (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s, the paper's scale)")
+    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="gradient-norm clip (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the train examples (default %(default)s)")
     parser.add_argument("--val-examples", type=int, default=240, help="val examples scored after training (0: none)")
     parser.add_argument("--init-from", default=None, help="continue training this saved policy (default: a fresh "
@@ -665,7 +776,8 @@ def _run_train_cacovid(args) -> int:
 
     settings = CaCoVIDSettings(
         group=args.group, diversity_rollouts=args.diversity_rollouts, frame_rollouts=args.frame_rollouts,
-        rounds=args.rounds, rate_range=tuple(args.rate_range), frame_fill=args.frame_fill, batch_size=args.batch_size, lr=args.lr,
+        rounds=args.rounds, rate_start=args.rate_start, rate_range=tuple(args.rate_range), batch_size=args.batch_size,
+        lr=args.lr, grad_clip=args.grad_clip,
         score_l2=args.score_l2,
         epochs=args.epochs, seed=args.seed,
     )
