@@ -5,6 +5,7 @@ One in-process engine per (family, pruning setting) is started (~10-20 s each on
 loaded model through `LLM.apply_model`, with a new video per press so that no vLLM cache can serve a stale result.
 """
 
+import gc
 import os
 
 import pytest
@@ -29,8 +30,6 @@ from vidpress.types import Selection  # noqa: E402
 
 ARCH = {"qwen2_5_vl": "VidpressQwen2_5_VLForConditionalGeneration", "qwen3_vl": "VidpressQwen3VLForConditionalGeneration"}
 RATE = 0.75
-FPS = 2.0
-FRAMES, SIDE = 16, 112  # 8 temporal groups x 4x4 merged tokens = 128 video tokens
 TOP = 5  # first-token logprobs compared over vLLM's top TOP tokens
 QUESTION = "What happens?"
 
@@ -62,12 +61,18 @@ def hf_model():
 _ENGINES = {}
 
 
+def drop_engines():
+    """One engine at a time (memory)."""
+    _ENGINES.clear()
+    gc.collect()
+
+
 def engine(model_dir, family, press="random", method="evs", **extra):
-    """One in-process vLLM engine per (family, method), float32, no caches that could outlive a press swap."""
-    key = (family, method)
+    """One in-process vLLM engine per (family, method, settings), float32, no caches that could outlive a press
+    swap; the previous engine is dropped first."""
+    key = (family, method, press, tuple(sorted(extra.items())))
     if key not in _ENGINES:
-        for old in list(_ENGINES):  # one engine at a time: memory
-            del _ENGINES[old]
+        drop_engines()
         _ENGINES[key] = LLM(
             model=str(model_dir(family)),
             hf_overrides={"architectures": [ARCH[family]]},
@@ -86,20 +91,20 @@ def engine(model_dir, family, press="random", method="evs", **extra):
     return _ENGINES[key]
 
 
-def video_request(processor, frames):
+def video_request(processor, frames, fps):
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}],
         add_generation_prompt=True, tokenize=False,
     )
-    metadata = {"total_num_frames": len(frames), "fps": FPS, "duration": len(frames) / FPS,
+    metadata = {"total_num_frames": len(frames), "fps": fps, "duration": len(frames) / fps,
                 "frames_indices": list(range(len(frames))), "height": frames.shape[1], "width": frames.shape[2],
                 "do_sample_frames": False}
     return {"prompt": prompt, "multi_modal_data": {"video": (frames, metadata)}}
 
 
-def run(llm, processor, frames):
+def run(llm, processor, frames, fps):
     params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP)
-    out = llm.generate([video_request(processor, frames)], params, use_tqdm=False)[0]
+    out = llm.generate([video_request(processor, frames, fps)], params, use_tqdm=False)[0]
     logprobs = {token: lp.logprob for token, lp in out.outputs[0].logprobs[0].items()}
     return out.prompt_token_ids, logprobs
 
@@ -129,10 +134,10 @@ class FixedCount(Press):
         return Selection(keep, tokens.num_tokens, features=features)
 
 
-def hf_first_token(hf_model, family, serving, frames, count):
+def hf_first_token(hf_model, family, serving, frames, count, fps):
     """vidpress's transformers path (`with press(model)`): first-token log-probabilities [V], kept indices, ids."""
     model, processor = hf_model(family)
-    inputs = make_inputs(processor, [frames], QUESTION, fps=FPS)
+    inputs = make_inputs(processor, [frames], QUESTION, fps=fps)
     press = FixedCount(serving.press, count)
     with torch.no_grad(), press(model) as pressed:
         logits = model(**inputs).logits[0, -1]
@@ -140,7 +145,7 @@ def hf_first_token(hf_model, family, serving, frames, count):
     return torch.log_softmax(logits.double(), -1), keep, inputs["input_ids"][0]
 
 
-def contract(family, method, frames_thw):
+def contract(method, frames_thw):
     from vllm.multimodal.video_prune import evs, vidcom2
 
     t, rows, cols = frames_thw
@@ -148,26 +153,78 @@ def contract(family, method, frames_thw):
     return fn(tokens_per_frame=rows * cols, num_frames=t, q=RATE)
 
 
+# (frames, height, width, fps): square at 1 s per temporal group; portrait frames at 0.5 s per group, where vLLM's
+# own pruning step would place the text after the video (grid width, integer seconds) unlike transformers
+SHAPES = {"square": (16, 112, 112, 2.0), "portrait": (16, 112, 56, 4.0)}
+
+
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
 def test_presses_match_transformers(model_dir, hf_model, family):
     llm = engine(model_dir, family)
     _, processor = hf_model(family)
-    video_tokens = (FRAMES // 2) * (SIDE // 28) ** 2
-    count = contract(family, "evs", (FRAMES // 2, SIDE // 28, SIDE // 28))
     failures = []
-    for seed, name in enumerate(applicable_presses()):
-        frames = tiny_video(FRAMES, SIDE, SIDE, seed=seed)
-        set_press(llm, name)
-        ids, logprobs = run(llm, processor, frames)
-        keep = last_keep(llm)[0]
-        ids_again, logprobs_again = run(llm, processor, frames)
-        serving = press_from_config({"vidpress": {"press": name}}, family, RATE)
-        hf_logprobs, hf_keep, hf_ids = hf_first_token(hf_model, family, serving, frames, count)
-        # the prompt holds exactly the contract's video tokens: the full prompt minus the dropped ones
-        assert len(ids) == len(hf_ids) - video_tokens + count, name
-        assert ids_again == ids and logprobs_again == logprobs, f"{name}: not deterministic"
-        assert keep.numel() == count and torch.equal(keep.cpu(), hf_keep.cpu()), name
-        diff = max(abs(lp - float(hf_logprobs[token])) for token, lp in logprobs.items())
-        if diff > 1e-4:
-            failures.append(f"{name}: max |logprob diff| {diff:.2e}")
+    for shape, (num_frames, height, width, fps) in SHAPES.items():
+        grid = (num_frames // 2, height // 28, width // 28)
+        video_tokens = grid[0] * grid[1] * grid[2]
+        count = contract("evs", grid)
+        assert count < video_tokens
+        for seed, name in enumerate(applicable_presses()):
+            frames = tiny_video(num_frames, height, width, seed=seed)
+            set_press(llm, name)
+            ids, logprobs = run(llm, processor, frames, fps)
+            keep = last_keep(llm)[0]
+            ids_again, logprobs_again = run(llm, processor, frames, fps)
+            serving = press_from_config({"vidpress": {"press": name}}, family, RATE)
+            hf_logprobs, hf_keep, hf_ids = hf_first_token(hf_model, family, serving, frames, count, fps)
+            where = f"{shape}/{name}"
+            # the prompt holds exactly the contract's video tokens: the full prompt minus the dropped ones
+            assert len(ids) == len(hf_ids) - video_tokens + count, where
+            assert ids_again == ids and logprobs_again == logprobs, f"{where}: not deterministic"
+            assert keep.numel() == count and torch.equal(keep.cpu(), hf_keep.cpu()), where
+            diff = max(abs(lp - float(hf_logprobs[token])) for token, lp in logprobs.items())
+            if diff > 1e-4:
+                failures.append(f"{where}: max |logprob diff| {diff:.2e}")
     assert not failures, failures
+
+
+def test_vidcom2_reproduces_vllm_vidcom2_on_qwen3(model_dir, hf_model):
+    """With score_deepstack (the features vLLM scores) and vLLM's VidCom2 count, the vidcom2 press keeps exactly the
+    tokens of vLLM's own VidCom2 mask, computed here from transformers' encoder output of the same video."""
+    from vllm.multimodal.video_prune import vidcom2
+
+    llm = engine(model_dir, "qwen3_vl", press="vidcom2", method="vidcom2", score_deepstack=True)
+    model, processor = hf_model("qwen3_vl")
+    num_frames, height, width, fps = SHAPES["square"]
+    for seed in range(3):
+        frames = tiny_video(num_frames, height, width, seed=100 + seed)
+        run(llm, processor, frames, fps)
+        keep = last_keep(llm)[0].cpu()
+        inputs = make_inputs(processor, [frames], QUESTION, fps=fps)
+        with torch.no_grad():
+            out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True)
+        rows = torch.cat([out.pooler_output[0], *[level[0] for level in out.deepstack_features]], -1)  # [N, 4D]
+        mask = vidcom2.compute_retention_mask(rows, inputs["video_grid_thw"][0].tolist(), 2, RATE)
+        assert keep.numel() == int(mask.sum()) == contract("vidcom2", (num_frames // 2, height // 28, width // 28))
+        assert torch.equal(keep, mask.nonzero().squeeze(1)), seed
+
+
+@pytest.mark.parametrize(
+    ("family", "settings", "message"),
+    [
+        ("qwen2_5_vl", {"press": "fastv"}, "press 'fastv' cannot run in vLLM: .* Presses that run in vLLM: divprune"),
+        ("qwen3_vl", {"press": "nope"}, "unknown press 'nope'; presses that run in vLLM: divprune"),
+        ("qwen2_vl", {"press": "divprune"}, "no video-pruning hook for model type 'qwen2_vl'"),
+    ],
+)
+def test_clear_errors_at_load(model_dir, family, settings, message):
+    drop_engines()
+    with pytest.raises(Exception, match=message):
+        LLM(
+            model=str(model_dir(family)),
+            hf_overrides={"architectures": [ARCH.get(family, ARCH["qwen2_5_vl"])]},
+            additional_config={"vidpress": settings},
+            video_pruning_rate=RATE,
+            dtype="float32",
+            max_model_len=1024,
+            enforce_eager=True,
+        )

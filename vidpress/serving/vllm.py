@@ -132,15 +132,22 @@ class ServingPress:
     score_deepstack: bool = False
 
 
+def check_family(model_type: str, architecture: str | None = None) -> None:
+    """Raise a ValueError unless a vidpress architecture (`architecture`, or any) serves `model_type`."""
+    families = {model: arch for arch, (model, _) in ARCHITECTURES.items()}
+    if model_type not in families or (architecture is not None and families[model_type] != architecture):
+        raise ValueError(
+            f"vidpress: no video-pruning hook for model type {model_type!r}"
+            + (f" in {architecture}" if architecture else " in vLLM")
+            + "; the vidpress architectures serve "
+            + ", ".join(f"{model} ({arch})" for model, arch in families.items())
+        )
+
+
 def press_from_config(additional_config, model_type: str, video_pruning_rate: float | None) -> ServingPress:
     """Build the press of `--additional-config '{"vidpress": {"press": NAME, ...knobs}}'` for a model, or raise a
     ValueError saying what was wrong and what is accepted."""
-    families = {model: arch for arch, (model, _) in ARCHITECTURES.items()}
-    if model_type not in families:
-        raise ValueError(
-            f"vidpress: no video-pruning hook for model type {model_type!r} in vLLM; the vidpress architectures serve "
-            + ", ".join(f"{model} ({arch})" for model, arch in families.items())
-        )
+    check_family(model_type)
     settings = additional_config.get(CONFIG_KEY) if isinstance(additional_config, dict) else None
     if not isinstance(settings, dict) or "press" not in settings:
         raise ValueError(
@@ -272,5 +279,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["ARCHITECTURES", "CONFIG_KEY", "ServingPress", "applicable_presses", "press_from_config", "refusal_reason",
+__all__ = ["ARCHITECTURES", "CONFIG_KEY", "ServingPress", "applicable_presses", "check_family", "press_from_config", "refusal_reason",
            "register", "select_exact"]

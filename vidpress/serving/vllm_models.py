@@ -10,22 +10,32 @@ channels and places the rows). Everything else is vLLM's code, unchanged. Requir
 from __future__ import annotations
 
 import torch
-from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
-from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
+from vllm.model_executor.models.qwen2_5_vl import (
+    Qwen2_5_VLDummyInputsBuilder,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLMultiModalProcessor,
+    Qwen2_5_VLProcessingInfo,
+)
+from vllm.model_executor.models.qwen3_vl import (
+    Qwen3VLDummyInputsBuilder,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMultiModalProcessor,
+    Qwen3VLProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.video_prune import evs, vidcom2
 
-from vidpress.serving.vllm import press_from_config, select_exact
+from vidpress.serving.vllm import check_family, press_from_config, select_exact
 from vidpress.types import VideoTokens
 
 
-def _setup(model, vllm_config) -> None:
-    """Build the press from `--additional-config` (clear errors at load time) and keep it on the model.
-    `model.vidpress_last_keep` will hold the kept indices (LongTensor [K] into T*M) of each video of the latest
-    encoder batch, for inspection (`LLM.apply_model`)."""
-    model.vidpress_last_keep = []
-    mm_config = vllm_config.model_config.get_multimodal_config()
-    model.vidpress = press_from_config(
-        vllm_config.additional_config, model.config.model_type, mm_config.video_pruning_rate
+def _serving_press(vllm_config):
+    """The press of `--additional-config` for this model (ValueError naming what is accepted), built before vLLM
+    builds any part of the model so that a wrong family or press fails first and clearly."""
+    return press_from_config(
+        vllm_config.additional_config,
+        vllm_config.model_config.hf_config.model_type,
+        vllm_config.model_config.get_multimodal_config().video_pruning_rate,
     )
 
 
@@ -40,12 +50,31 @@ def _keep_mask(model, features: torch.Tensor, grid: tuple[int, int, int], count:
     return mask, kept.to(features.device, features.dtype)
 
 
+# vLLM's own processors, behind a family check: a model of another family fails in the first process that reads
+# its config (the API server) with the vidpress message instead of vLLM's config type error.
+class _Qwen2_5_VLInfo(Qwen2_5_VLProcessingInfo):
+    def get_hf_config(self):
+        check_family(self.ctx.model_config.hf_config.model_type, "VidpressQwen2_5_VLForConditionalGeneration")
+        return super().get_hf_config()
+
+
+class _Qwen3VLInfo(Qwen3VLProcessingInfo):
+    def get_hf_config(self):
+        check_family(self.ctx.model_config.hf_config.model_type, "VidpressQwen3VLForConditionalGeneration")
+        return super().get_hf_config()
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    Qwen2_5_VLMultiModalProcessor, info=_Qwen2_5_VLInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
+)
 class VidpressQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     """Qwen2.5-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS contract)."""
 
     def __init__(self, *, vllm_config, prefix: str = ""):
+        serving = _serving_press(vllm_config)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        _setup(self, vllm_config)
+        self.vidpress = serving
+        self.vidpress_last_keep: list[torch.Tensor] = []  # kept indices [K] per video of the latest encoder batch
 
     def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
         """Per video: rows [T*M, D] -> kept rows [K, D + 4], K = vLLM's EVS count; the 4 appended channels are the
@@ -72,13 +101,16 @@ class VidpressQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGenerat
         return tuple(out)
 
 
+@MULTIMODAL_REGISTRY.register_processor(Qwen3VLMultiModalProcessor, info=_Qwen3VLInfo, dummy_inputs=Qwen3VLDummyInputsBuilder)
 class VidpressQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
     """Qwen3-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS or VidCom2 contract,
     by --video-pruning-method). DeepStack features of kept tokens are kept with them."""
 
     def __init__(self, *, vllm_config, prefix: str = "model"):
+        serving = _serving_press(vllm_config)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        _setup(self, vllm_config)
+        self.vidpress = serving
+        self.vidpress_last_keep: list[torch.Tensor] = []  # kept indices [K] per video of the latest encoder batch
 
     def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
         """Per video: rows [T*M, D * (1 + levels)] (main features, then DeepStack levels) -> the video's final rows
