@@ -25,7 +25,6 @@ else:
 
 from vllm import LLM, SamplingParams  # noqa: E402
 
-from vidpress import presses  # noqa: E402
 from vidpress.presses.base import Press  # noqa: E402
 from vidpress.serving.vllm import applicable_presses, press_from_config, select_exact  # noqa: E402
 from vidpress.testing import build_tiny_model, make_inputs, tiny_model_and_processor, tiny_video  # noqa: E402
