@@ -45,8 +45,6 @@ ARCHITECTURES = {
 }
 #: key of the vidpress settings inside `--additional-config`
 CONFIG_KEY = "vidpress"
-#: settings of the plugin itself (everything else in the vidpress settings is a knob of the press)
-OPTIONS = ("press", "score_deepstack")
 
 
 def register() -> None:
@@ -76,6 +74,10 @@ def _enable_pruning_on_cpu() -> None:
     mismatch. This sets the flag the same way after the CPU runner loads. Done once per process; a no-op where the
     CPU runner is absent or already sets the flag itself.
     """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
     try:
         from vllm.model_executor.models.interfaces import supports_multimodal_pruning
         from vllm.v1.worker.cpu_model_runner import CPUModelRunner
