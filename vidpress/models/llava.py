@@ -147,6 +147,10 @@ class LlavaNextVideoAdapter(LlavaVideoAdapter):
         side = self.config.vision_config.image_size // self.config.vision_config.patch_size // self.config.spatial_pool_stride
         return side, side
 
+    def per_video_rows(self, output) -> list[torch.Tensor]:
+        # transformers 5.23: [V, T * M, D]; 5.19: a tuple of [T, M, D] per video
+        return [rows.reshape(-1, rows.shape[-1]) for rows in output.pooler_output]
+
     def pack_videos(self, output, kept_rows, kept_features):
         # The model flattens each entry over its first two dims and concatenates them. One row per entry
         # [K, 1, 1, D], so that generate's multimodal expansion (beams, several return sequences) can split the rows

@@ -1,0 +1,119 @@
+"""The press side of the vLLM plugin (vidpress.serving.vllm): config parsing, refusals and the exact-count keep mask.
+Runs without vLLM; the end-to-end tests inside vLLM are in test_vllm_plugin.py."""
+
+import math
+
+import pytest
+import torch
+
+from vidpress import VideoTokens, presses
+from vidpress.presses.base import ScorePress
+from vidpress.serving.vllm import applicable_presses, press_from_config, select_exact
+
+WORKING = ["divprune", "dycoke", "fastvid", "random", "uniform", "vidcom2"]
+REFUSED = ["cacovid", "fastv", "marc", "pdrop", "visionzip"]
+
+
+def video(T=8, M=16, D=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return VideoTokens(torch.randn(T, M, D, generator=g), (T, int(math.isqrt(M)), int(math.isqrt(M))))
+
+
+def config(name, **knobs):
+    return {"vidpress": {"press": name, **knobs}}
+
+
+def test_applicable_presses():
+    assert applicable_presses() == WORKING
+    assert sorted(WORKING + REFUSED) == presses.available()
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_refused_press_names_the_working_ones(name):
+    with pytest.raises(ValueError, match=f"press '{name}' cannot run in vLLM: .*divprune, dycoke, fastvid, random"):
+        press_from_config(config(name), "qwen2_5_vl", 0.5)
+
+
+def test_unknown_press_and_bad_settings():
+    with pytest.raises(ValueError, match="unknown press 'nope'; presses that run in vLLM: divprune"):
+        press_from_config(config("nope"), "qwen2_5_vl", 0.5)
+    with pytest.raises(ValueError, match="additional-config"):
+        press_from_config({}, "qwen2_5_vl", 0.5)
+    with pytest.raises(ValueError, match="retention comes from --video-pruning-rate"):
+        press_from_config(config("divprune", retention=0.3), "qwen2_5_vl", 0.5)
+    with pytest.raises(ValueError, match="needs --video-pruning-rate in"):
+        press_from_config(config("divprune"), "qwen2_5_vl", None)
+    with pytest.raises(ValueError, match="score_deepstack applies to Qwen3-VL only"):
+        press_from_config(config("vidcom2", score_deepstack=True), "qwen2_5_vl", 0.5)
+    with pytest.raises(ValueError, match="tau must be > 0"):  # knobs reach the press
+        press_from_config(config("vidcom2", tau=0), "qwen3_vl", 0.5)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "llava_onevision", "llava_next_video"])
+def test_family_without_hook(model_type):
+    with pytest.raises(ValueError, match=f"no video-pruning hook for model type '{model_type}' in vLLM.*qwen2_5_vl.*qwen3_vl"):
+        press_from_config(config("divprune"), model_type, 0.5)
+
+
+def test_press_runs_at_one_minus_rate_with_knobs():
+    serving = press_from_config(config("VidCom2", tau=0.05, score_deepstack=True), "qwen3_vl", 0.75)
+    assert isinstance(serving.press, presses.VidCom2Press)
+    assert serving.press.retention == pytest.approx(0.25) and serving.press.tau == 0.05
+    assert serving.score_deepstack
+
+
+@pytest.mark.parametrize("name", WORKING)
+@pytest.mark.parametrize("count", [8, 16, 31, 40, 77, 127, 128])
+def test_select_exact_keeps_the_contract_count(name, count):
+    tokens = video()
+    press = presses.get(name, retention=0.25)
+    keep, features = select_exact(press, tokens, count)
+    assert keep.numel() == count and features.shape == (count, 32)
+    assert torch.equal(keep, keep.unique())  # sorted, no duplicates
+    if count == 128:
+        assert torch.equal(features, tokens.features.reshape(128, 32))
+
+
+@pytest.mark.parametrize("name", WORKING)
+def test_select_exact_is_the_press_choice_when_counts_agree(name):
+    tokens = video()
+    press = presses.get(name, retention=0.25)
+    selection = press.select(tokens)
+    keep, features = select_exact(press, tokens, selection.num_kept)
+    assert torch.equal(keep, selection.keep_indices)
+    expected = selection.features if selection.features is not None else tokens.features.reshape(128, 32)[keep]
+    assert torch.equal(features, expected)
+
+
+@pytest.mark.parametrize("name", ["vidcom2", "random"])
+def test_select_exact_fits_by_the_press_scores(name):
+    tokens = video()
+    press = presses.get(name, retention=0.25)
+    assert isinstance(press, ScorePress)
+    scores = press.rank(tokens, None)[0].flatten()
+    base = press.select(tokens).keep_indices
+    more, _ = select_exact(press, tokens, base.numel() + 5)
+    fewer, _ = select_exact(press, tokens, base.numel() - 5)
+    added = sorted(set(more.tolist()) - set(base.tolist()))
+    dropped = sorted(set(base.tolist()) - set(fewer.tolist()))
+    assert len(added) == 5 and set(base.tolist()) <= set(more.tolist())
+    assert len(dropped) == 5 and set(fewer.tolist()) <= set(base.tolist())
+    others = sorted(set(range(128)) - set(base.tolist()) - set(added))
+    assert scores[added].min() >= scores[others].max()
+    assert scores[dropped].max() <= scores[fewer].min()
+
+
+def test_select_exact_merging_press_keeps_merged_rows_when_topping_up():
+    tokens = video()
+    press = presses.get("dycoke", retention=0.5)
+    selection = press.select(tokens)
+    keep, features = select_exact(press, tokens, selection.num_kept + 3)
+    flat = tokens.features.reshape(128, 32)
+    old = torch.isin(keep, selection.keep_indices)
+    assert torch.equal(features[old], selection.features)  # merged rows stay merged
+    assert torch.equal(features[~old], flat[keep[~old]])  # added tokens bring their own features
+
+
+def test_select_exact_bad_count():
+    with pytest.raises(ValueError, match="cannot keep 0 of 128"):
+        select_exact(presses.get("random"), video(), 0)

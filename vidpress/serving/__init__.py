@@ -1,0 +1,1 @@
+"""Serving integrations: vidpress presses inside inference servers (see `vidpress.serving.vllm`)."""

