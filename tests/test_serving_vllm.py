@@ -105,7 +105,7 @@ def test_select_exact_fits_by_the_press_scores(name):
 
 def test_select_exact_merging_press_keeps_merged_rows_when_topping_up():
     tokens = video()
-    press = presses.get("dycoke", retention=0.5)
+    press = presses.get("dycoke", retention=0.5, merge=True)  # the merging variant
     selection = press.select(tokens)
     keep, features = select_exact(press, tokens, selection.num_kept + 3)
     flat = tokens.features.reshape(128, 32)

@@ -191,8 +191,8 @@ class Adapter:
             tokens = layout.tokens
             sample = int(flat_positions[offset]) // L
             frame_slots = flat_positions[offset : offset + tokens.num_tokens] % L
-            query = (self.query(input_ids[sample], real[sample], None if embeds is None else embeds[sample],
-                                position_ids[..., sample, :], frame_slots) if press.query_aware else None)
+            query = (self.query(input_ids[sample], real[sample], position_ids[..., sample, :], frame_slots,
+                                None if embeds is None else embeds[sample]) if press.query_aware else None)
             selection = press.select(tokens, query)
             keep = selection.keep_indices.to(input_ids.device)
             extra = torch.arange(tokens.num_tokens, layout.num_rows, device=input_ids.device)
@@ -277,8 +277,8 @@ class Adapter:
         output.vidpress_vision_stats = {**getattr(output, "vidpress_vision_stats", {}), layer: stats}
         return output
 
-    def query(self, input_ids: torch.Tensor, real: torch.Tensor, embeds: torch.Tensor | None = None,
-              position_ids: torch.Tensor | None = None, video_slots: torch.Tensor | None = None) -> Query:
+    def query(self, input_ids: torch.Tensor, real: torch.Tensor, position_ids: torch.Tensor | None = None,
+              video_slots: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> Query:
         """The sample's text tokens (no visual placeholders, no padding), their embeddings ([L] ids, [L, D] rows;
         `embeds` [L_all, D]: the caller's inputs_embeds, used instead of the embedding table), and `question_mask`
         over them: the user's question, i.e. the text after the last visual token (placeholder or vision-end
