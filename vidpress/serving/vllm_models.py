@@ -64,17 +64,24 @@ class _Qwen3VLInfo(Qwen3VLProcessingInfo):
         return super().get_hf_config()
 
 
+class _PressedVideo:
+    """Reads the press from vLLM's config before the model is built (a bad press fails at load). vLLM's loader
+    looks for `vllm_config` and `prefix` in the signature, so both stay named; `default_prefix` is the family's."""
+
+    default_prefix = ""
+
+    def __init__(self, *, vllm_config, prefix: str | None = None):
+        serving = _serving_press(vllm_config)
+        super().__init__(vllm_config=vllm_config, prefix=self.default_prefix if prefix is None else prefix)
+        self.vidpress = serving
+        self.vidpress_last_keep: list[torch.Tensor] = []  # kept indices [K] per video of the latest encoder batch
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     Qwen2_5_VLMultiModalProcessor, info=_Qwen2_5_VLInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
 )
-class VidpressQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+class VidpressQwen2_5_VLForConditionalGeneration(_PressedVideo, Qwen2_5_VLForConditionalGeneration):
     """Qwen2.5-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS contract)."""
-
-    def __init__(self, *, vllm_config, prefix: str = ""):
-        serving = _serving_press(vllm_config)
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.vidpress = serving
-        self.vidpress_last_keep: list[torch.Tensor] = []  # kept indices [K] per video of the latest encoder batch
 
     def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
         """Per video: rows [T*M, D] -> kept rows [K, D + 4], K = vLLM's EVS count; the 4 appended channels are the
@@ -102,15 +109,11 @@ class VidpressQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGenerat
 
 
 @MULTIMODAL_REGISTRY.register_processor(Qwen3VLMultiModalProcessor, info=_Qwen3VLInfo, dummy_inputs=Qwen3VLDummyInputsBuilder)
-class VidpressQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
+class VidpressQwen3VLForConditionalGeneration(_PressedVideo, Qwen3VLForConditionalGeneration):
     """Qwen3-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS or VidCom2 contract,
     by --video-pruning-method). DeepStack features of kept tokens are kept with them."""
 
-    def __init__(self, *, vllm_config, prefix: str = "model"):
-        serving = _serving_press(vllm_config)
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.vidpress = serving
-        self.vidpress_last_keep: list[torch.Tensor] = []  # kept indices [K] per video of the latest encoder batch
+    default_prefix = "model"  # vLLM's Qwen3-VL default
 
     def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
         """Per video: rows [T*M, D * (1 + levels)] (main features, then DeepStack levels) -> the video's final rows
