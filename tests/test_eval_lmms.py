@@ -26,14 +26,14 @@ def test_lmms_eval_runs_a_task_with_a_pressed_model(lmms_eval, tiny_model, tiny_
     assert get_model("vidpress") is VidpressLMM  # found through vidpress's entry point
     tiny_model("qwen2_5_vl")
     retentions = []
-    compress = Adapter.compress
+    press_inputs = Adapter.press_inputs
 
     def spy(self, press, inputs, for_generate):
-        out, report = compress(self, press, inputs, for_generate)
+        out, report = press_inputs(self, press, inputs, for_generate)
         retentions.append(report.retention)
         return out, report
 
-    monkeypatch.setattr(Adapter, "compress", spy)
+    monkeypatch.setattr(Adapter, "press_inputs", spy)
     task = lmms_task(tmp_path / "task", questions=3)
     results = simple_evaluate(
         model="vidpress",

@@ -103,7 +103,7 @@ def test_several_videos_and_an_image_in_one_prompt(tiny, family):
     adapter = get_adapter(model)
     inputs = make_inputs(processor, [[tiny_video(8, seed=1), tiny_video(8, seed=2)]], "Compare the videos.", images=[[tiny_image()]])
     ids = inputs["input_ids"]
-    pressed, report = adapter.compress(VidCom2Press(retention=0.25), dict(inputs), for_generate=True)
+    pressed, report = adapter.press_inputs(VidCom2Press(retention=0.25), dict(inputs), for_generate=True)
     assert len(report.selections) == 2
     new_ids = pressed["input_ids"]
     image_id, video_id = model.config.image_token_id, model.config.video_token_id

@@ -275,7 +275,7 @@ def cmd_inspect(args) -> int:
             model(**inputs)
         report = pressed.last_report
     else:
-        _, report = get_adapter(model).compress(press, inputs, for_generate=False)
+        _, report = get_adapter(model).press_inputs(press, inputs, for_generate=False)
     selection, tokens = report.selections[0], report.videos[0]
     title = f"{args.press} at retention {args.retention:g} on {video_path.name}: "
     if report.layer_tokens:

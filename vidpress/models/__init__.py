@@ -97,7 +97,7 @@ class PressedModel:
             if self.pruner is not None:
                 self.pruner.report = None
             return kwargs
-        kwargs, self.last_report = self.adapter.compress(self.press, kwargs, for_generate)
+        kwargs, self.last_report = self.adapter.press_inputs(self.press, kwargs, for_generate)
         if self.pruner is not None:
             self.pruner.begin(self.last_report.input_ids, kwargs.get("attention_mask"), self.last_report)
         return kwargs
@@ -334,7 +334,8 @@ def apply_press(press, model):
         model._vidpress_pressed = pressed
     with contextlib.ExitStack() as undo:
         undo.callback(vars(model).pop, "_vidpress_pressed", None)
-        if getattr(press, "acts_in_llm", False) and press.retention < 1:
+        press.post_init_from_model(model)
+        if press.acts_in_llm and press.retention < 1:
             pressed.pruner = LayerPruner(press, adapter)
             undo.callback(pressed.pruner.remove)
             pressed.pruner.install()

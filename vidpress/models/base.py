@@ -146,7 +146,7 @@ class Adapter:
         names = [n for n in inspect.signature(encoder).parameters if n != "kwargs" and n in inputs]
         return encoder(**{n: inputs[n] for n in names}, return_dict=True)
 
-    def compress(self, press, inputs: dict, for_generate: bool) -> tuple[dict, PressReport]:
+    def press_inputs(self, press, inputs: dict, for_generate: bool) -> tuple[dict, PressReport]:
         """Return model kwargs with the press applied to every video, and a report of what was kept.
 
         Gradients flow as in the unpressed model when grad mode is on (the encoders run in the caller's mode);
@@ -241,10 +241,10 @@ class Adapter:
         1), every video's VideoTokens also get the side features "vision_attention" [T, M] and "vision_keys"
         [T, M, d] of vision block `press.vision_layer`: recorded while the encoder runs (`encode_with_vision_stats`),
         or taken from pre-computed `mm_encoder_outputs["video"]` that this method produced."""
-        if not getattr(press, "needs_vision_stats", False) or press.retention >= 1.0:
+        if not press.needs_vision_stats or press.retention >= 1.0:
             output = self.encode("video", inputs)
             return output, self.video_layouts(output, inputs)
-        layer = getattr(press, "vision_layer", None)
+        layer = press.vision_layer
         output = (inputs.get("mm_encoder_outputs") or {}).get("video")
         if output is None:
             output = self.encode_with_vision_stats(inputs, layer)

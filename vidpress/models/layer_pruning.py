@@ -64,12 +64,12 @@ class LayerPruner:
                 f"{num_layers - 1} only" + (" (its DeepStack features enter the first layers)" if adapter.min_prune_layer > 1 else "")
             )
         self.attn_implementation = adapter.config.get_text_config()._attn_implementation
-        scoring = getattr(press, "scoring", "previous_layer")
+        scoring = press.scoring
         if scoring not in ("previous_layer", "stage_layer"):
             raise ValueError(f"{type(press).__name__}.scoring must be 'previous_layer' or 'stage_layer'; got {scoring!r}")
         self.own_layer = scoring == "stage_layer"  # rank with the stage layer's own attention (PDrop as released)
         self.scoring_pass = False
-        self.compute_dtype = getattr(press, "compute_dtype", "float32")
+        self.compute_dtype = press.compute_dtype
         self._handles, self._routes = [], []
         self.report: PressReport | None = None
 

@@ -1,8 +1,12 @@
-"""The press registry: `get("vidcom2", retention=0.25)` builds a press by name; `available()` lists the names."""
+"""The press registry: `get("vidcom2", retention=0.25)` builds a press by name; `available()` lists the names.
+
+Each press registers itself with `@register("name")` in its own file; the one import line per press below is what
+loads it. A new press: one new file and one line here.
+"""
 
 from __future__ import annotations
 
-from vidpress.presses.base import LayerPress, Press, ScorePress
+from vidpress.presses.base import PRESSES, LayerPress, Press, ScorePress, register
 from vidpress.presses.cacovid import CaCoVIDPolicy, CaCoVIDPress
 from vidpress.presses.divprune import DivPrunePress
 from vidpress.presses.dycoke import DyCokePress
@@ -14,21 +18,6 @@ from vidpress.presses.random import RandomPress
 from vidpress.presses.uniform import UniformPress
 from vidpress.presses.vidcom2 import VidCom2Press
 from vidpress.presses.visionzip import VisionZipPress
-
-# One line per press: the name users type -> the class.
-PRESSES: dict[str, type[Press]] = {
-    "vidcom2": VidCom2Press,
-    "random": RandomPress,
-    "uniform": UniformPress,
-    "fastv": FastVPress,
-    "pdrop": PDropPress,
-    "divprune": DivPrunePress,
-    "dycoke": DyCokePress,
-    "fastvid": FastVIDPress,
-    "visionzip": VisionZipPress,
-    "marc": MarcPress,
-    "cacovid": CaCoVIDPress,
-}
 
 
 def available() -> list[str]:
@@ -44,4 +33,6 @@ def get(name: str, **knobs) -> Press:
     return PRESSES[key](**knobs)
 
 
-__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get"]
+__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress",
+           "LayerPress", "MarcPress", "PDropPress", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press",
+           "VisionZipPress", "available", "get", "register"]

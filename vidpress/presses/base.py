@@ -9,10 +9,31 @@ model on exit. Score-based presses only say how good each token is and how many 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from vidpress.types import Query, Selection, VideoTokens, check_retention
+
+
+#: The press registry: the name users type -> the class. Filled by `@register("name")` on each press class.
+PRESSES: dict[str, type[Press]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a press available by `name` (`vidpress.presses.get(name)`, the CLI, the bench).
+
+    A new press is one file with `@register("name")` on its class, plus one import line in `presses/__init__.py`.
+    """
+
+    def add(cls: type[Press]) -> type[Press]:
+        if name in PRESSES and PRESSES[name] is not cls:
+            raise ValueError(f"press name {name!r} is already registered for {PRESSES[name].__name__}")
+        PRESSES[name] = cls
+        cls.name = name
+        return cls
+
+    return add
 
 
 @dataclass
@@ -21,15 +42,40 @@ class Press:
 
     Args:
         retention: fraction of video tokens to keep, in (0, 1]; 1.0 keeps every token.
+
+    The class attributes below are the press's contract with the model adapters, the CLI, the bench and the
+    serving plugin; each has a default here, so a press declares only what differs.
     """
 
     retention: float = 0.25
 
+    #: the registered name (set by `@register`); None for an unregistered press
+    name: ClassVar[str | None] = None
     #: True when the press reads the question (Query); the adapter only builds one for such presses.
-    query_aware = False
+    query_aware: ClassVar[bool] = False
+    #: True when the press acts between LLM decoder layers (a `LayerPress`) instead of before the LLM.
+    acts_in_llm: ClassVar[bool] = False
+    #: True when the press reads the vision encoder's attention statistics (`VideoTokens.vision_stats`) of block
+    #: `vision_layer` (None: the adapter's default block); the adapter records them while the encoder runs.
+    needs_vision_stats: ClassVar[bool] = False
+    vision_layer = None  # (not annotated: a press may make it a dataclass knob, in its own field order)
+    #: True when the press needs trained weights (a policy) to drop anything; it loads them in
+    #: `post_init_from_model`, and built by name without them it only works at retention 1.
+    needs_policy: ClassVar[bool] = False
 
     def __post_init__(self):
         self.retention = check_retention(self.retention)
+
+    def post_init_from_model(self, model) -> None:
+        """Called once with the model before the press is applied to it (`press(model)` on entry): a press that
+        needs something from the model, or weights from a folder (a learned press's policy), loads it here and
+        checks that it fits the model. The default needs nothing."""
+
+    def min_retention(self, num_frames: int, num_layers: int | None = None) -> float:
+        """Lowest effective retention this press reaches on a video of `num_frames` frames in an LLM of
+        `num_layers` decoder layers; a lower request is met at this floor, and the PressReport says so.
+        The default (0.0): every retention is reached (at least one token is always kept)."""
+        return 0.0
 
     def select(self, tokens: VideoTokens, query: Query | None = None) -> Selection:
         """Choose the tokens of one video to keep. features [T, M, D] -> Selection over T * M."""
@@ -73,13 +119,22 @@ class LayerPress(Press):
     `PDropPress` for worked examples).
     """
 
-    acts_in_llm = True
+    acts_in_llm: ClassVar[bool] = True
     #: where the ranking attention comes from (see the class docstring)
     scoring = "previous_layer"
+    #: how the ranking attention is computed (see `check_compute_dtype`); FastV/PDrop make it a knob. Like `scoring`,
+    #: not annotated here, so a subclass's knob keeps its own place in the dataclass field order.
+    compute_dtype = "float32"
 
     def schedule(self, num_layers: int) -> list[tuple[int, float]]:
         """Stages [(layer, fraction)]: from `layer` on, `fraction` of each sample's frame tokens are processed."""
         raise NotImplementedError
+
+    def min_retention(self, num_frames: int, num_layers: int | None = None) -> float:
+        """The layers before the first stage see every token: about (first stage layer) / num_layers."""
+        if num_layers is None:
+            return 0.0
+        return self.schedule(num_layers)[0][0] / num_layers
 
     def stage_budget(self, fraction: float, frame_tokens: torch.Tensor) -> torch.Tensor:
         """Frame tokens kept per sample at a stage: round(fraction * frame_tokens), at least 1. [B] -> [B]."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vidpress.presses.base import Press, keep_top_per_frame, token_budget
+from vidpress.presses.base import Press, keep_top_per_frame, register, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
 CONFIG_NAME = "cacovid_config.json"
@@ -302,6 +302,7 @@ def released_allocation(token_scores: torch.Tensor, frame_scores: torch.Tensor, 
     return keep.view(T, M)
 
 
+@register("cacovid")
 @dataclass
 class CaCoVIDPress(Press):
     """CaCoVID token selection with a trained `CaCoVIDPolicy`, by the released allocation (`released_allocation`):
@@ -310,27 +311,34 @@ class CaCoVIDPress(Press):
     int(imp_ratio * M * max_ratio)); the rest an evenly spaced fill over all remaining tokens, frame-blind.
 
     Args:
-        policy: the trained policy (`CaCoVIDPolicy.from_pretrained(path)`), built for the model it runs on.
+        policy: the trained policy, built for the model it runs on: a `CaCoVIDPolicy`, or the folder one was saved to
+            (`vidpress train cacovid` writes it), loaded onto the model's device when the press is applied.
         retention: R; exactly token_budget(R, T * M) = round(R * N) tokens are kept.
         imp_ratio: share of the budget taken by the token head's top tokens (0.5 released).
         min_ratio, max_ratio: clip of the frame shares relative to the uniform 1 / T (0.5 and 1.5 released).
         frame_logit_max: the frame logits are rescaled so their largest magnitude is this (3 released).
     """
 
-    policy: CaCoVIDPolicy | None = None
+    policy: CaCoVIDPolicy | str | Path | None = None
     imp_ratio: float = 0.5
     min_ratio: float = 0.5
     max_ratio: float = 1.5
     frame_logit_max: float = 3.0
 
     query_aware = True
-    #: built by name without a policy, the press only works at retention 1 (the registry's generic tests skip it)
     needs_policy = True
 
     def __post_init__(self):
         super().__post_init__()
-        if self.policy is not None and not isinstance(self.policy, CaCoVIDPolicy):
-            raise ValueError(f"policy must be a CaCoVIDPolicy; got {type(self.policy).__name__}")
+        if isinstance(self.policy, (str, Path)):
+            if not Path(self.policy).is_dir():
+                raise ValueError(f"policy {str(self.policy)!r} is not a directory; pass a folder written by "
+                                 "`vidpress train cacovid` (or a CaCoVIDPolicy)")
+            if not (Path(self.policy) / CONFIG_NAME).is_file() or not (Path(self.policy) / WEIGHTS_NAME).is_file():
+                raise ValueError(f"policy {str(self.policy)!r}: no CaCoVID policy there (expected {CONFIG_NAME} and "
+                                 f"{WEIGHTS_NAME}); pass a folder written by `vidpress train cacovid`")
+        elif self.policy is not None and not isinstance(self.policy, CaCoVIDPolicy):
+            raise ValueError(f"policy must be a CaCoVIDPolicy or a policy folder; got {type(self.policy).__name__}")
         if not 0.0 <= self.imp_ratio <= 1.0:
             raise ValueError(f"imp_ratio must be in [0, 1]; got {self.imp_ratio!r}")
         if not 0.0 <= self.min_ratio <= 1.0 <= self.max_ratio:
@@ -338,7 +346,17 @@ class CaCoVIDPress(Press):
         if not self.frame_logit_max > 0:
             raise ValueError(f"frame_logit_max must be > 0; got {self.frame_logit_max!r}")
 
+    def post_init_from_model(self, model) -> None:
+        """Load a policy given as a folder onto the model's device, and check it was built for a model this wide."""
+        if isinstance(self.policy, (str, Path)):
+            self.policy = CaCoVIDPolicy.from_pretrained(self.policy, device=model.device)
+        if self.policy is not None:
+            self.policy.check_width(model.config.get_text_config().hidden_size)
+
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
+        if isinstance(self.policy, (str, Path)):
+            raise ValueError("CaCoVIDPress(policy=<folder>) loads its policy when applied to a model (`press(model)`); "
+                             "to call select() directly, pass policy=CaCoVIDPolicy.from_pretrained(folder)")
         if self.policy is None:
             raise ValueError(
                 "CaCoVIDPress needs a trained policy: CaCoVIDPress(policy=CaCoVIDPolicy.from_pretrained(path), ...); "

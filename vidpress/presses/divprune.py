@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, check_compute_dtype, in_compute_dtype, token_budget
+from vidpress.presses.base import Press, check_compute_dtype, in_compute_dtype, register, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
 # Rows of the all-pairs pass per block: [ROWS, N] similarities at a time, never the [N, N] matrix.
@@ -23,6 +23,7 @@ _PICKS_PER_FOLD = 64
 _MAX_CANDIDATES = 1024
 
 
+@register("divprune")
 @dataclass
 class DivPrunePress(Press):
     """DivPrune: greedy max-min cosine diversity over all T * M tokens of the video.

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, average_into_kept, check_compute_dtype, in_compute_dtype, keep_top_per_frame, token_budget
+from vidpress.presses.base import Press, average_into_kept, check_compute_dtype, in_compute_dtype, keep_top_per_frame, register, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
 logger = logging.getLogger("vidpress")
 
 
+@register("dycoke")
 @dataclass
 class DyCokePress(Press):
     """DyCoke token temporal merging (stage 1).
@@ -76,7 +77,7 @@ class DyCokePress(Press):
         self.compute_dtype = check_compute_dtype(self.compute_dtype)
         self._warned_floor = False
 
-    def min_retention(self, num_frames: int) -> float:
+    def min_retention(self, num_frames: int, num_layers: int | None = None) -> float:
         """Lowest retention stage 1 reaches on `num_frames` frames: the frames kept whole."""
         return int(self._frame_kinds(num_frames)[0].sum()) / num_frames
 

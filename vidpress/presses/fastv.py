@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vidpress.presses.base import LayerPress, check_compute_dtype
+from vidpress.presses.base import LayerPress, check_compute_dtype, register
 
 
+@register("fastv")
 @dataclass
 class FastVPress(LayerPress):
     """FastV with the kept share set so that the layer-averaged retention equals `retention`.

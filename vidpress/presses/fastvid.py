@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, apportion, check_compute_dtype, in_compute_dtype, keep_top_per_frame, token_budget
+from vidpress.presses.base import Press, apportion, check_compute_dtype, in_compute_dtype, keep_top_per_frame, register, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
 # Entries per block in the token-to-context distance pass (rows = this // columns).
 _BLOCK_ELEMENTS = 1 << 24
 
+@register("fastvid")
 @dataclass
 class FastVIDPress(Press):
     """FastVID: dynamic temporal segmentation + density-based spatiotemporal pruning with merging.

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, apportion, check_compute_dtype, in_compute_dtype, token_budget
+from vidpress.presses.base import Press, apportion, check_compute_dtype, in_compute_dtype, register, token_budget
 from vidpress.retrieval.events import clips_from_boundaries, segment
 from vidpress.types import Query, Selection, VideoTokens, check_retention
 
 
+@register("marc")
 @dataclass
 class MarcPress(Press):
     """MARC's token-level retrieval and memory-aware temporal merge (no parameters).

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import LayerPress, check_compute_dtype
+from vidpress.presses.base import LayerPress, check_compute_dtype, register
 
 
+@register("pdrop")
 @dataclass
 class PDropPress(LayerPress):
     """PyramidDrop with lambda chosen so that the layer-averaged retention equals `retention`.

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import ScorePress
+from vidpress.presses.base import ScorePress, register
 from vidpress.types import Query, VideoTokens
 
 
+@register("random")
 @dataclass
 class RandomPress(ScorePress):
     """Keep a uniform random subset of the video's tokens.

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import ScorePress
+from vidpress.presses.base import ScorePress, register
 from vidpress.types import Query, VideoTokens
 
 
+@register("uniform")
 @dataclass
 class UniformPress(ScorePress):
     """Keep whole frames, evenly spaced, as many as the token budget buys: max(1, round(R * T)) frames.

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import ScorePress, check_compute_dtype, in_compute_dtype
+from vidpress.presses.base import ScorePress, check_compute_dtype, in_compute_dtype, register
 from vidpress.types import Query, VideoTokens
 
 
+@register("vidcom2")
 @dataclass
 class VidCom2Press(ScorePress):
     """VidCom² token selection (the released rule by default; `similarity="cosine"` is the paper's variant).

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, check_compute_dtype, in_compute_dtype, keep_top_per_frame, token_budget
+from vidpress.presses.base import Press, check_compute_dtype, in_compute_dtype, keep_top_per_frame, register, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
 # Frames per block in the similarity pass: [frames, M, M] similarities at a time.
 _BLOCK_ELEMENTS = 1 << 24
 
 
+@register("visionzip")
 @dataclass
 class VisionZipPress(Press):
     """VisionZip: dominant tokens by vision-encoder attention + contextual tokens merged by key similarity.

@@ -106,11 +106,11 @@ def _enable_pruning_on_cpu() -> None:
 # -- which presses run at vLLM's pruning step -----------------------------------------------------------------
 def refusal_reason(press_cls: type[Press]) -> str | None:
     """Why `press_cls` cannot choose tokens at vLLM's video-pruning step, or None when it can."""
-    if getattr(press_cls, "query_aware", False):
+    if press_cls.query_aware:
         return "it reads the question, which vLLM's video-pruning step (after the vision encoder) does not see"
-    if getattr(press_cls, "needs_vision_stats", False):
+    if press_cls.needs_vision_stats:
         return "it needs attention statistics recorded inside the vision encoder, which vLLM's encoder does not expose"
-    if getattr(press_cls, "acts_in_llm", False):
+    if press_cls.acts_in_llm:
         return "it drops tokens between the LLM's decoder layers, where vLLM offers no hook"
     return None
 

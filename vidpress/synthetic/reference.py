@@ -431,7 +431,7 @@ def _lm_batch(model, prompts: _Prompts, data: _Cached, rows, config, letters, dr
             if not keep.any():
                 keep[int(drop.integers(n))] = True
             plans.append(keep.nonzero().squeeze(1))
-        inputs, _ = get_adapter(model).compress(_PlannedPress(retention=0.5, plans=plans), inputs, for_generate=False)
+        inputs, _ = get_adapter(model).press_inputs(_PlannedPress(retention=0.5, plans=plans), inputs, for_generate=False)
     targets = torch.tensor([[letters[data.answers[r]], prompts.end_id] for r in rows])
     return inputs, targets
 

@@ -544,7 +544,7 @@ class VLMReward:
         entries = [e for s in samples for e in s["videos"]]
         inputs["mm_encoder_outputs"] = {"video": _pack_entries(samples[0]["like"], entries)}
         plans = [keep.nonzero().squeeze(1) for _, keep in rows]
-        pressed, _ = self.adapter.compress(_PlanPress(retention=0.5, plans=plans), inputs, for_generate=False)
+        pressed, _ = self.adapter.press_inputs(_PlanPress(retention=0.5, plans=plans), inputs, for_generate=False)
         logits = self.model(**pressed, logits_to_keep=1).logits[:, -1]
         return logits[:, self.letters.to(logits.device)].argmax(-1).cpu()
 
