@@ -25,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the pe
 
 from reference import vidcom2_loop  # noqa: E402
 
-from vidpress import VideoTokens, VidCom2Press, presses  # noqa: E402  (before transformers: torchvision shim)
-from vidpress.presses import FastVPress, PDropPress  # noqa: E402
+from vidpress import VidCom2Press, VideoTokens, presses  # noqa: E402  (before transformers: torchvision shim)
 from vidpress.evaluation.timing import median_ms, time_prefill  # noqa: E402
+from vidpress.presses import FastVPress, PDropPress  # noqa: E402
+
+# isort: split
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from transformers.modeling_outputs import BaseModelOutputWithPooling  # noqa: E402
 
@@ -116,7 +118,8 @@ def llm_prefill(features: torch.Tensor, args) -> None:
           f"({timing.llm_speedup / timing.sequence_ratio:.2f} of the token-count ideal)")
     print(f"   press step (select + slicing) {timing.press_ms:.1f} ms = "
           f"{100 * timing.press_ms / (timing.llm_full_ms - timing.llm_pressed_ms):.2f}% of the prefill time it saves "
-          f"with {args.layers} layer(s); ~{100 * timing.press_ms / (28 / args.layers * (timing.llm_full_ms - timing.llm_pressed_ms)):.3f}%"
+          f"with {args.layers} layer(s); "
+          f"~{100 * timing.press_ms / (28 / args.layers * (timing.llm_full_ms - timing.llm_pressed_ms)):.3f}%"
           " at the full 28 layers")
 
 
@@ -130,14 +133,16 @@ class KeepEverythingAfter(FastVPress):
 
 def in_llm_presses(args) -> None:
     T = args.llm_frames
-    print(f"\n3. presses inside the LLM: 7B width, {args.llm_layers} layers, {T} frames x {args.tokens_per_frame} tokens")
+    print(f"\n3. presses inside the LLM: 7B width, {args.llm_layers} layers, "
+          f"{T} frames x {args.tokens_per_frame} tokens")
     model = qwen25vl_7b_width(args.llm_layers)
     inputs = prefill_inputs(torch.randn(T, args.tokens_per_frame, args.width))
     overhead = time_prefill(model, inputs, KeepEverythingAfter(retention=0.5, layer=2), repeats=args.repeats)
     print(f"   plain prefill {overhead.llm_full_ms:9.1f} ms; with FastV's machinery keeping every token "
           f"{overhead.llm_pressed_ms:9.1f} ms -> extra cost {overhead.llm_pressed_ms - overhead.llm_full_ms:+.1f} ms "
           f"({100 * (overhead.llm_pressed_ms / overhead.llm_full_ms - 1):+.1f}%)")
-    for name, press in (("fastv", FastVPress(retention=args.retention)), ("pdrop", PDropPress(retention=args.retention))):
+    for name, press in (("fastv", FastVPress(retention=args.retention)),
+                        ("pdrop", PDropPress(retention=args.retention))):
         try:
             timing = time_prefill(model, inputs, press, repeats=args.repeats)
         except ValueError as error:  # e.g. a retention below the press's floor on this depth

@@ -72,8 +72,8 @@ async def run_level(engine, requests, concurrency, params):
     start = time.perf_counter()
     await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
     wall = time.perf_counter() - start
-    return {"concurrency": concurrency, "requests_per_s": len(requests) / wall, "ttft_ms": 1000 * sum(ttfts) / len(ttfts),
-            "tokens_per_s": sum(tokens) / wall, "wall_s": wall}
+    return {"concurrency": concurrency, "requests_per_s": len(requests) / wall,
+            "ttft_ms": 1000 * sum(ttfts) / len(ttfts), "tokens_per_s": sum(tokens) / wall, "wall_s": wall}
 
 
 async def bench_setting(model_dir, name, rate, press, args, requests_by_level):

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from vidpress import VideoTokens, presses
 from vidpress.presses import DivPrunePress, DyCokePress, FastVIDPress
-from vidpress.presses.divprune import greedy_max_min
 from vidpress.presses.base import apportion
+from vidpress.presses.divprune import greedy_max_min
 from vidpress.testing import FAMILIES, make_inputs, tiny_video
 
 NAMES = ("divprune", "dycoke", "fastvid")
@@ -114,7 +114,8 @@ def test_bad_knobs_name_the_knob(cls, knobs, knob):
 
 def test_divprune_keeps_the_most_isolated_token_first():
     # a tight bundle around (1, 0, 0) and one token pointing elsewhere: the loner is the first (and only) pick
-    x = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.1, 0.0], [1.0, 0.0, 0.1], [1.0, 0.1, 0.1], [0.0, 0.0, 1.0], [1.0, -0.1, 0.0]])
+    x = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.1, 0.0], [1.0, 0.0, 0.1],
+                      [1.0, 0.1, 0.1], [0.0, 0.0, 1.0], [1.0, -0.1, 0.0]])
     tokens = VideoTokens(x.view(2, 3, 3), (2, 1, 3))
     assert DivPrunePress(retention=1 / 6).select(tokens).keep_indices.tolist() == [4]
     # next: the token farthest from the loner; tokens 0, 1 and 5 are all orthogonal to it, the lowest index wins
@@ -216,7 +217,8 @@ def test_fastvid_cuts_at_the_scene_change():
     assert len(segments) == 3 and any(start == 4 for start, _ in segments)
     # every transition below the threshold is cut; max_segments keeps the least similar ones
     assert len(FastVIDPress(retention=0.25, min_segments=1, threshold=1.0).segments(tokens)) == 8
-    assert FastVIDPress(retention=0.25, min_segments=1, threshold=1.0, max_segments=2).segments(tokens) == [(0, 4), (4, 8)]
+    assert (FastVIDPress(retention=0.25, min_segments=1, threshold=1.0, max_segments=2).segments(tokens)
+            == [(0, 4), (4, 8)])
     # never more segments than tokens in the budget
     assert len(FastVIDPress(retention=1 / 128, min_segments=8).segments(tokens)) == 1
 

@@ -84,7 +84,8 @@ def run(model, inputs, mode):
     """Run `mode` and return (sequences [N, L+NEW] or new tokens, logits [steps, N, V], streamed chunks or None)."""
     # a random-weight model may emit a visual placeholder, which a later no-cache step would take for video
     suppress = [model.config.video_token_id, model.config.image_token_id]
-    options = dict(max_new_tokens=NEW, output_logits=True, return_dict_in_generate=True, suppress_tokens=suppress, **MODES[mode])
+    options = dict(max_new_tokens=NEW, output_logits=True, return_dict_in_generate=True, suppress_tokens=suppress,
+                   **MODES[mode])
     torch.manual_seed(0)
     if mode == "inputs_embeds":  # generate then returns the new tokens only, pressed or not
         embeds = model.get_input_embeddings()(inputs["input_ids"])
@@ -96,7 +97,8 @@ def run(model, inputs, mode):
         return out.sequences, torch.stack(out.logits), streamer.chunks
     if mode == "continuation":  # 2 tokens, then 2 more from the returned cache and sequences
         first = model.generate(**{**inputs, **dict(options, max_new_tokens=2)})
-        mask = torch.cat([inputs["attention_mask"], torch.ones_like(first.sequences[:, inputs["input_ids"].shape[1]:])], 1)
+        mask = torch.cat([inputs["attention_mask"],
+                          torch.ones_like(first.sequences[:, inputs["input_ids"].shape[1]:])], 1)
         # as with the unpressed model: the video is in the cache, so no pixel values
         rest = dict(input_ids=first.sequences, attention_mask=mask, past_key_values=first.past_key_values)
         second = model.generate(**rest, **dict(options, max_new_tokens=NEW - 2))
@@ -125,7 +127,8 @@ def press_for(kind, family, retention):
     if kind == "pre":
         return VidCom2Press(retention=retention)
     layer = in_llm_layer(family)
-    return KeepAllAfterLayer(retention=0.5, layer=layer) if retention == 1.0 else FastVPress(retention=retention, layer=layer)
+    return (KeepAllAfterLayer(retention=0.5, layer=layer) if retention == 1.0
+            else FastVPress(retention=retention, layer=layer))
 
 
 def assert_restored(model):
@@ -202,7 +205,8 @@ def test_a_foreign_cache_or_new_prompt_is_refused(models, family):
         plain = model.generate(**inputs, max_new_tokens=2, return_dict_in_generate=True)
         with VidCom2Press(retention=0.5)(model):
             with pytest.raises(ValueError, match="did not produce"):
-                model.generate(**dict(inputs, input_ids=plain.sequences, attention_mask=None), past_key_values=plain.past_key_values, max_new_tokens=1)
+                model.generate(**dict(inputs, input_ids=plain.sequences, attention_mask=None),
+                               past_key_values=plain.past_key_values, max_new_tokens=1)
             first = model.generate(**inputs, max_new_tokens=2, return_dict_in_generate=True)
             other = first.sequences.clone()
             other[:, -3] += 1  # not the prompt the cache was made from
@@ -257,7 +261,8 @@ def test_one_press_per_model_and_all_or_nothing_entry(models):
 def test_assisted_decoding_is_a_clear_error(models, option):
     model, processor = models("qwen2_5_vl")
     inputs = make_inputs(processor, [tiny_video(8)], "What happens?")
-    with torch.no_grad(), VidCom2Press(retention=0.5)(model), pytest.raises(ValueError, match="not supported under a press"):
+    with (torch.no_grad(), VidCom2Press(retention=0.5)(model),
+          pytest.raises(ValueError, match="not supported under a press")):
         model.generate(**inputs, max_new_tokens=2, **option)
     assert_restored(model)
 
@@ -291,7 +296,7 @@ def test_a_model_shared_by_threads_is_a_clear_error_and_stays_intact(models):
     inputs = batch_inputs(processor, "llava_onevision")
     with torch.no_grad():
         ref = model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    entered, release, errors = threading.Event(), threading.Event(), []
+    entered, release = threading.Event(), threading.Event()
 
     def holder():
         with torch.no_grad(), VidCom2Press(retention=0.5)(model):

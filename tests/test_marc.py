@@ -41,7 +41,8 @@ def merge_loop(x: torch.Tensor, clips, frame_budget: int):
         return groups
 
     sizes = [b - a for a, b in clips]
-    shares = [max(1, round(frame_budget * s / sum(sizes))) for s in sizes] if len(clips) <= frame_budget else [1] * len(clips)
+    shares = ([max(1, round(frame_budget * s / sum(sizes))) for s in sizes] if len(clips) <= frame_budget
+              else [1] * len(clips))
     groups = []
     for (a, b), share in zip(clips, shares):
         groups += merge([[t] for t in range(a, b)], share)

@@ -62,7 +62,8 @@ def test_clip_style_embedders_from_a_local_folder(dual_encoders, kind):
     assert images.shape == (5, width) and texts.shape == (2, width)
     assert torch.allclose(images.norm(dim=1), torch.ones(5)) and torch.allclose(texts.norm(dim=1), torch.ones(2))
     # batching does not change a frame's embedding; different texts differ
-    assert torch.allclose(CLIPEmbedder(embedder.model, embedder.processor, batch_size=32).embed_frames(frames), images, atol=1e-5)
+    assert torch.allclose(CLIPEmbedder(embedder.model, embedder.processor, batch_size=32).embed_frames(frames),
+                          images, atol=1e-5)
     assert not torch.allclose(texts[0], texts[1])
 
 
@@ -143,7 +144,8 @@ def test_index_resave_interrupted_keeps_the_old_index(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         new.save(tmp_path / "idx")
     monkeypatch.setattr(Path, "write_text", real_write_text)
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [index_module.EMBEDDINGS_FILE, index_module.META_FILE]
+    assert (sorted(p.name for p in (tmp_path / "idx").iterdir())
+            == [index_module.EMBEDDINGS_FILE, index_module.META_FILE])
     loaded = ClipIndex.load(tmp_path / "idx")
     assert loaded.metadata == {"video": "old.mp4"} and torch.allclose(loaded.embeddings, old.embeddings)
 

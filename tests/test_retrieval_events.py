@@ -48,7 +48,8 @@ def _scenes(lengths, seed=0, size=48):
         texture = rng.randint(0, 256, size=(12, 12, 3))
         y, x = rng.randint(0, size - 12 - max(lengths), size=2)  # the square stays in view: no jumps inside a scene
         for t in range(length):
-            frame = np.broadcast_to(background, (size, size, 3)).astype(np.int64) + rng.randint(-8, 9, size=(size, size, 3))
+            frame = (np.broadcast_to(background, (size, size, 3)).astype(np.int64)
+                     + rng.randint(-8, 9, size=(size, size, 3)))
             frame[y + t : y + t + 12, x + t : x + t + 12] = texture
             frames.append(frame.clip(0, 255).astype(np.uint8))
     return np.stack(frames)

@@ -51,7 +51,8 @@ def test_unknown_press_and_bad_settings():
 
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "llava_onevision", "llava_next_video"])
 def test_family_without_hook(model_type):
-    with pytest.raises(ValueError, match=f"no video-pruning hook for model type '{model_type}' in vLLM.*qwen2_5_vl.*qwen3_vl"):
+    with pytest.raises(ValueError,
+                       match=f"no video-pruning hook for model type '{model_type}' in vLLM.*qwen2_5_vl.*qwen3_vl"):
         press_from_config(config("divprune"), model_type, 0.5)
 
 

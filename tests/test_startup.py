@@ -19,7 +19,8 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
 
 def test_the_pth_file_is_installed_in_site_packages():
     installed = Path(sysconfig.get_paths()["purelib"]) / PTH
-    assert installed.is_file(), f"{installed} is missing: reinstall vidpress (pip install -e .) to get the start-up hook"
+    assert installed.is_file(), (f"{installed} is missing: reinstall vidpress (pip install -e .) "
+                                 "to get the start-up hook")
     assert installed.read_text().strip() == (Path(__file__).parents[1] / PTH).read_text().strip()
 
 
@@ -45,8 +46,9 @@ def test_transformers_model_class_before_vidpress():
 
 def test_the_fix_keeps_torchvision_untouched_where_its_ops_load(monkeypatch):
     # Where the compiled ops load, the fix is that load: no fallback schema is defined.
-    import _vidpress_torchvision as hook
     import torch
+
+    import _vidpress_torchvision as hook
 
     loaded = []
     monkeypatch.setattr(hook, "_fallback_library", None)

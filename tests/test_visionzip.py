@@ -58,7 +58,8 @@ def test_budget_split_and_effective_retention():
     T, M = 6, 10
     tokens = VideoTokens(
         torch.randn(T, M, 8, generator=g), (T, 2, 5),
-        side_features={"vision_attention": torch.rand(T, M, generator=g), "vision_keys": torch.randn(T, M, 4, generator=g)},
+        side_features={"vision_attention": torch.rand(T, M, generator=g),
+                       "vision_keys": torch.randn(T, M, 4, generator=g)},
     )
     for R in (0.05, 0.25, 0.37, 0.5, 0.9):
         sel = presses.get("visionzip", retention=R).select(tokens)
@@ -79,7 +80,8 @@ def test_select_without_statistics_says_how_to_get_them():
     assert VisionZipPress(retention=1.0).select(tokens).num_kept == 8  # retention 1 needs nothing
 
 
-@pytest.mark.parametrize("knobs", [{"dominant_ratio": 1.5}, {"dominant_ratio": -0.1}, {"vision_layer": 1.5}, {"vision_layer": True}])
+@pytest.mark.parametrize("knobs", [{"dominant_ratio": 1.5}, {"dominant_ratio": -0.1},
+                                   {"vision_layer": 1.5}, {"vision_layer": True}])
 def test_bad_knobs(knobs):
     with pytest.raises(ValueError, match=next(iter(knobs))):
         VisionZipPress(**knobs)
@@ -136,9 +138,11 @@ def test_batched_equals_per_sample(tiny_model):
             singles.append(model.generate(**make_inputs(processor, [video], question), **GENERATE))
             kept.append((pressed.last_report.selections[0], pressed.last_report.videos[0]))
         batched = model.generate(**make_inputs(processor, videos, questions), **GENERATE)
-        for (single, video), selection, batch_video in zip(kept, pressed.last_report.selections, pressed.last_report.videos):
+        for (single, video), selection, batch_video in zip(kept, pressed.last_report.selections,
+                                                           pressed.last_report.videos):
             assert torch.equal(single.keep_indices, selection.keep_indices)
-            assert torch.allclose(video.side_features["vision_attention"], batch_video.side_features["vision_attention"], atol=1e-6)
+            assert torch.allclose(video.side_features["vision_attention"],
+                                  batch_video.side_features["vision_attention"], atol=1e-6)
     for i, single in enumerate(singles):
         assert torch.equal(single.sequences[0, -2:], batched.sequences[i, -2:])
         for a, b in zip(single.logits, batched.logits):
@@ -182,11 +186,13 @@ def _direct_qwen_stats(model, inputs, layer: int):
     visual = model.model.visual
     attn = visual.blocks[layer].attn
     captured = {}
-    pre = attn.register_forward_pre_hook(lambda m, a, kw: captured.update(x=a[0] if a else kw["hidden_states"], **kw), with_kwargs=True)
+    pre = attn.register_forward_pre_hook(lambda m, a, kw: captured.update(x=a[0] if a else kw["hidden_states"], **kw),
+                                         with_kwargs=True)
     post = visual.merger.register_forward_hook(lambda m, a, out: captured.update(merged=out))
     try:
         with torch.no_grad():
-            raster = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"]).pooler_output
+            raster = model.model.get_video_features(inputs["pixel_values_videos"],
+                                                    inputs["video_grid_thw"]).pooler_output
     finally:
         pre.remove(), post.remove()
     x, (cos, sin), cu = captured["x"], captured["position_embeddings"], captured["cu_seqlens"].tolist()
@@ -195,7 +201,8 @@ def _direct_qwen_stats(model, inputs, layer: int):
     q, k = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision(q, k, cos, sin)
     q, k = q.transpose(0, 1).float(), k.transpose(0, 1).float()  # [H, n, d]
     received = torch.cat([
-        torch.softmax(q[:, a:b] @ k[:, a:b].transpose(1, 2) * attn.scaling, dim=-1).mean(dim=(0, 1)) for a, b in zip(cu[:-1], cu[1:])
+        torch.softmax(q[:, a:b] @ k[:, a:b].transpose(1, 2) * attn.scaling, dim=-1).mean(dim=(0, 1))
+        for a, b in zip(cu[:-1], cu[1:])
     ])
     unit = visual.spatial_merge_size**2
     received = received.view(-1, unit).mean(1)

@@ -30,7 +30,8 @@ from vidpress.serving.vllm import applicable_presses, press_from_config, select_
 from vidpress.testing import build_tiny_model, make_inputs, tiny_model_and_processor, tiny_video  # noqa: E402
 from vidpress.types import Selection  # noqa: E402
 
-ARCH = {"qwen2_5_vl": "VidpressQwen2_5_VLForConditionalGeneration", "qwen3_vl": "VidpressQwen3VLForConditionalGeneration"}
+ARCH = {"qwen2_5_vl": "VidpressQwen2_5_VLForConditionalGeneration",
+        "qwen3_vl": "VidpressQwen3VLForConditionalGeneration"}
 RATE = 0.75
 TOP = 5  # first-token logprobs compared over vLLM's top TOP tokens
 QUESTION = "What happens?"
@@ -203,7 +204,8 @@ def test_vidcom2_reproduces_vllm_vidcom2_on_qwen3(model_dir, hf_model):
         keep = last_keep(llm)[0].cpu()
         inputs = make_inputs(processor, [frames], QUESTION, fps=fps)
         with torch.no_grad():
-            out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True)
+            out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"],
+                                                 return_dict=True)
         rows = torch.cat([out.pooler_output[0], *[level[0] for level in out.deepstack_features]], -1)  # [N, 4D]
         mask = vidcom2.compute_retention_mask(rows, inputs["video_grid_thw"][0].tolist(), 2, RATE)
         assert keep.numel() == int(mask.sum()) == contract("vidcom2", (num_frames // 2, height // 28, width // 28))

@@ -31,6 +31,7 @@ from vidpress.types import Query, Selection, VideoTokens  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
-    "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "Press", "Query",
-    "RandomPress", "ScorePress", "Selection", "UniformPress", "VidCom2Press", "VideoTokens", "VisionZipPress", "presses",
+    "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "LayerPress",
+    "MarcPress", "PDropPress", "Press", "Query", "RandomPress", "ScorePress", "Selection", "UniformPress",
+    "VidCom2Press", "VideoTokens", "VisionZipPress", "presses",
 ]

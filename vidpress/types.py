@@ -34,7 +34,8 @@ class VideoTokens:
             raise ValueError(f"features must be a floating-point tensor; got dtype {self.features.dtype}")
         T, M, _ = self.features.shape
         if T == 0 or M == 0:
-            raise ValueError(f"features must hold at least one frame and one token per frame; got shape {tuple(self.features.shape)}")
+            raise ValueError("features must hold at least one frame and one token per frame; "
+                             f"got shape {tuple(self.features.shape)}")
         grid = tuple(int(g) for g in self.grid)
         if len(grid) != 3 or grid[0] != T or grid[1] * grid[2] != M:
             raise ValueError(f"grid must be (t, h, w) with t == T={T} and h * w == M={M}; got {self.grid}")
@@ -43,7 +44,8 @@ class VideoTokens:
             raise ValueError(f"timestamps must have shape [T]=[{T}]; got {tuple(self.timestamps.shape)}")
         for name, side in self.side_features.items():
             if side.shape[:2] != (T, M):
-                raise ValueError(f"side feature {name!r} must have shape [T, M, ...]=[{T}, {M}, ...]; got {tuple(side.shape)}")
+                raise ValueError(f"side feature {name!r} must have shape [T, M, ...]=[{T}, {M}, ...]; "
+                                 f"got {tuple(side.shape)}")
 
     @property
     def num_frames(self) -> int:
@@ -115,7 +117,8 @@ class Selection:
         if int(k[0]) < 0 or int(k[-1]) >= self.num_tokens:
             raise ValueError(f"keep_indices must lie in [0, {self.num_tokens}); got [{int(k[0])}, {int(k[-1])}]")
         if self.features is not None and self.features.shape[0] != k.numel():
-            raise ValueError(f"features must have one row per kept token ({k.numel()}); got {tuple(self.features.shape)}")
+            raise ValueError(f"features must have one row per kept token ({k.numel()}); "
+                             f"got {tuple(self.features.shape)}")
 
     @property
     def num_kept(self) -> int:

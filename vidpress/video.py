@@ -249,7 +249,8 @@ def quarter_turns(rotation: float, path: str = "video") -> int:
     Angles that are not a multiple of 90 degrees are rounded to the nearest one (logged)."""
     turns = round(rotation / 90)
     if abs(rotation - 90 * turns) > 1:
-        logger.warning("%s: display rotation %.1f degrees is not a multiple of 90; rotating by %d", path, rotation, 90 * turns)
+        logger.warning("%s: display rotation %.1f degrees is not a multiple of 90; rotating by %d",
+                       path, rotation, 90 * turns)
     return turns % 4
 
 
@@ -287,9 +288,11 @@ def decode_pyav(path: str, indices: np.ndarray, listed: int, rate: float) -> tup
                     if kept < len(wanted) and decoded == wanted[kept]:
                         if frames is None:  # sized by the first kept frame, upright; later frames are scaled to match
                             turns = quarter_turns(getattr(frame, "rotation", 0), path)  # PyAV >= 14 reads it
-                            height, width = (frame.height, frame.width) if turns % 2 == 0 else (frame.width, frame.height)
+                            height, width = ((frame.height, frame.width) if turns % 2 == 0
+                                             else (frame.width, frame.height))
                             frames = np.empty((len(wanted), height, width, 3), dtype=np.uint8)
-                        stored = (frames.shape[2], frames.shape[1]) if turns % 2 == 0 else (frames.shape[1], frames.shape[2])
+                        stored = ((frames.shape[2], frames.shape[1]) if turns % 2 == 0
+                                  else (frames.shape[1], frames.shape[2]))
                         frames[kept] = np.rot90(_to_rgb(frame, *stored), turns)
                         has_time = frame.time is not None and origin is not None
                         timestamps.append(frame.time - origin if has_time else decoded / rate)
@@ -323,7 +326,8 @@ def frame_times_pyav(path: str) -> np.ndarray | None:
 def sample_indices_by_time(times: np.ndarray, fps: float, video_fps: float, *, path: str = "video") -> np.ndarray:
     """Sorted, distinct indices (int64) of the frames nearest to the times 0, 1/fps, 2/fps, ... up to the last
     frame's time: `fps` sampling of a variable-frame-rate video by presentation time. times: as from
-    `frame_times_pyav`; video_fps: the stream's average rate (fps above it raises ValueError, as for `sample_indices`)."""
+    `frame_times_pyav`; video_fps: the stream's average rate (fps above it raises ValueError, as for
+    `sample_indices`)."""
     if fps > video_fps:
         raise ValueError(f"{path}: fps={fps} exceeds the video's frame rate {video_fps:.6g} (it would repeat frames)")
     targets = np.arange(math.floor(times[-1] * fps + 1e-9) + 1) / fps

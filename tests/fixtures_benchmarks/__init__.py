@@ -102,7 +102,8 @@ def longvideobench(root: Path) -> tuple[Path, int]:
     entries = []
     for i, (group, category) in enumerate([(15, "S2E"), (15, "TOS"), (60, "S2E")]):
         entries.append({
-            "video_id": f"v{i}", "question": "What happens after the square appears?", "question_wo_referring_query": "?",
+            "video_id": f"v{i}", "question": "What happens after the square appears?",
+            "question_wo_referring_query": "?",
             "candidates": ["It stops.", "It moves right.", "It turns red.", "It disappears."], "correct_choice": i % 4,
             "position": [1, 2], "topic_category": "NP-News-Programs", "question_category": category,
             "level": "L1-Perception",
