@@ -62,7 +62,9 @@ class LongVideoBench(Benchmark):
 
     def prompt(self, sample):
         options = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(sample.options))
-        return f"Question: {sample.question}\n{options}\nAnswer with the option's letter from the given choices directly."
+        return (
+            f"Question: {sample.question}\n{options}\nAnswer with the option's letter from the given choices directly."
+        )
 
     def extract(self, response, sample):
         letter = _letter_after_prefixes(response, "ABCDE")
