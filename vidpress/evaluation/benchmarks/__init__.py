@@ -17,8 +17,8 @@ longvideobench      longvideobench/LongVideoBench: lvb_val.json + videos/; at mo
 Subtitles (Video-MME "w/ subs", LongVideoBench's interleaved subtitles) are not used: these are the
 video-only settings of each benchmark.
 
-One file per benchmark: a `Benchmark` subclass decorated with `@register` (base.py), imported below. Importing
-registers it, so the import order is the order of `BENCHMARKS`.
+Each benchmark registers itself with `@register` (base.py) in its own file; the one import line per benchmark below
+is what loads it. A new benchmark: one new file and one line here.
 """
 
 from __future__ import annotations
@@ -34,10 +34,14 @@ from vidpress.evaluation.benchmarks.base import (
     register,
     segment_middles,
 )
+
+# Kept in this order, not sorted: it is the order of BENCHMARKS, which `get`'s error and the CLI's --bench choices list.
+# isort: off
 from vidpress.evaluation.benchmarks.mvbench import MVBENCH_TASKS, MVBench
 from vidpress.evaluation.benchmarks.videomme import VideoMME
-from vidpress.evaluation.benchmarks.mlvu import MLVU_TASKS, MLVU
+from vidpress.evaluation.benchmarks.mlvu import MLVU, MLVU_TASKS
 from vidpress.evaluation.benchmarks.longvideobench import LongVideoBench
+# isort: on
 
 __all__ = [
     "BENCHMARKS", "LETTERS", "MLVU", "MLVU_TASKS", "MVBENCH_FRAME_FPS", "MVBENCH_TASKS", "Benchmark", "LongVideoBench",

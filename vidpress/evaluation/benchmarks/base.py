@@ -102,12 +102,15 @@ BENCHMARKS: dict[str, Benchmark] = {}  # name -> the benchmark, in the order ben
 
 
 def register(cls: type[Benchmark]) -> type[Benchmark]:
-    """Class decorator: add an instance of `cls` to BENCHMARKS as `cls.name`; ValueError for an empty or taken name."""
-    if not cls.name or cls.name in BENCHMARKS:
-        raise ValueError(
-            f"{cls.__name__}: the benchmark name {cls.name!r} is empty or already registered "
-            f"(registered: {', '.join(BENCHMARKS)})"
-        )
+    """Class decorator: make an instance of `cls` available as `cls.name` (`get`, the CLI's --bench).
+
+    A new benchmark is one file with `@register` on its class, plus one import line in `benchmarks/__init__.py`.
+    """
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}: set the class attribute `name` (the name `get` and --bench accept)")
+    taken = BENCHMARKS.get(cls.name)
+    if taken is not None and type(taken) is not cls:
+        raise ValueError(f"benchmark name {cls.name!r} is already registered for {type(taken).__name__}")
     BENCHMARKS[cls.name] = cls()
     return cls
 
