@@ -1,10 +1,23 @@
 """Tiny offline models, processors and inputs from vidpress.testing."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
+import transformers
 
-from vidpress.testing import FAMILIES, build_tiny_model, load_tiny, make_inputs, tiny_image, tiny_video
+from vidpress.testing import (
+    CHAT_TEMPLATES,
+    FAMILIES,
+    MODEL_CLASSES,
+    build_tiny_model,
+    load_tiny,
+    make_inputs,
+    tiny_image,
+    tiny_video,
+    train_tokenizer,
+)
 
 QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 # <video> placeholders for one 56x56, 8-frame clip: 4 tokens per frame (per temporal pair for Qwen);
@@ -35,6 +48,20 @@ def test_tiny_video_and_image_are_deterministic_moving_squares():
     image = tiny_image(30, 20, seed=1)
     assert image.shape == (30, 20, 3) and image.dtype == np.uint8
     np.testing.assert_array_equal(image, tiny_image(30, 20, seed=1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_table_comes_from_the_family_modules(family):
+    spec = importlib.import_module(f"vidpress.testing.{family}").FAMILY
+    assert MODEL_CLASSES[family] == spec.model_class and hasattr(transformers, spec.model_class)
+    assert CHAT_TEMPLATES[family] == spec.chat_template
+    tokenizer = train_tokenizer(family)
+    assert tokenizer.convert_tokens_to_ids(list(spec.specials)) == list(range(len(spec.specials)))
+
+
+def test_unknown_family_names_the_accepted_ones():
+    with pytest.raises(ValueError, match="unknown family 'qwen9'.*llava_next_video"):
+        train_tokenizer("qwen9")
 
 
 def test_build_is_deterministic_given_seed(tmp_path):

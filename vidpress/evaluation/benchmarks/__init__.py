@@ -1,0 +1,49 @@
+"""Loaders, frame sampling and scoring for four published video-QA benchmarks, read from local folders.
+
+Each benchmark reads the annotation layout its authors publish, samples frames with the rule of the authors'
+evaluation code, writes the prompt that code writes, and extracts and scores the answer as that code does:
+
+==================  =====================================================================================
+mvbench             OpenGVLab/MVBench: json/<task>.json + video/<source>/... (20 tasks); frames at segment
+                    middles inside the annotated clip; "Best option:(" answer prefix; accuracy per task.
+videomme            lmms-lab/Video-MME: videomme/test-00000-of-00001.parquet + data/<videoID>.mp4; evenly
+                    spaced frames; "The best answer is:"; accuracy per duration, domain, sub-category, task type.
+mlvu                MLVU/MVLU (dev): [MLVU/]json/<n>_<task>.json + video/<n>_<task>/ (7 multiple-choice tasks);
+                    segment-middle frames; "Best option: ("; accuracy per task and M-Avg (mean over tasks).
+longvideobench      longvideobench/LongVideoBench: lvb_val.json + videos/; at most one frame per second of the
+                    annotated duration; letter answer; accuracy per duration group and question category.
+==================  =====================================================================================
+
+Subtitles (Video-MME "w/ subs", LongVideoBench's interleaved subtitles) are not used: these are the
+video-only settings of each benchmark.
+
+Each benchmark registers itself with `@register` (base.py) in its own file; the one import line per benchmark below
+is what loads it. A new benchmark: one new file and one line here.
+"""
+
+from __future__ import annotations
+
+from vidpress.evaluation.benchmarks.base import (
+    BENCHMARKS,
+    LETTERS,
+    MVBENCH_FRAME_FPS,
+    Benchmark,
+    Sample,
+    decode_indices,
+    get,
+    register,
+    segment_middles,
+)
+
+# Kept in this order, not sorted: it is the order of BENCHMARKS, which `get`'s error and the CLI's --bench choices list.
+# isort: off
+from vidpress.evaluation.benchmarks.mvbench import MVBENCH_TASKS, MVBench
+from vidpress.evaluation.benchmarks.videomme import VideoMME
+from vidpress.evaluation.benchmarks.mlvu import MLVU, MLVU_TASKS
+from vidpress.evaluation.benchmarks.longvideobench import LongVideoBench
+# isort: on
+
+__all__ = [
+    "BENCHMARKS", "LETTERS", "MLVU", "MLVU_TASKS", "MVBENCH_FRAME_FPS", "MVBENCH_TASKS", "Benchmark", "LongVideoBench",
+    "MVBench", "Sample", "VideoMME", "decode_indices", "get", "register", "segment_middles",
+]

@@ -1,0 +1,50 @@
+"""Qwen2.5-VL: Qwen2-VL's tokens, template and processors, with a windowed-attention vision tower."""
+
+from __future__ import annotations
+
+import transformers
+
+from vidpress.testing.family import PATCH, TEXT, Family
+from vidpress.testing.qwen2_vl import (
+    CHAT_TEMPLATE,
+    SPECIALS,
+    TOKEN_NAMES,
+    mrope_text_config,
+    qwen_processor,
+    token_ids,
+    video_processor,
+)
+
+
+def _config(tokenizer, text=None) -> transformers.Qwen2_5_VLConfig:
+    return transformers.Qwen2_5_VLConfig(
+        text_config=mrope_text_config(tokenizer, text),
+        # Block 0 attends within 112 px windows (a whole 56 or 112 px frame), block 1 attends globally,
+        # the real model's pattern of windowed blocks followed by a full-attention block.
+        vision_config=dict(
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=4,
+            patch_size=PATCH,
+            out_hidden_size=TEXT["hidden_size"],
+            window_size=112,
+            fullatt_block_indexes=[1],
+        ),
+        **token_ids(tokenizer),
+    )
+
+
+def _processor(tokenizer) -> transformers.Qwen2_5_VLProcessor:
+    return qwen_processor(transformers.Qwen2_5_VLProcessor, tokenizer, CHAT_TEMPLATE, video_processor())
+
+
+FAMILY = Family(
+    model_class="Qwen2_5_VLForConditionalGeneration",
+    specials=SPECIALS,
+    token_names=TOKEN_NAMES,
+    chat_template=CHAT_TEMPLATE,
+    token_ids=token_ids,
+    config=_config,
+    processor=_processor,
+)
