@@ -121,7 +121,7 @@ class CaCoVIDPolicy(nn.Module):
             "model_type": model.config.model_type,
             "hidden_size": text_config.hidden_size,
             "rms_norm_eps": float(getattr(text_config, "rms_norm_eps", 1e-6)),
-            "mrope": model.config.model_type.startswith("qwen"),
+            "mrope": adapter.mrope,  # the rotary module expects 3 position rows (t, h, w)
             "layer_class": _class_path(layer),
             "rotary_class": _class_path(rotary),
             "text_config_class": _class_path(text_config),
