@@ -83,6 +83,7 @@ class Qwen2VLAdapter(Adapter):
         `seconds_per_grid`) and `mm_encoder_outputs` holding `features`, all on input_ids' device."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+        self.check_precomputed_videos("building model inputs from pre-computed video features")  # not Qwen3-VL
         device = input_ids.device
         inputs = {
             "video_grid_thw": grids.to(device),
