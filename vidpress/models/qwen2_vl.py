@@ -83,7 +83,8 @@ class Qwen2VLAdapter(Adapter):
         `seconds_per_grid`) and `mm_encoder_outputs` holding `features`, all on input_ids' device."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        self.check_precomputed_videos("building model inputs from pre-computed video features")  # not Qwen3-VL
+        # Qwen3VLAdapter inherits this method but cannot run from these features (no DeepStack features)
+        self.check_precomputed_videos("building model inputs from pre-computed video features")
         device = input_ids.device
         inputs = {
             "video_grid_thw": grids.to(device),
@@ -97,12 +98,11 @@ class Qwen2VLAdapter(Adapter):
         return inputs
 
     def patchify(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixel_values_videos, video_grid_thw) of videos [B, F, C, H, W], already resized and normalised as the
-        processor does (H and W multiples of patch_size * spatial_merge_size), laid out as the family's video
-        processor lays them out, with the sizes of the model's vision config (p = patch_size, tp =
-        temporal_patch_size, m = spatial_merge_size): F is padded to a multiple of tp by repeating the last frame;
-        pixel_values_videos [B * F/tp * H/p * W/p, C * tp * p * p], rows per video in (t, merge block, y, x in the
-        block) order, columns (channel, frame, y, x); video_grid_thw LongTensor [B, 3] = (F/tp, H/p, W/p)."""
+        """The video processor's layout of videos [B, F, C, H, W] that are already resized and normalised as it
+        does (H, W multiples of p * m), with the model's vision-config sizes p = patch_size, tp =
+        temporal_patch_size, m = spatial_merge_size. F is padded to a multiple of tp with the last frame, as the
+        processor pads. Returns pixel_values_videos [B * F/tp * H/p * W/p, C * tp * p * p] (rows in merge-block
+        order, columns (channel, frame, y, x)) and video_grid_thw LongTensor [B, 3] = (F/tp, H/p, W/p)."""
         vision = self.config.vision_config
         p, tp, m = vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size
         if videos.dim() != 5 or videos.shape[2] != vision.in_channels:
@@ -112,7 +112,7 @@ class Qwen2VLAdapter(Adapter):
         if H % (p * m) or W % (p * m):
             raise ValueError(f"{self.family}: frame height and width must be multiples of patch_size * "
                              f"spatial_merge_size = {p * m}; got {H}x{W} (resize them as the processor does)")
-        if F % tp:  # the processor's padding: repeat the last frame
+        if F % tp:
             videos = torch.cat([videos, videos[:, -1:].expand(-1, tp - F % tp, -1, -1, -1)], dim=1)
         t, h, w = videos.shape[1] // tp, H // p, W // p
         x = videos.reshape(B, t, tp, C, h // m, m, p, w // m, m, p)
