@@ -137,7 +137,7 @@ def test_log_probs_match_a_direct_pressed_forward(trainer):
         n = len(prompts[r]) + len(completions[r])
         one = {"input_ids": ids[r : r + 1, P - len(prompts[r]) : P + len(completions[r])]}
         one["attention_mask"] = torch.ones_like(one["input_ids"])
-        one.update(trainer.videos.model_inputs([r + 1], one["input_ids"], model.config.video_token_id))
+        one.update(trainer.videos.model_inputs([r + 1], one["input_ids"], model))
         with torch.no_grad(), apply_press(MarcPress(), model):
             logits = model(**one).logits[0].float() / trainer.temperature
         k = len(completions[r])

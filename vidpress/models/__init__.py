@@ -36,18 +36,22 @@ def supported_model_types() -> list[str]:
     return [t for adapter in ADAPTERS for t in adapter.model_types]
 
 
+def adapter_class(model_type: str | None) -> type[Adapter] | None:
+    """The adapter class of the family `model_type` (a config's model_type) belongs to; None when unsupported."""
+    return next((adapter for adapter in ADAPTERS if model_type in adapter.model_types), None)
+
+
 def get_adapter(model) -> Adapter:
     """The adapter for `model`'s family; a clear error for anything else."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    for adapter in ADAPTERS:
-        if model_type in adapter.model_types:
-            if not hasattr(model, "model") or not hasattr(model, "generate"):
-                raise ValueError(
-                    f"pass the *ForConditionalGeneration model of {adapter.family} (got {type(model).__name__})"
-                )
-            return adapter(model)
-    families = ", ".join(f"{a.family} ({'/'.join(a.model_types)})" for a in ADAPTERS)
-    raise ValueError(f"unsupported model type {model_type!r} ({type(model).__name__}); supported families: {families}")
+    adapter = adapter_class(model_type)
+    if adapter is None:
+        families = ", ".join(f"{a.family} ({'/'.join(a.model_types)})" for a in ADAPTERS)
+        raise ValueError(f"unsupported model type {model_type!r} ({type(model).__name__}); supported families: "
+                         f"{families}")
+    if not hasattr(model, "model") or not hasattr(model, "generate"):
+        raise ValueError(f"pass the *ForConditionalGeneration model of {adapter.family} (got {type(model).__name__})")
+    return adapter(model)
 
 
 class PressedModel:
@@ -351,4 +355,5 @@ def apply_press(press, model):
         yield pressed
 
 
-__all__ = ["ADAPTERS", "Adapter", "PressReport", "PressedModel", "apply_press", "get_adapter", "supported_model_types"]
+__all__ = ["ADAPTERS", "Adapter", "PressReport", "PressedModel", "adapter_class", "apply_press", "get_adapter",
+           "supported_model_types"]

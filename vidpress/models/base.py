@@ -80,12 +80,19 @@ class VideoLayout:
 
 
 class Adapter:
-    """Applies presses to one model family. Subclasses set `model_types` and the four layout hooks."""
+    """Applies presses to one model family. Subclasses set `model_types` and the four layout hooks; the family
+    facts below default to a plain model (1-D positions, no DeepStack, no pre-computed video inputs)."""
 
     model_types: tuple[str, ...] = ()
     family = ""
     #: first decoder layer before which tokens may be dropped inside the LLM
     min_prune_layer = 1
+    #: True when the LLM numbers tokens with M-RoPE, 3 position rows (t, h, w); False: one row of 1-D positions
+    mrope = False
+    #: True when the vision encoder also feeds DeepStack features into the first LLM layers
+    deepstack = False
+    #: True when the model runs from pre-computed video features alone (`precomputed_video_inputs`)
+    precomputed_videos = False
 
     def __init__(self, model):
         self.model = model
@@ -131,6 +138,53 @@ class Adapter:
         """Map what `recorder` saw (per encoder token) to each video's LLM tokens, one dict per layout:
         "vision_attention" [T, M] (attention received) and "vision_keys" [T, M, d] (head-averaged keys)."""
         raise ValueError(f"{self.family}: vidpress cannot map vision-encoder statistics to this model's video tokens")
+
+    # -- videos encoded once, used many times (training) ----------------------------------------------------
+    def split_video_output(self, output) -> list[dict]:
+        """`get_video_features` output -> one dict per video, in input order: "pooler_output", that video's rows
+        ([N_v, D], or as the family holds them), plus the family's other per-video parts (Qwen3-VL:
+        "deepstack_features"). `pack_video_output` puts such entries back together."""
+        return [{"pooler_output": rows} for rows in output.pooler_output]
+
+    def pack_video_output(self, like, entries: list[dict]):
+        """An encoder output of `like`'s type and layout (a `get_video_features` output) holding `entries` (from
+        `split_video_output`, of any videos, in order), to pass as `mm_encoder_outputs["video"]`."""
+        pooled = [entry["pooler_output"] for entry in entries]
+        # the family's own container: one tensor [V, N, D] of equal-length videos, or a tuple of [N_v, D]
+        stacked = isinstance(like.pooler_output, torch.Tensor)
+        return type(like)(pooler_output=torch.stack(pooled) if stacked else tuple(pooled))
+
+    def check_precomputed_videos(self, purpose: str) -> None:
+        """A ValueError naming this family and the families that do, unless the model runs from pre-computed video
+        features (`precomputed_video_inputs`); `purpose` says what needs them, e.g. "C-GRPO training"."""
+        if self.precomputed_videos:
+            return
+        from vidpress.models import ADAPTERS
+
+        supported = ", ".join(f"{a.family} ({'/'.join(a.model_types)})" for a in ADAPTERS if a.precomputed_videos)
+        why = " (it also reads each video's DeepStack features)" if self.deepstack else ""
+        raise ValueError(f"{purpose} feeds the model pre-computed video features, which vidpress supports for "
+                         f"{supported} models; got a {self.family} model ({self.config.model_type}){why}")
+
+    def precomputed_video_inputs(self, features: list[torch.Tensor], grids: torch.Tensor,
+                                 seconds_per_grid: torch.Tensor | None, input_ids: torch.Tensor) -> dict:
+        """Model kwargs standing in for the pixels of videos encoded beforehand, for a batch input_ids [B, L] whose
+        row i holds video i: `features` one [N_i, D] block per video (`get_video_features` rows), `grids`
+        LongTensor [B, 3] of their (t, h, w) patch grids, `seconds_per_grid` optional [B] seconds per temporal
+        grid step. Implemented by the families with `precomputed_videos`; the others raise a ValueError."""
+        self.check_precomputed_videos("building model inputs from pre-computed video features")
+        raise NotImplementedError(f"{type(self).__name__} sets precomputed_videos but does not build the inputs")
+
+    @property
+    def placeholder_token_ids(self) -> list[int]:
+        """Ids of the visual placeholder tokens, video then image (where the family has one)."""
+        return [i for i in (self.video_token_id, self.image_token_id) if isinstance(i, int)]
+
+    def patchify(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel inputs of videos [B, F, C, H, W] laid out as the family's video processor lays them out, without
+        the processor; families whose layout vidpress knows override this."""
+        raise ValueError(f"{self.family}: vidpress cannot lay out this model's pixel values itself; build the "
+                         "inputs with the model's processor")
 
     # -- shared mechanism ---------------------------------------------------------------------------------
     def has_video(self, inputs: dict) -> bool:

@@ -11,6 +11,8 @@ from vidpress.types import VideoTokens
 class Qwen2VLAdapter(Adapter):
     model_types = ("qwen2_vl", "qwen2_5_vl")
     family = "Qwen2-VL / Qwen2.5-VL"
+    mrope = True
+    precomputed_videos = True
 
     @property
     def merge(self) -> int:
@@ -75,6 +77,49 @@ class Qwen2VLAdapter(Adapter):
         vision = self.config.vision_config
         return get_vision_window_index(grids, vision.spatial_merge_size, vision.window_size, vision.patch_size)[0]
 
+    def precomputed_video_inputs(self, features: list[torch.Tensor], grids: torch.Tensor,
+                                 seconds_per_grid: torch.Tensor | None, input_ids: torch.Tensor) -> dict:
+        """video_grid_thw, mm_token_type_ids (video tokens 2, the rest 0), second_per_grid_ts (with
+        `seconds_per_grid`) and `mm_encoder_outputs` holding `features`, all on input_ids' device."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        # Qwen3VLAdapter inherits this method but cannot run from these features (no DeepStack features)
+        self.check_precomputed_videos("building model inputs from pre-computed video features")
+        device = input_ids.device
+        inputs = {
+            "video_grid_thw": grids.to(device),
+            "mm_token_type_ids": 2 * (input_ids == self.video_token_id).long(),
+            "mm_encoder_outputs": {
+                "video": BaseModelOutputWithPooling(pooler_output=tuple(f.to(device) for f in features))
+            },
+        }
+        if seconds_per_grid is not None:
+            inputs["second_per_grid_ts"] = seconds_per_grid.to(device)
+        return inputs
+
+    def patchify(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The video processor's layout of videos [B, F, C, H, W] that are already resized and normalised as it
+        does (H, W multiples of p * m), with the model's vision-config sizes p = patch_size, tp =
+        temporal_patch_size, m = spatial_merge_size. F is padded to a multiple of tp with the last frame, as the
+        processor pads. Returns pixel_values_videos [B * F/tp * H/p * W/p, C * tp * p * p] (rows in merge-block
+        order, columns (channel, frame, y, x)) and video_grid_thw LongTensor [B, 3] = (F/tp, H/p, W/p)."""
+        vision = self.config.vision_config
+        p, tp, m = vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size
+        if videos.dim() != 5 or videos.shape[2] != vision.in_channels:
+            raise ValueError(f"{self.family}: patchify takes videos [B, F, C={vision.in_channels}, H, W]; got shape "
+                             f"{tuple(videos.shape)}")
+        B, F, C, H, W = videos.shape
+        if H % (p * m) or W % (p * m):
+            raise ValueError(f"{self.family}: frame height and width must be multiples of patch_size * "
+                             f"spatial_merge_size = {p * m}; got {H}x{W} (resize them as the processor does)")
+        if F % tp:
+            videos = torch.cat([videos, videos[:, -1:].expand(-1, tp - F % tp, -1, -1, -1)], dim=1)
+        t, h, w = videos.shape[1] // tp, H // p, W // p
+        x = videos.reshape(B, t, tp, C, h // m, m, p, w // m, m, p)
+        x = x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)  # -> [B, t, h/m, w/m, m, m, C, tp, p, p]
+        grid = torch.tensor([[t, h, w]] * B, dtype=torch.long, device=videos.device)
+        return x.reshape(B * t * h * w, C * tp * p * p), grid
+
     def mm_token_type_ids(self, inputs: dict) -> torch.Tensor:
         if inputs.get("mm_token_type_ids") is not None:
             return inputs["mm_token_type_ids"]
@@ -118,6 +163,9 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     model_types = ("qwen3_vl", "qwen3_vl_moe")
     family = "Qwen3-VL"
+    deepstack = True
+    # the model also reads every video's DeepStack features, which pre-computed [N_v, D] features lack
+    precomputed_videos = False
 
     @property
     def min_prune_layer(self) -> int:
@@ -135,6 +183,19 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     def timestamps(self, inputs: dict, video: int, num_frames: int) -> torch.Tensor | None:
         return None  # Qwen3-VL writes timestamps into the text, not into positions
+
+    def split_video_output(self, output) -> list[dict]:
+        entries = super().split_video_output(output)
+        for v, entry in enumerate(entries):
+            entry["deepstack_features"] = [level[v] for level in output.deepstack_features]  # [N_v, D] per level
+        return entries
+
+    def pack_video_output(self, like, entries: list[dict]):
+        packed = super().pack_video_output(like, entries)
+        levels = len(entries[0]["deepstack_features"])
+        packed["deepstack_features"] = [tuple(e["deepstack_features"][level] for e in entries)
+                                        for level in range(levels)]
+        return packed
 
     def pack_videos(self, output, kept_rows, kept_features):
         deepstack = [

@@ -14,6 +14,7 @@ from vidpress.presses.fastv import FastVPress
 from vidpress.presses.fastvid import FastVIDPress
 from vidpress.presses.marc import MarcPress
 from vidpress.presses.pdrop import PDropPress
+from vidpress.presses.planned import PlannedPress  # a tool for training loops, not registered
 from vidpress.presses.random import RandomPress
 from vidpress.presses.uniform import UniformPress
 from vidpress.presses.vidcom2 import VidCom2Press
@@ -34,5 +35,5 @@ def get(name: str, **knobs) -> Press:
 
 
 __all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress",
-           "LayerPress", "MarcPress", "PDropPress", "Press", "RandomPress", "ScorePress", "UniformPress", "VidCom2Press",
-           "VisionZipPress", "available", "get", "register"]
+           "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press", "RandomPress", "ScorePress", "UniformPress",
+           "VidCom2Press", "VisionZipPress", "available", "get", "register"]

@@ -55,10 +55,12 @@ class Press:
     query_aware: ClassVar[bool] = False
     #: True when the press acts between LLM decoder layers (a `LayerPress`) instead of before the LLM.
     acts_in_llm: ClassVar[bool] = False
-    #: True when the press reads the vision encoder's attention statistics (`VideoTokens.vision_stats`) of block
-    #: `vision_layer` (None: the adapter's default block); the adapter records them while the encoder runs.
+    #: True when the press reads the vision encoder's attention statistics, `VideoTokens.side_features`
+    #: "vision_attention" [T, M] and "vision_keys" [T, M, d]; the adapter records them while the encoder runs.
     needs_vision_stats: ClassVar[bool] = False
-    vision_layer = None  # (not annotated: a press may make it a dataclass knob, in its own field order)
+    #: the vision-encoder block those statistics come from (Python indexing; None: the adapter's default block).
+    #: Not annotated, so that a press may make it a dataclass knob in its own field order.
+    vision_layer = None
     #: True when the press needs trained weights (a policy) to drop anything; it loads them in
     #: `post_init_from_model`, and built by name without them it only works at retention 1.
     needs_policy: ClassVar[bool] = False

@@ -53,8 +53,8 @@ class CaCoVIDPolicy(nn.Module):
     """Token, frame and mode scorer of CaCoVID, laid out as the released policy.
 
     Context: the whole prompt as the VLM sees it (system text, this video's T * M frame tokens, question) with the
-    VLM's own position ids (Qwen: the M-RoPE rows (t, h, w); LLaVA: 1-D), run through one decoder layer initialised
-    from the LLM's first layer, without a causal mask. The adapter fills `Query.position_ids`,
+    VLM's own position ids (M-RoPE rows (t, h, w) where the family's adapter says `mrope`, else 1-D), run through one
+    decoder layer initialised from the LLM's first layer, without a causal mask. The adapter fills `Query.position_ids`,
     `Query.video_position_ids` and `Query.video_offset`; a hand-built Query without them gets [video; text] with
     positions numbered here (video grid ids, then text after them).
     Heads: a shared RMSNorm on the layer's output, then
@@ -121,7 +121,7 @@ class CaCoVIDPolicy(nn.Module):
             "model_type": model.config.model_type,
             "hidden_size": text_config.hidden_size,
             "rms_norm_eps": float(getattr(text_config, "rms_norm_eps", 1e-6)),
-            "mrope": model.config.model_type.startswith("qwen"),
+            "mrope": adapter.mrope,  # the rotary module expects 3 position rows (t, h, w)
             "layer_class": _class_path(layer),
             "rotary_class": _class_path(rotary),
             "text_config_class": _class_path(text_config),

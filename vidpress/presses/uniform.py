@@ -18,6 +18,10 @@ class UniformPress(ScorePress):
     The effective retention is (kept frames) / T, which can differ from R when R * T is not a whole number.
     """
 
+    def min_retention(self, num_frames: int, num_layers: int | None = None) -> float:
+        """One whole frame is always kept: 1 / num_frames."""
+        return 1 / num_frames
+
     def rank(self, tokens: VideoTokens, query: Query | None) -> tuple[torch.Tensor, torch.Tensor]:
         T, M = tokens.num_frames, tokens.tokens_per_frame
         num_frames = max(1, min(T, round(self.retention * T)))

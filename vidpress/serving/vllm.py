@@ -149,6 +149,8 @@ def check_family(model_type: str, architecture: str | None = None) -> None:
 def press_from_config(additional_config, model_type: str, video_pruning_rate: float | None) -> ServingPress:
     """Build the press of `--additional-config '{"vidpress": {"press": NAME, ...knobs}}'` for a model, or raise a
     ValueError saying what was wrong and what is accepted."""
+    from vidpress.models import ADAPTERS, adapter_class  # imports transformers: only once a model is configured
+
     check_family(model_type)
     settings = additional_config.get(CONFIG_KEY) if isinstance(additional_config, dict) else None
     if not isinstance(settings, dict) or "press" not in settings:
@@ -161,8 +163,10 @@ def press_from_config(additional_config, model_type: str, video_pruning_rate: fl
     score_deepstack = settings.pop("score_deepstack", False)
     if not isinstance(score_deepstack, bool):
         raise ValueError(f"vidpress: score_deepstack must be true or false; got {score_deepstack!r}")
-    if score_deepstack and model_type != "qwen3_vl":
-        raise ValueError(f"vidpress: score_deepstack applies to Qwen3-VL only (its DeepStack features); model type is {model_type!r}")
+    if score_deepstack and not adapter_class(model_type).deepstack:
+        families = " / ".join(a.family for a in ADAPTERS if a.deepstack)
+        raise ValueError(f"vidpress: score_deepstack applies to {families} only (its DeepStack features); model type "
+                         f"is {model_type!r}")
     if "retention" in settings:
         raise ValueError(
             "vidpress: the retention comes from --video-pruning-rate (retention = 1 - rate, the count vLLM reserves in "

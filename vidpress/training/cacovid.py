@@ -487,27 +487,6 @@ class _PlanPress(Press):
         return Selection(self.plans.pop(0).to(tokens.features.device), tokens.num_tokens)
 
 
-def _video_entries(output) -> list[dict]:
-    """One dict per video of an encoder output: "pooler_output" [N, D] (+ "deepstack_features", one per level)."""
-    pooled = output.pooler_output
-    entries = [{"pooler_output": p} for p in pooled]
-    deepstack = getattr(output, "deepstack_features", None)
-    if deepstack is not None:
-        for v, entry in enumerate(entries):
-            entry["deepstack_features"] = [level[v] for level in deepstack]
-    return entries
-
-
-def _pack_entries(like, entries: list[dict]):
-    """An encoder output of `like`'s type and layout holding `entries` (one per video, in order)."""
-    pooled = [e["pooler_output"] for e in entries]
-    fields = {"pooler_output": torch.stack(pooled) if isinstance(like.pooler_output, torch.Tensor) else tuple(pooled)}
-    if "deepstack_features" in entries[0]:
-        levels = len(entries[0]["deepstack_features"])
-        fields["deepstack_features"] = [tuple(e["deepstack_features"][lvl] for e in entries) for lvl in range(levels)]
-    return type(like)(**fields)
-
-
 class VLMReward:
     """Reward of keep masks = correctness of the frozen VLM's answer (argmax over the option-letter logits at the
     last prompt position). All combinations of a batch of samples go through the model in one forward."""
@@ -542,7 +521,7 @@ class VLMReward:
                 values = [F.pad(v, (length - v.shape[1], 0), value=pad) for v in values]
             inputs[name] = torch.cat(values).to(self.model.device)
         entries = [e for s in samples for e in s["videos"]]
-        inputs["mm_encoder_outputs"] = {"video": _pack_entries(samples[0]["like"], entries)}
+        inputs["mm_encoder_outputs"] = {"video": self.adapter.pack_video_output(samples[0]["like"], entries)}
         plans = [keep.nonzero().squeeze(1) for _, keep in rows]
         pressed, _ = self.adapter.press_inputs(_PlanPress(retention=0.5, plans=plans), inputs, for_generate=False)
         logits = self.model(**pressed, logits_to_keep=1).logits[:, -1]
@@ -567,7 +546,7 @@ def encode_samples(model, processor, examples, batch_size: int = 32, progress: b
         inputs = dict(example_inputs(processor, chunk).to(model.device))
         output = adapter.encode("video", inputs)
         layouts = adapter.video_layouts(output, inputs)
-        entries = _video_entries(output)
+        entries = adapter.split_video_output(output)
         if len(layouts) != len(chunk):
             raise ValueError(f"expected one video per example; got {len(layouts)} videos for {len(chunk)} examples")
         B, L = inputs["input_ids"].shape

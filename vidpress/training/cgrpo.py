@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from vidpress.models import apply_press
+from vidpress.models import apply_press, get_adapter
 from vidpress.presses.base import Press
 
 logger = logging.getLogger("vidpress")
@@ -47,7 +47,6 @@ __all__ = [
     "train_cgrpo",
 ]
 
-SUPPORTED_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 #: The shipped C-GRPO student of the synthetic reference model (`vidpress bench` row "marc-cgrpo").
 MARC_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "synthetic" / "marc_reference"
 
@@ -111,42 +110,18 @@ class VideoFeatures:
     def __len__(self) -> int:
         return len(self.features)
 
-    def model_inputs(self, rows, input_ids: torch.Tensor, video_token_id: int) -> dict:
-        """Model kwargs of these videos for a batch whose row i holds video rows[i]: video_grid_thw,
-        mm_token_type_ids, second_per_grid_ts and `mm_encoder_outputs` with the features."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
+    def model_inputs(self, rows, input_ids: torch.Tensor, model) -> dict:
+        """Model kwargs of these videos for `model` (the transformers model) and a batch input_ids [B, L] whose row i
+        holds video rows[i]: what its adapter builds (`Adapter.precomputed_video_inputs`), features in float32."""
         rows = [int(r) for r in rows]
-        device = input_ids.device
-        out = {
-            "video_grid_thw": self.grids[rows].to(device),
-            "mm_token_type_ids": 2 * (input_ids == video_token_id).long(),
-            "mm_encoder_outputs": {
-                "video": BaseModelOutputWithPooling(pooler_output=tuple(self.features[r].float().to(device) for r in rows))
-            },
-        }
-        if self.seconds_per_grid is not None:
-            out["second_per_grid_ts"] = self.seconds_per_grid[rows].to(device)
-        return out
+        seconds = None if self.seconds_per_grid is None else self.seconds_per_grid[rows]
+        return get_adapter(model).precomputed_video_inputs([self.features[r].float() for r in rows], self.grids[rows],
+                                                           seconds, input_ids)
 
 
 def _check_family(model) -> None:
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in SUPPORTED_FAMILIES:
-        raise ValueError(
-            f"C-GRPO training supports {', '.join(SUPPORTED_FAMILIES)} models (pre-computed video features with "
-            f"M-RoPE grids); got {model_type!r}"
-        )
-
-
-def _video_token_id(model) -> int:
-    return model.config.video_token_id
-
-
-def _placeholder_ids(model) -> list[int]:
-    """Token ids of the model's visual placeholders (never to be generated)."""
-    ids = [getattr(model.config, name, None) for name in ("video_token_id", "image_token_id")]
-    return [i for i in ids if isinstance(i, int)]
+    """C-GRPO runs the model from pre-computed video features: a ValueError unless its family supports that."""
+    get_adapter(model).check_precomputed_videos("C-GRPO training")
 
 
 def _hf_model(model):
@@ -169,16 +144,16 @@ def teacher_accuracy(model, tokenizer, videos: VideoFeatures, rows: list[dict], 
     from tqdm.auto import tqdm
 
     model.eval()
-    video_token_id = _video_token_id(model)
+    placeholders = get_adapter(model).placeholder_token_ids
     result = []
     for start in tqdm(range(0, len(rows), batch_size), desc="teacher accuracy (full video)", disable=not progress):
         chunk = rows[start : start + batch_size]
         enc = tokenizer([r["prompt"] for r in chunk], return_tensors="pt", padding=True, padding_side="left")
         inputs = {"input_ids": enc["input_ids"].to(model.device), "attention_mask": enc["attention_mask"].to(model.device)}
-        inputs.update(videos.model_inputs([r["video"] for r in chunk], inputs["input_ids"], video_token_id))
+        inputs.update(videos.model_inputs([r["video"] for r in chunk], inputs["input_ids"], model))
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                       num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
-                      suppress_tokens=_placeholder_ids(model))
+                      suppress_tokens=placeholders)
         if press is None:
             out = model.generate(**inputs, **kwargs)
         else:
@@ -235,9 +210,9 @@ def _build_class():
             self._video_rows: list[int] = []
             super().__init__(model, reward_funcs=reward_funcs or [accuracy_reward], **kwargs)
             # a sampled placeholder token would claim video features that do not exist
-            self.generation_config.suppress_tokens = sorted(
-                set(self.generation_config.suppress_tokens or []) | set(_placeholder_ids(_hf_model(self.model)))
-            )
+            placeholders = get_adapter(_hf_model(self.model)).placeholder_token_ids
+            suppressed = set(self.generation_config.suppress_tokens or []) | set(placeholders)
+            self.generation_config.suppress_tokens = sorted(suppressed)
             # one more reward column, filled in after gathering (see _calculate_rewards)
             self.reward_weights = torch.cat([self.reward_weights, torch.ones(1)])
 
@@ -288,7 +263,7 @@ def _build_class():
             ) as unwrapped:
                 hf = _hf_model(unwrapped)
                 inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-                inputs.update(self.videos.model_inputs(self._video_rows, input_ids, _video_token_id(hf)))
+                inputs.update(self.videos.model_inputs(self._video_rows, input_ids, hf))
                 with apply_press(self.press, hf) as pressed:
                     pressed_inputs = pressed.prepare(inputs, for_generate=True)
                 # the inputs are pressed: generate runs on them unhooked
@@ -315,7 +290,7 @@ def _build_class():
                     labels = ids.masked_fill(mask == 0, -100)
                     labels[:, :-logits_to_keep] = -100
                     inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels, "fused_lm_head": True}
-                    inputs.update(self.videos.model_inputs(rows[start:end], ids, _video_token_id(hf)))
+                    inputs.update(self.videos.model_inputs(rows[start:end], ids, hf))
                     # the press slices labels with the sequence, so completion tokens stay labelled after pruning
                     inputs = pressed.prepare(inputs)
                     kept_labels = inputs["labels"]
