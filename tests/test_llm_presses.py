@@ -29,7 +29,8 @@ class KeepAllAfterLayer(FastVPress):
 @pytest.mark.parametrize("family", PRUNABLE)
 def test_pruning_machinery_keeping_everything_is_exact(tiny_model, family, attn):
     model, processor = tiny_model(family, attn)
-    inputs = make_inputs(processor, [tiny_video(8, seed=1), tiny_video(8, seed=2)], ["What happens?", "Which square moves fastest?"])
+    inputs = make_inputs(processor, [tiny_video(8, seed=1), tiny_video(8, seed=2)],
+                         ["What happens?", "Which square moves fastest?"])
     with torch.no_grad():
         ref = model(**inputs).logits
         ref_gen = model.generate(**inputs, **GENERATE)
@@ -58,7 +59,8 @@ def test_batched_equals_per_sample_and_model_restored(tiny_model, family, name):
             batched = model.generate(**make_inputs(processor, videos, questions), **GENERATE)
             report = pressed.last_report
         assert report.layer_tokens is not None and len(report.layer_tokens) == len(get_adapter(model).text_layers())
-        assert report.retention == pytest.approx(sum(report.layer_tokens) / len(report.layer_tokens) / report.visual_tokens_before)
+        assert report.retention == pytest.approx(
+            sum(report.layer_tokens) / len(report.layer_tokens) / report.visual_tokens_before)
         assert all(s.num_kept < s.num_tokens for s in report.selections)
         for i, single in enumerate(singles):
             assert torch.equal(single.sequences[0, -4:], batched.sequences[i, -4:])

@@ -61,7 +61,9 @@ def test_model_restored_after_exit_and_exception(tiny, family):
                 raise RuntimeError("boom")
         assert torch.equal(model(**inputs).logits, ref)
         assert "generate" not in vars(model) and not model._forward_pre_hooks
-        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False)[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+        assert torch.equal(
+            model.generate(**inputs, max_new_tokens=3, do_sample=False)[:, : inputs["input_ids"].shape[1]],
+            inputs["input_ids"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -81,7 +83,8 @@ def test_pressed_generate_keeps_the_callers_prompt(tiny, family):
 def test_several_videos_and_an_image_in_one_prompt(tiny, family):
     model, processor = tiny(family)
     adapter = get_adapter(model)
-    inputs = make_inputs(processor, [[tiny_video(8, seed=1), tiny_video(8, seed=2)]], "Compare the videos.", images=[[tiny_image()]])
+    inputs = make_inputs(processor, [[tiny_video(8, seed=1), tiny_video(8, seed=2)]], "Compare the videos.",
+                         images=[[tiny_image()]])
     ids = inputs["input_ids"]
     pressed, report = adapter.press_inputs(VidCom2Press(retention=0.25), dict(inputs), for_generate=True)
     assert len(report.selections) == 2
@@ -91,7 +94,9 @@ def test_several_videos_and_an_image_in_one_prompt(tiny, family):
     extra = 1 if family == "llava_onevision" else 0  # its newline token per video is always kept
     assert (new_ids == video_id).sum() == report.visual_tokens_after + 2 * extra
     # text tokens are all there, in order
-    text = lambda x: x[(x != image_id) & (x != video_id)]
+    def text(x):
+        return x[(x != image_id) & (x != video_id)]
+
     assert torch.equal(text(new_ids[0]), text(ids[0]))
     with torch.no_grad():
         ref = model(**inputs).logits

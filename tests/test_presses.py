@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-
 from reference import vidcom2_loop
+
 from vidpress import RandomPress, Selection, UniformPress, VidCom2Press, VideoTokens, presses
 from vidpress.presses.base import keep_top_per_frame
 
@@ -73,7 +73,8 @@ def test_vidcom2_cosine_variant_differs_and_is_valid():
     tokens = video(T=8, M=16, D=32, seed=3)
     cos = VidCom2Press(retention=0.25, similarity="cosine").select(tokens)
     assert cos.keep_indices.numel() >= 8 and torch.equal(cos.keep_indices, cos.keep_indices.sort().values)
-    assert VidCom2Press(retention=0.25, similarity="cosine").frame_retention(tokens).mean().item() == pytest.approx(0.25)
+    assert (VidCom2Press(retention=0.25, similarity="cosine").frame_retention(tokens).mean().item()
+            == pytest.approx(0.25))
 
 
 @pytest.mark.parametrize(
@@ -137,7 +138,8 @@ def test_keep_top_per_frame_matches_loop():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(5, 7, generator=g)
     budgets = torch.tensor([1, 0, 7, 3, 2])
-    expected = sorted(t * 7 + m for t in range(5) for m in torch.argsort(-scores[t], stable=True)[: budgets[t]].tolist())
+    expected = sorted(t * 7 + m for t in range(5)
+                      for m in torch.argsort(-scores[t], stable=True)[: budgets[t]].tolist())
     assert keep_top_per_frame(scores, budgets).tolist() == expected
 
 

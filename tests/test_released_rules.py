@@ -10,14 +10,20 @@ import torch
 
 from vidpress import VideoTokens, presses
 from vidpress.models import get_adapter
-from vidpress.presses import DivPrunePress, DyCokePress, FastVIDPress, MarcPress, PDropPress, VidCom2Press, VisionZipPress
-from vidpress.presses.fastvid import density_peaks
 from vidpress.models.base import PressReport
 from vidpress.models.layer_pruning import LayerPruner
+from vidpress.presses import (
+    DivPrunePress,
+    DyCokePress,
+    FastVIDPress,
+    MarcPress,
+    PDropPress,
+    VidCom2Press,
+    VisionZipPress,
+)
+from vidpress.presses.fastvid import density_peaks
 from vidpress.testing import make_inputs, tiny_model_and_processor, tiny_video
-from vidpress.types import Selection
-from vidpress.types import Query
-
+from vidpress.types import Query, Selection
 
 # --- PDrop ------------------------------------------------------------------------------------------------------
 
@@ -58,7 +64,7 @@ def test_pdrop_stages_after_a_cut_batched_equals_per_sample(family):
     questions = ["What happens?", "Which colour is the square that moves fastest in the video?"]
     with torch.no_grad(), PDropPress(retention=0.5)(model) as pressed:
         singles = [model(**make_inputs(processor, [v], q)).logits[0, -1] for v, q in zip(videos, questions)]
-        single_kept = [pressed.last_report.selections[0].keep_indices]
+        pressed.last_report.selections[0].keep_indices  # the report holds a selection after the single runs
         batched = model(**make_inputs(processor, videos, questions)).logits[:, -1]
         layer_tokens = pressed.last_report.layer_tokens
     assert len(set(layer_tokens)) == 4  # every stage cut
@@ -120,7 +126,8 @@ def test_fastvid_salient_share_and_anchor_frames_from_the_segment_end():
     # the exact budget keeps round(R * T * M) in total, with the same 60 / 40 split per frame
     exact = one_segment(retention=0.5, saliency="norm").select(VideoTokens(x, (6, 2, 5)))
     assert exact.num_kept == 30 and torch.equal(exact.keep_indices, sel.keep_indices)
-    assert one_segment(retention=0.25, budget="per_frame").select(VideoTokens(x, (6, 2, 5))).num_kept == 6 * 2  # int(2.5)
+    assert one_segment(retention=0.25, budget="per_frame").select(
+        VideoTokens(x, (6, 2, 5))).num_kept == 6 * 2  # int(2.5)
 
 
 def _density_peaks_literal(x, count, knn):
@@ -165,7 +172,8 @@ def test_fastvid_every_anchor_frame_takes_the_segment_tokens():
     # segment's other non-salient, non-context tokens: the other position of BOTH frames (n = 2, w = 0.6).
     f = torch.tensor([[9.0, 0.0], [1.0, 1.0], [1.1, 1.0], [1.2, 1.1]])
     x = f.repeat(2, 1, 1)
-    sel = one_segment(retention=0.75, budget="per_frame", saliency="norm", anchor_interval=1).select(VideoTokens(x, (2, 2, 2)))
+    sel = one_segment(retention=0.75, budget="per_frame", saliency="norm", anchor_interval=1).select(
+        VideoTokens(x, (2, 2, 2)))
     assert sel.frame_budgets.tolist() == [3, 3]
     q = sel.keep_indices[1].item()
     assert q in (1, 2) and sel.keep_indices.tolist() == [0, q, 3, 4, q + 4, 7]
@@ -176,7 +184,8 @@ def test_fastvid_every_anchor_frame_takes_the_segment_tokens():
 
 
 def test_fastvid_bad_knobs():
-    for knobs, name in (({"budget": "total"}, "budget"), ({"context_ratio": 2.0}, "context_ratio"), ({"compute_dtype": "bf16"}, "compute_dtype")):
+    for knobs, name in (({"budget": "total"}, "budget"), ({"context_ratio": 2.0}, "context_ratio"),
+                        ({"compute_dtype": "bf16"}, "compute_dtype")):
         with pytest.raises(ValueError, match=name):
             FastVIDPress(**knobs)
 
@@ -196,7 +205,8 @@ def test_dycoke_drops_by_default_and_released_edges():
     # odd T: the last frame is never paired and is dropped whole
     odd = VideoTokens(torch.randn(7, 16, 8, generator=g), (7, 4, 4))
     sel = DyCokePress(retention=0.5, edges="released").select(odd)
-    assert sel.frame_budgets[-1] == 0 and sel.frame_budgets[[0, 4]].tolist() == [16, 16] and sel.num_kept == round(0.5 * 112)
+    assert (sel.frame_budgets[-1] == 0 and sel.frame_budgets[[0, 4]].tolist() == [16, 16]
+            and sel.num_kept == round(0.5 * 112))
     with pytest.raises(ValueError, match="merge=False"):
         DyCokePress(edges="released", merge=True)
     with pytest.raises(ValueError, match="edges"):
@@ -249,9 +259,12 @@ def test_compute_dtype_model_computes_in_the_features_dtype(cls):
     half = x.bfloat16()
     # float32 (default): a bf16 video keeps exactly what its float32 copy keeps
     default = cls(retention=0.25).select(VideoTokens(half, (8, 8, 8)))
-    assert torch.equal(default.keep_indices, cls(retention=0.25).select(VideoTokens(half.float(), (8, 8, 8))).keep_indices)
+    assert torch.equal(default.keep_indices,
+                       cls(retention=0.25).select(VideoTokens(half.float(), (8, 8, 8))).keep_indices)
     # "model" equals float32 on float32 features, and computes in bf16 on bf16 features (different near-ties)
-    assert torch.equal(cls(retention=0.25, compute_dtype="model").select(VideoTokens(half.float(), (8, 8, 8))).keep_indices, default.keep_indices)
+    assert torch.equal(
+        cls(retention=0.25, compute_dtype="model").select(VideoTokens(half.float(), (8, 8, 8))).keep_indices,
+        default.keep_indices)
     model = cls(retention=0.25, compute_dtype="model").select(VideoTokens(half, (8, 8, 8)))
     assert abs(model.num_kept - default.num_kept) <= 8 and not torch.equal(model.keep_indices, default.keep_indices)
 

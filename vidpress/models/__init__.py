@@ -95,7 +95,8 @@ class PressedModel:
     def _prepare(self, kwargs: dict, for_generate: bool) -> dict:
         if not self.adapter.has_video(kwargs):
             if not self._warned_no_video:
-                logger.warning("%s: no video in the inputs; the press does nothing for such calls", type(self.press).__name__)
+                logger.warning("%s: no video in the inputs; the press does nothing for such calls",
+                               type(self.press).__name__)
                 self._warned_no_video = True
             self.last_report = PressReport()
             if self.pruner is not None:

@@ -279,7 +279,8 @@ class Adapter:
                 value = pad_id if pad is None else pad
                 out[name] = inputs[name].gather(-1, gather).masked_fill(~valid, value)
         if embeds is not None:
-            out["inputs_embeds"] = embeds.gather(1, gather[..., None].expand(-1, -1, embeds.shape[-1])) * valid[..., None]
+            out["inputs_embeds"] = (embeds.gather(1, gather[..., None].expand(-1, -1, embeds.shape[-1]))
+                                    * valid[..., None])
         report.input_ids = input_ids.gather(-1, gather).masked_fill(~valid, pad_id)
         position_ids = position_ids.gather(-1, gather.expand(*position_ids.shape[:-2], -1, -1)).masked_fill(~valid, 0)
         out["position_ids"] = self.finish_position_ids(position_ids, out["attention_mask"])
@@ -304,7 +305,8 @@ class Adapter:
             output = self.encode_with_vision_stats(inputs, layer)
         elif layer not in getattr(output, "vidpress_vision_stats", {}):
             raise ValueError(
-                f"{type(press).__name__} needs statistics recorded inside the vision encoder (block {'default' if layer is None else layer}) while it "
+                f"{type(press).__name__} needs statistics recorded inside the vision encoder "
+                f"(block {'default' if layer is None else layer}) while it "
                 "encodes the video, and these pre-computed mm_encoder_outputs carry none: pass the pixel values, or "
                 "encode with get_adapter(model).encode_with_vision_stats(inputs, vision_layer)"
             )
@@ -327,7 +329,8 @@ class Adapter:
             T, M = layout.tokens.num_frames, layout.tokens.tokens_per_frame
             for name, value in video_stats.items():
                 if value.shape[:2] != (T, M):
-                    raise RuntimeError(f"vidpress: {self.family} gave {name} of shape {tuple(value.shape)} for a video of [{T}, {M}] tokens")
+                    raise RuntimeError(f"vidpress: {self.family} gave {name} of shape {tuple(value.shape)} "
+                                       f"for a video of [{T}, {M}] tokens")
         output.vidpress_vision_stats = {**getattr(output, "vidpress_vision_stats", {}), layer: stats}
         return output
 
@@ -349,7 +352,8 @@ class Adapter:
         ids = input_ids[text]
         with torch.no_grad():
             embeddings = self.model.get_input_embeddings()(ids) if embeds is None else embeds[text].detach()
-        query = Query(token_ids=ids, embeddings=embeddings, question_mask=self._question_mask(input_ids, real, visual)[text])
+        query = Query(token_ids=ids, embeddings=embeddings,
+                      question_mask=self._question_mask(input_ids, real, visual)[text])
         if position_ids is not None and video_slots is not None and video_slots.numel():
             query.position_ids = position_ids[..., text]
             query.video_position_ids = position_ids[..., video_slots]
@@ -362,7 +366,8 @@ class Adapter:
         boundary = visual | (input_ids == vision_end) if vision_end is not None else visual
         positions = torch.arange(input_ids.shape[0], device=input_ids.device)
         start = int(positions[boundary & real].max()) + 1 if bool((boundary & real).any()) else 0
-        ends = torch.isin(input_ids, torch.tensor(self._end_of_turn_ids(), dtype=input_ids.dtype, device=input_ids.device))
+        ends = torch.isin(input_ids,
+                          torch.tensor(self._end_of_turn_ids(), dtype=input_ids.dtype, device=input_ids.device))
         ends &= real & (positions >= start)
         end = int(positions[ends].min()) if bool(ends.any()) else input_ids.shape[0]
         mask = real & ~visual & (positions >= start) & (positions < end)
@@ -391,7 +396,8 @@ def pick_block(blocks, layer: int, family: str):
     """blocks[layer] with Python indexing, or a ValueError naming the valid range."""
     n = len(blocks)
     if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-        raise ValueError(f"vision_layer must be an integer in [{-n}, {n - 1}] for this {family} vision encoder ({n} blocks); got {layer!r}")
+        raise ValueError(f"vision_layer must be an integer in [{-n}, {n - 1}] for this {family} vision encoder "
+                         f"({n} blocks); got {layer!r}")
     return blocks[layer]
 
 

@@ -61,12 +61,14 @@ class LayerPruner:
             raise ValueError(
                 f"{type(press).__name__} drops tokens before layers {[s[0] for s in self.stages]}, but this "
                 f"{adapter.family} model ({num_layers} LLM layers) accepts layers {adapter.min_prune_layer} to "
-                f"{num_layers - 1} only" + (" (its DeepStack features enter the first layers)" if adapter.min_prune_layer > 1 else "")
+                f"{num_layers - 1} only"
+                + (" (its DeepStack features enter the first layers)" if adapter.min_prune_layer > 1 else "")
             )
         self.attn_implementation = adapter.config.get_text_config()._attn_implementation
         scoring = press.scoring
         if scoring not in ("previous_layer", "stage_layer"):
-            raise ValueError(f"{type(press).__name__}.scoring must be 'previous_layer' or 'stage_layer'; got {scoring!r}")
+            raise ValueError(
+                f"{type(press).__name__}.scoring must be 'previous_layer' or 'stage_layer'; got {scoring!r}")
         self.own_layer = scoring == "stage_layer"  # rank with the stage layer's own attention (PDrop as released)
         self.scoring_pass = False
         self.compute_dtype = press.compute_dtype
@@ -124,16 +126,19 @@ class LayerPruner:
         owner, token, valid = self.prompt
         B, L = owner.shape
         if rows % B or length < L:
-            raise RuntimeError(f"vidpress: the LLM got [{rows}, {length}] hidden states for a pressed prompt of [{B}, {L}]")
+            raise RuntimeError(
+                f"vidpress: the LLM got [{rows}, {length}] hidden states for a pressed prompt of [{B}, {L}]")
         self.copies = rows // B
-        owner, token, valid, query = (t.repeat_interleave(self.copies, dim=0) for t in (*self.prompt, self.query_position))
+        owner, token, valid, query = (t.repeat_interleave(self.copies, dim=0)
+                                      for t in (*self.prompt, self.query_position))
         if length > L:
             pad = (0, length - L)
             owner, token = F.pad(owner, pad, value=-1), F.pad(token, pad, value=-1)
             valid = F.pad(valid, pad, value=True)
         self.owner, self.token, self.full_valid, self.query_full = owner, token, valid, query
         self.visual_full = (owner >= 0).sum(1)  # [rows] frame tokens per row before any stage
-        self.index = torch.arange(length, device=valid.device).expand(rows, length)  # current sequence -> full positions
+        # current sequence -> full positions
+        self.index = torch.arange(length, device=valid.device).expand(rows, length)
         self.valid = valid
         self.stage_state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # stage layer -> (index, valid)
         self.full_hidden: torch.Tensor | None = None  # [rows, length, D]: every token's latest hidden state
@@ -162,7 +167,8 @@ class LayerPruner:
         """Rank with `layer`'s own attention on the hidden states entering it (before they are cut): its input
         norm, then its attention module, whose q and k (with rotary positions) reach `record` in a scoring pass."""
         if not hasattr(layer, "input_layernorm"):
-            raise ValueError(f"{type(self.press).__name__} ranks with the stage layer's own attention and needs its `input_layernorm`; {type(layer).__name__} has none")
+            raise ValueError(f"{type(self.press).__name__} ranks with the stage layer's own attention and needs its "
+                             f"`input_layernorm`; {type(layer).__name__} has none")
         embeddings = kwargs.get("position_embeddings")
         index, _ = self._active(layer_index)  # the sequence as cut by earlier stages
         if index is not None and embeddings is not None:
@@ -199,7 +205,8 @@ class LayerPruner:
         return self.stage_state[max(active)] if active else (None, None)
 
     def _prune(self, layer_index: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Keep the best-ranked frame tokens of each sample; re-pad; remember the stage's index into the full sequence."""
+        """Keep the best-ranked frame tokens of each sample; re-pad; remember the stage's index into the full
+        sequence."""
         if self.scores is None:
             raise RuntimeError("vidpress: the scoring layer did not run before the pruning layer")
         fraction = dict(self.stages)[layer_index]
@@ -207,7 +214,8 @@ class LayerPruner:
         budget = self.press.stage_budget(fraction, self.visual_full)
         scores = self.scores.masked_fill(~frame, float("-inf"))
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        rank = torch.empty_like(order).scatter_(1, order,
+                                                torch.arange(order.shape[1], device=order.device).expand_as(order))
         keep = (self.valid & ~frame) | (frame & (rank < budget[:, None]))
         self.full_hidden = self._scatter_full(hidden)
         gather, valid = _repad_index(keep, self.left)
@@ -247,11 +255,13 @@ class LayerPruner:
         self.report.selections = selections
         self.report.layer_tokens = list(self.layer_tokens)
 
-    def _cut_kwargs(self, kwargs: dict, layer_index: int, index: torch.Tensor, valid: torch.Tensor, query_length: int, prefill: bool) -> dict:
+    def _cut_kwargs(self, kwargs: dict, layer_index: int, index: torch.Tensor, valid: torch.Tensor, query_length: int,
+                    prefill: bool) -> dict:
         """Position embeddings, text positions and the attention mask for the kept sequence."""
         if prefill:
             if kwargs.get("position_embeddings") is not None:
-                kwargs["position_embeddings"] = tuple(_gather_embedding(t, index) for t in kwargs["position_embeddings"])
+                kwargs["position_embeddings"] = tuple(_gather_embedding(t, index)
+                                                      for t in kwargs["position_embeddings"])
             if isinstance(kwargs.get("position_ids"), torch.Tensor):
                 positions = kwargs["position_ids"]
                 kwargs["position_ids"] = positions.expand(index.shape[0], -1).gather(-1, index)
@@ -272,7 +282,8 @@ class LayerPruner:
         else:  # decoding: every kept prompt token, then the generated tokens as the model's own mask says
             if mask is None:
                 recent = torch.ones(B, 1, query_length, generated, dtype=torch.bool, device=device)
-                recent = recent & torch.ones(query_length, generated, dtype=torch.bool, device=device).tril(generated - query_length)
+                recent = recent & torch.ones(query_length, generated, dtype=torch.bool, device=device).tril(
+                    generated - query_length)
             else:
                 recent = mask[..., self.full_length :]
                 recent = recent if recent.dtype == torch.bool else recent == 0

@@ -27,7 +27,8 @@ class LlavaVideoAdapter(Adapter):
         for rows in self.per_video_rows(output):
             frame_rows = rows.shape[0] - self.num_extra
             if frame_rows % (h * w):
-                raise ValueError(f"{self.family}: {frame_rows} video features do not split into frames of {h}x{w} tokens")
+                raise ValueError(
+                    f"{self.family}: {frame_rows} video features do not split into frames of {h}x{w} tokens")
             T = frame_rows // (h * w)
             tokens = VideoTokens(rows[:frame_rows].view(T, h * w, -1), (T, h, w))
             layouts.append(VideoLayout(tokens, rows[frame_rows:] if self.num_extra else None))
@@ -44,8 +45,8 @@ class LlavaVideoAdapter(Adapter):
         layers = getattr(getattr(getattr(tower, "vision_model", tower), "encoder", None), "layers", None)
         if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):
             raise ValueError(
-                f"{self.family}: the vision tower {type(tower).__name__} has no encoder.layers[i].self_attn, so vidpress "
-                "cannot record its attention statistics"
+                f"{self.family}: the vision tower {type(tower).__name__} has no encoder.layers[i].self_attn, "
+                "so vidpress cannot record its attention statistics"
             )
         return layers
 
@@ -66,8 +67,8 @@ class LlavaVideoAdapter(Adapter):
             blocks = [k - 1 if k > 0 else len(layers) + k for k in feature_layers if k != 0]
             if not blocks:
                 raise ValueError(
-                    f"{self.family}: vision_feature_layer={self.config.vision_feature_layer} reads the patch embeddings, "
-                    "which have no attention; pass vision_layer"
+                    f"{self.family}: vision_feature_layer={self.config.vision_feature_layer} reads the patch "
+                    "embeddings, which have no attention; pass vision_layer"
                 )
             layer = max(blocks)
         return pick_block(layers, layer, self.family).self_attn
@@ -87,10 +88,12 @@ class LlavaVideoAdapter(Adapter):
         side = math.isqrt(attention.shape[1])
         if side * side != attention.shape[1]:
             raise ValueError(f"{self.family}: {attention.shape[1]} vision tokens per frame do not form a square grid")
-        stats = self.pool_stats(torch.cat([attention[..., None], keys], dim=-1).view(-1, side, side, 1 + keys.shape[-1]))
+        stats = self.pool_stats(
+            torch.cat([attention[..., None], keys], dim=-1).view(-1, side, side, 1 + keys.shape[-1]))
         frames = sum(layout.tokens.num_frames for layout in layouts)
         if stats.shape[0] != frames:
-            raise RuntimeError(f"vidpress: recorded {stats.shape[0]} frames in the vision encoder but the videos hold {frames}")
+            raise RuntimeError(
+                f"vidpress: recorded {stats.shape[0]} frames in the vision encoder but the videos hold {frames}")
         out, start = [], 0
         for layout in layouts:
             T, M = layout.tokens.num_frames, layout.tokens.tokens_per_frame
@@ -144,7 +147,8 @@ class LlavaNextVideoAdapter(LlavaVideoAdapter):
     family = "LLaVA-NeXT-Video"
 
     def frame_grid(self) -> tuple[int, int]:
-        side = self.config.vision_config.image_size // self.config.vision_config.patch_size // self.config.spatial_pool_stride
+        side = (self.config.vision_config.image_size // self.config.vision_config.patch_size
+                // self.config.spatial_pool_stride)
         return side, side
 
     def per_video_rows(self, output) -> list[torch.Tensor]:

@@ -23,7 +23,8 @@ class Qwen2VLAdapter(Adapter):
         layouts = []
         for v, (features, grid) in enumerate(zip(output.pooler_output, grids)):
             t, h, w = int(grid[0]), int(grid[1]) // self.merge, int(grid[2]) // self.merge
-            layouts.append(VideoLayout(VideoTokens(features.view(t, h * w, -1), (t, h, w), self.timestamps(inputs, v, t))))
+            layouts.append(
+                VideoLayout(VideoTokens(features.view(t, h * w, -1), (t, h, w), self.timestamps(inputs, v, t))))
         return layouts
 
     def timestamps(self, inputs: dict, video: int, num_frames: int) -> torch.Tensor | None:
@@ -49,7 +50,8 @@ class Qwen2VLAdapter(Adapter):
         unit = self.merge**2
         if received.numel() != int(grids.prod(-1).sum()):
             raise RuntimeError(
-                f"vidpress: recorded {received.numel()} vision tokens but the videos hold {int(grids.prod(-1).sum())} patches"
+                f"vidpress: recorded {received.numel()} vision tokens but the videos hold "
+                f"{int(grids.prod(-1).sum())} patches"
             )
         received = received.view(-1, unit).mean(1)
         keys = keys.view(-1, unit, keys.shape[-1]).mean(1)
@@ -145,7 +147,8 @@ class Qwen2VLAdapter(Adapter):
             return torch.arange(L, device=attention_mask.device).expand(3, B, L) if positions is None else positions
         kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         rope, deltas = self.base.get_rope_index(
-            inputs["input_ids"], mm_token_type_ids=self.mm_token_type_ids(inputs), attention_mask=attention_mask, **kwargs
+            inputs["input_ids"], mm_token_type_ids=self.mm_token_type_ids(inputs), attention_mask=attention_mask,
+            **kwargs
         )
         self.base.rope_deltas = deltas
         return rope  # [3, B, L]
@@ -177,7 +180,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         for v, layout in enumerate(layouts):
             T, M = layout.tokens.num_frames, layout.tokens.tokens_per_frame
             layout.tokens.side_features = {
-                f"deepstack.{level}": per_video[v].view(T, M, -1) for level, per_video in enumerate(output.deepstack_features)
+                f"deepstack.{level}": per_video[v].view(T, M, -1)
+                for level, per_video in enumerate(output.deepstack_features)
             }
         return layouts
 
@@ -199,6 +203,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     def pack_videos(self, output, kept_rows, kept_features):
         deepstack = [
-            tuple(features[rows] for features, rows in zip(per_video, kept_rows)) for per_video in output.deepstack_features
+            tuple(features[rows] for features, rows in zip(per_video, kept_rows))
+            for per_video in output.deepstack_features
         ]
         return type(output)(pooler_output=tuple(kept_features), deepstack_features=deepstack)

@@ -35,5 +35,5 @@ def get(name: str, **knobs) -> Press:
 
 
 __all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress",
-           "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press", "RandomPress", "ScorePress", "UniformPress",
-           "VidCom2Press", "VisionZipPress", "available", "get", "register"]
+           "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press", "RandomPress", "ScorePress",
+           "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get", "register"]

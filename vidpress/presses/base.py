@@ -15,7 +15,6 @@ import torch
 
 from vidpress.types import Query, Selection, VideoTokens, check_retention
 
-
 #: The press registry: the name users type -> the class. Filled by `@register("name")` on each press class.
 PRESSES: dict[str, type[Press]] = {}
 
@@ -162,7 +161,8 @@ def check_compute_dtype(value: str) -> str:
     swaps a few near-tied tokens (about 6.5% of VidCom2's kept tokens in bf16). On float32 features both are equal.
     """
     if value not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype must be one of {', '.join(map(repr, COMPUTE_DTYPES))} ('model' computes in the features' own dtype, as the released code); got {value!r}")
+        raise ValueError(f"compute_dtype must be one of {', '.join(map(repr, COMPUTE_DTYPES))} ('model' computes in "
+                         f"the features' own dtype, as the released code); got {value!r}")
     return value
 
 

@@ -140,7 +140,8 @@ class CaCoVIDPolicy(nn.Module):
                 f"but the video tokens have width {width}: train a policy for this model (vidpress train cacovid)"
             )
 
-    def context(self, video: torch.Tensor, grid: tuple[int, int, int], query: Query) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def context(self, video: torch.Tensor, grid: tuple[int, int, int],
+                query: Query) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The policy's input for one video: embeddings [S, D], rotary position ids [R, S] (R = 3 for M-RoPE, else 1)
         and the offset of the video's T * M tokens in the sequence."""
         rows = 3 if self.config["mrope"] else 1
@@ -162,7 +163,8 @@ class CaCoVIDPolicy(nn.Module):
         if rows == 1:
             pos = torch.arange(n + text.shape[0])[None]
         else:
-            video_pos = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1)
+            video_pos = torch.stack(
+                torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1)
             pos = torch.cat([video_pos, torch.arange(text.shape[0]).expand(3, -1) + max(t, h, w)], dim=1)
         return torch.cat([flat, text.to(flat)]), pos, 0
 
@@ -195,7 +197,8 @@ class CaCoVIDPolicy(nn.Module):
         # Bidirectional: every real token sees every real token; padded keys are masked (additive mask).
         mask = torch.zeros(B, 1, S, S, dtype=dtype, device=device)
         mask.masked_fill_(~valid[:, None, None, :], torch.finfo(dtype).min)
-        out = self.layer(x, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings, is_causal=False)
+        out = self.layer(x, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings,
+                         is_causal=False)
         hidden = self.norm(out[0] if isinstance(out, tuple) else out)
         token_scores, frame_scores, mode_logits = [], [], []
         for i, (video, (_, _, offset)) in enumerate(zip(videos, contexts)):
@@ -241,10 +244,13 @@ class CaCoVIDPolicy(nn.Module):
                      for k in sorted(set(weights) & set(expected)) if weights[k].shape != expected[k].shape]
         if missing or unexpected or misshaped:
             problems = [f"{label} ({len(keys)}): {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
-                        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+                        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+                        if keys]
             raise ValueError(
-                f"{path / WEIGHTS_NAME} does not match a CaCoVIDPolicy of width {policy.hidden_size}: " + "; ".join(problems)
-                + ". Expected names: layer.* (the decoder layer), norm.weight, {token,frame,mode}_head.{0,2,4,6,8}.weight/bias"
+                f"{path / WEIGHTS_NAME} does not match a CaCoVIDPolicy of width {policy.hidden_size}: "
+                + "; ".join(problems)
+                + ". Expected names: layer.* (the decoder layer), norm.weight, "
+                "{token,frame,mode}_head.{0,2,4,6,8}.weight/bias"
             )
         policy.load_state_dict(weights)
         return policy.float().to(device).eval()
@@ -256,7 +262,8 @@ def _rows(position_ids: torch.Tensor, rows: int) -> torch.Tensor:
     if rows == 3 and pos.shape[0] == 4:
         pos = pos[1:]
     if pos.shape[0] != rows:
-        raise ValueError(f"expected position ids with {rows} row(s) for this policy; got shape {tuple(position_ids.shape)}")
+        raise ValueError(
+            f"expected position ids with {rows} row(s) for this policy; got shape {tuple(position_ids.shape)}")
     return pos.long()
 
 
@@ -342,7 +349,8 @@ class CaCoVIDPress(Press):
         if not 0.0 <= self.imp_ratio <= 1.0:
             raise ValueError(f"imp_ratio must be in [0, 1]; got {self.imp_ratio!r}")
         if not 0.0 <= self.min_ratio <= 1.0 <= self.max_ratio:
-            raise ValueError(f"need 0 <= min_ratio <= 1 <= max_ratio; got min_ratio={self.min_ratio!r}, max_ratio={self.max_ratio!r}")
+            raise ValueError(f"need 0 <= min_ratio <= 1 <= max_ratio; got min_ratio={self.min_ratio!r}, "
+                             f"max_ratio={self.max_ratio!r}")
         if not self.frame_logit_max > 0:
             raise ValueError(f"frame_logit_max must be > 0; got {self.frame_logit_max!r}")
 
@@ -367,7 +375,8 @@ class CaCoVIDPress(Press):
         T, M = tokens.num_frames, tokens.tokens_per_frame
         token_scores, frame_scores = self.policy.score(tokens, query)
         if not (torch.isfinite(token_scores).all() and torch.isfinite(frame_scores).all()):
-            raise ValueError("the CaCoVID policy gave non-finite scores for this video; is it the policy trained for this model?")
+            raise ValueError(
+                "the CaCoVID policy gave non-finite scores for this video; is it the policy trained for this model?")
         keep = released_allocation(token_scores, frame_scores, token_budget(self.retention, T * M), self.retention,
                                    self.imp_ratio, self.min_ratio, self.max_ratio, self.frame_logit_max)
         keep_indices = keep.flatten().nonzero().squeeze(1).to(tokens.features.device)

@@ -11,12 +11,19 @@ by attention, is not part of this press.)
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, average_into_kept, check_compute_dtype, in_compute_dtype, keep_top_per_frame, register, token_budget
+from vidpress.presses.base import (
+    Press,
+    average_into_kept,
+    check_compute_dtype,
+    in_compute_dtype,
+    keep_top_per_frame,
+    register,
+    token_budget,
+)
 from vidpress.types import Query, Selection, VideoTokens
 
 logger = logging.getLogger("vidpress")
@@ -70,7 +77,8 @@ class DyCokePress(Press):
         if not isinstance(self.merge, bool):
             raise ValueError(f"merge must be True or False; got {self.merge!r}")
         if self.edges not in ("uniform", "released"):
-            raise ValueError(f"edges must be 'uniform' or 'released' (the released loop's last window and odd T); got {self.edges!r}")
+            raise ValueError(f"edges must be 'uniform' or 'released' (the released loop's last window and odd T); "
+                             f"got {self.edges!r}")
         if self.edges == "released" and (self.window != 4 or self.merge):
             raise ValueError("edges='released' reproduces the released loop, which has windows of 4 and drops tokens: "
                              f"use window=4 and merge=False (got window={self.window}, merge={self.merge})")

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, apportion, check_compute_dtype, in_compute_dtype, keep_top_per_frame, register, token_budget
+from vidpress.presses.base import (
+    Press,
+    apportion,
+    check_compute_dtype,
+    in_compute_dtype,
+    keep_top_per_frame,
+    register,
+    token_budget,
+)
 from vidpress.types import Query, Selection, VideoTokens
 
 # Entries per block in the token-to-context distance pass (rows = this // columns).
@@ -37,10 +45,10 @@ class FastVIDPress(Press):
       4. Context tokens: anchor frames are every p-th frame (p = `anchor_interval`) counted back from the segment's
          LAST frame. The segment's context budget, sum_f int(b_f * d), is split evenly over its anchor frames (an
          anchor frame with too few non-salient tokens passes the rest on; what no anchor frame can hold goes,
-         spread evenly over the frames, to their next most salient tokens). On each anchor frame, the density peaks (DPC-kNN) of its non-salient tokens
-         on raw features: dist = Euclidean / sqrt(D); rho_i = exp(-mean dist^2 to its `knn` (4) nearest tokens,
-         itself included); delta_i = dist to the nearest token of higher density, or the largest distance of the
-         frame for the densest; keep the largest rho * delta.
+         spread evenly over the frames, to their next most salient tokens). On each anchor frame, the density peaks
+         (DPC-kNN) of its non-salient tokens on raw features: dist = Euclidean / sqrt(D); rho_i = exp(-mean dist^2 to
+         its `knn` (4) nearest tokens, itself included); delta_i = dist to the nearest token of higher density, or the
+         largest distance of the frame for the densest; keep the largest rho * delta.
       5. Merging, per anchor frame: every other non-salient token of the segment goes to the nearest (Euclidean)
          context token of that anchor frame; a context token c with n tokens assigned becomes
          (c + w * sum(assigned)) / (1 + n * w), w = clamp(1 / (n + 1), min=0.6), at c's position
@@ -92,22 +100,26 @@ class FastVIDPress(Press):
         try:
             threshold = float(self.threshold)
         except (TypeError, ValueError):
-            raise ValueError(f"threshold must be a number in [-1, 1] (cosine similarity); got {self.threshold!r}") from None
+            raise ValueError(
+                f"threshold must be a number in [-1, 1] (cosine similarity); got {self.threshold!r}") from None
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a number in [-1, 1] (cosine similarity); got {self.threshold!r}")
         self.threshold = threshold
-        if isinstance(self.context_ratio, bool) or not isinstance(self.context_ratio, (int, float)) or not 0.0 <= self.context_ratio <= 1.0:
+        if (isinstance(self.context_ratio, bool) or not isinstance(self.context_ratio, (int, float))
+                or not 0.0 <= self.context_ratio <= 1.0):
             raise ValueError(f"context_ratio must be in [0, 1]; got {self.context_ratio!r}")
         if self.saliency not in ("distinct", "norm"):
             raise ValueError(f"saliency must be 'distinct' or 'norm'; got {self.saliency!r}")
         if self.budget not in ("exact", "per_frame"):
-            raise ValueError(f"budget must be 'exact' (round(R * T * M) in total) or 'per_frame' (released: int(R * M) per frame); got {self.budget!r}")
+            raise ValueError(f"budget must be 'exact' (round(R * T * M) in total) or 'per_frame' (released: int(R * M) "
+                             f"per frame); got {self.budget!r}")
         self.compute_dtype = check_compute_dtype(self.compute_dtype)
 
     # -- DySeg --------------------------------------------------------------------------------------------
     def segments(self, tokens: VideoTokens) -> list[tuple[int, int]]:
         """Temporal segments as (first frame, end frame) pairs, in order, covering all T frames."""
-        return self._segments(in_compute_dtype(tokens.features, self.compute_dtype), self._total_budget(tokens.num_frames, tokens.tokens_per_frame))
+        return self._segments(in_compute_dtype(tokens.features, self.compute_dtype),
+                              self._total_budget(tokens.num_frames, tokens.tokens_per_frame))
 
     def _total_budget(self, T: int, M: int) -> int:
         """Tokens the video keeps (for "per_frame", the most segments that may hold one token each)."""
@@ -219,7 +231,8 @@ class FastVIDPress(Press):
                 w = (1 / (n + 1)).clamp(min=0.6)
                 # (c + w * sum(a)) / (1 + n * w), written as c + w * sum(a - c) / (1 + n * w): copies merge exactly
                 own = flat[peaks].float()
-                deltas = torch.zeros(peaks.numel(), D, device=device).index_add_(0, nearest, flat[sources].float() - own[nearest])
+                deltas = torch.zeros(peaks.numel(), D, device=device).index_add_(
+                    0, nearest, flat[sources].float() - own[nearest])
                 features[rows] = features[rows] + (w / (1 + n * w))[:, None] * deltas
         return keep, features
 

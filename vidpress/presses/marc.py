@@ -26,9 +26,9 @@ class MarcPress(Press):
          frame embedding = mean of its tokens; clips = `segment(frame embeddings, detector)`; clip embedding = mean
          of its frames'; query embedding = mean of the question's `Query.embeddings` (the VLM's own text
          embeddings, MARC's fallback embedder), over `Query.question_mask` (as released, the question text only: no
-         system prompt, role tags or generation prompt; every token when the mask is missing). The `top_k` clips most cosine-similar to the query are kept, in time order; the others
-         are dropped. Without a query (or without embeddings) there is nothing to retrieve with: every clip is kept
-         and the press only merges.
+         system prompt, role tags or generation prompt; every token when the mask is missing). The `top_k` clips
+         most cosine-similar to the query are kept, in time order; the others are dropped. Without a query (or
+         without embeddings) there is nothing to retrieve with: every clip is kept and the press only merges.
       2. Frame budget F = max(1, K // M), split over the kept clips in proportion to their length (largest
          remainder, at least one frame each). Within each clip, the most similar ADJACENT pair of frame groups is
          replaced by its mean until the clip holds its budget; similarity = mean over the M spatial positions of
@@ -66,8 +66,11 @@ class MarcPress(Press):
         if self.budget_tokens is not None and (
             isinstance(self.budget_tokens, bool) or not isinstance(self.budget_tokens, int) or self.budget_tokens < 1
         ):
-            raise ValueError(f"budget_tokens must be an integer >= 1 (or None: one frame's tokens); got {self.budget_tokens!r}")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1):
+            raise ValueError(
+                f"budget_tokens must be an integer >= 1 (or None: one frame's tokens); got {self.budget_tokens!r}")
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1
+        ):
             raise ValueError(f"top_k must be an integer >= 1, or None to turn retrieval off; got {self.top_k!r}")
         self.compute_dtype = check_compute_dtype(self.compute_dtype)
 

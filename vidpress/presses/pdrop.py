@@ -50,10 +50,12 @@ class PDropPress(LayerPress):
     def __post_init__(self):
         super().__post_init__()
         self.stage_depths = tuple(float(d) for d in self.stage_depths)
-        if not self.stage_depths or any(not 0 < d < 1 for d in self.stage_depths) or list(self.stage_depths) != sorted(self.stage_depths):
+        if (not self.stage_depths or any(not 0 < d < 1 for d in self.stage_depths)
+                or list(self.stage_depths) != sorted(self.stage_depths)):
             raise ValueError(f"stage_depths must be increasing fractions in (0, 1); got {self.stage_depths!r}")
         if self.scoring not in ("stage_layer", "previous_layer"):
-            raise ValueError(f"scoring must be 'stage_layer' (released: the stage layer's own attention) or 'previous_layer'; got {self.scoring!r}")
+            raise ValueError(f"scoring must be 'stage_layer' (released: the stage layer's own attention) or "
+                             f"'previous_layer'; got {self.scoring!r}")
         self.compute_dtype = check_compute_dtype(self.compute_dtype)
 
     def stage_layers(self, num_layers: int) -> list[int]:

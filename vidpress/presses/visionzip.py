@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpress.presses.base import Press, check_compute_dtype, in_compute_dtype, keep_top_per_frame, register, token_budget
+from vidpress.presses.base import (
+    Press,
+    check_compute_dtype,
+    in_compute_dtype,
+    keep_top_per_frame,
+    register,
+    token_budget,
+)
 from vidpress.types import Query, Selection, VideoTokens
 
 # Frames per block in the similarity pass: [frames, M, M] similarities at a time.
@@ -73,10 +80,13 @@ class VisionZipPress(Press):
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
             raise ValueError(f"dominant_ratio must be a number in [0, 1]; got {ratio!r}")
         self.dominant_ratio = float(ratio)
-        if self.vision_layer is not None and (isinstance(self.vision_layer, bool) or not isinstance(self.vision_layer, int)):
+        if self.vision_layer is not None and (
+            isinstance(self.vision_layer, bool) or not isinstance(self.vision_layer, int)
+        ):
             raise ValueError(f"vision_layer must be None or an integer block index; got {self.vision_layer!r}")
         if self.contextual_merge not in ("add", "mean"):
-            raise ValueError(f"contextual_merge must be 'add' (released: target + mean of assigned) or 'mean'; got {self.contextual_merge!r}")
+            raise ValueError(f"contextual_merge must be 'add' (released: target + mean of assigned) or 'mean'; "
+                             f"got {self.contextual_merge!r}")
         self.compute_dtype = check_compute_dtype(self.compute_dtype)
 
     def frame_budgets(self, num_frames: int, tokens_per_frame: int) -> torch.Tensor:

@@ -81,13 +81,16 @@ class CLIPEmbedder:
             raise ValueError(f"{type(self.model).__name__} is not a dual encoder: it has no {', '.join(missing)}")
 
     @classmethod
-    def from_pretrained(cls, path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **kwargs) -> CLIPEmbedder:
+    def from_pretrained(cls, path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                        **kwargs) -> CLIPEmbedder:
         """Load any transformers CLIP/SigLIP-style model and its processor from a local folder."""
         import vidpress  # noqa: F401  (makes torchvision importable before processor classes)
+        # isort: split
         from transformers import AutoModel, AutoProcessor
 
         if not Path(path).is_dir():
-            raise ValueError(f"embedder path {str(path)!r} is not a directory; pass a local CLIP/SigLIP folder (from save_pretrained)")
+            raise ValueError(f"embedder path {str(path)!r} is not a directory; pass a local CLIP/SigLIP folder "
+                             "(from save_pretrained)")
         model = AutoModel.from_pretrained(path, dtype=dtype).to(device).eval()
         return cls(model, AutoProcessor.from_pretrained(path), **kwargs)
 

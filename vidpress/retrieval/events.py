@@ -115,7 +115,8 @@ def segment(embeddings: torch.Tensor, detector=None) -> list[int]:
     boundaries = sorted(int(b) for b in detector.boundaries(embeddings))
     n = embeddings.shape[0]
     if any(not 0 < b < n for b in boundaries) or len(set(boundaries)) != len(boundaries):
-        raise ValueError(f"detector {type(detector).__name__} returned boundaries outside (0, {n}) or repeated: {boundaries}")
+        raise ValueError(
+            f"detector {type(detector).__name__} returned boundaries outside (0, {n}) or repeated: {boundaries}")
     return boundaries
 
 
@@ -194,7 +195,8 @@ def check_frames(frames) -> np.ndarray | torch.Tensor:
     return frames
 
 
-def describe_video(video, descriptor: FrameDescriptor | None = None, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+def describe_video(video, descriptor: FrameDescriptor | None = None, batch_size: int = 256,
+                   progress: bool = False) -> torch.Tensor:
     """Descriptors [N, dim] of EVERY frame of `video`: a path (decoded with PyAV, frame 0 first) or uint8 [N, H, W, 3].
 
     A file is streamed: frames are scaled to the descriptor's size by FFmpeg while decoding, so memory holds
@@ -212,7 +214,8 @@ def _describe_file(path: str, descriptor: FrameDescriptor, batch_size: int, prog
     import av
 
     if not os.path.isfile(path):
-        raise video_io.VideoDecodeError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a regular file")
+        raise video_io.VideoDecodeError(
+            f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a regular file")
     _, listed = video_io.probe_pyav(path)
     container, stream = video_io._open_pyav(path)
     size, pending, chunks, packets = descriptor.size, [], [], 0
@@ -222,7 +225,8 @@ def _describe_file(path: str, descriptor: FrameDescriptor, batch_size: int, prog
         try:
             for packet in container.demux(stream):
                 if packet.is_corrupt:
-                    raise video_io.VideoDecodeError(f"{path}: corrupt or truncated data after {len(chunks) * batch_size + len(pending)} frames")
+                    raise video_io.VideoDecodeError(
+                        f"{path}: corrupt or truncated data after {len(chunks) * batch_size + len(pending)} frames")
                 packets += video_io._is_data_packet(packet)
                 for frame in packet.decode():
                     pending.append(frame.to_ndarray(format="rgb24", width=size, height=size, interpolation="AREA"))
@@ -236,7 +240,8 @@ def _describe_file(path: str, descriptor: FrameDescriptor, batch_size: int, prog
             chunks.append(descriptor(np.stack(pending)))
             bar.update(len(pending))
     if packets < listed:
-        raise video_io.VideoDecodeError(f"{path}: truncated: the container lists {listed} frames, {packets} could be read")
+        raise video_io.VideoDecodeError(
+            f"{path}: truncated: the container lists {listed} frames, {packets} could be read")
     if not chunks:
         raise video_io.VideoDecodeError(f"{path}: no decodable frames")
     return torch.cat(chunks)

@@ -74,12 +74,14 @@ class ClipIndex:
             raise ValueError(f"embeddings must be a tensor [C, {self.dim}]; got {type(embeddings).__name__}")
         embeddings = embeddings[None] if embeddings.dim() == 1 else embeddings
         if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
-            raise ValueError(f"embeddings must have shape [C, {self.dim}] for this index; got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"embeddings must have shape [C, {self.dim}] for this index; got {tuple(embeddings.shape)}")
         if not torch.isfinite(embeddings).all():
             raise ValueError("embeddings contain NaN or Inf values")
         ranges = [tuple(int(x) for x in r) for r in ranges]
         if len(ranges) != embeddings.shape[0]:
-            raise ValueError(f"got {embeddings.shape[0]} embeddings but {len(ranges)} frame ranges; pass one (start, end) per clip")
+            raise ValueError(f"got {embeddings.shape[0]} embeddings but {len(ranges)} frame ranges; "
+                             "pass one (start, end) per clip")
         if any(len(r) != 2 or not 0 <= r[0] < r[1] for r in ranges):
             raise ValueError(f"frame ranges must be (start, end) with 0 <= start < end; got {ranges}")
         vectors = F.normalize(embeddings.detach().float().cpu(), dim=-1)
@@ -145,7 +147,8 @@ class ClipIndex:
             raise ValueError(f"{directory} holds no saved clip index (expected {META_FILE} and {EMBEDDINGS_FILE})")
         meta = json.loads((directory / META_FILE).read_text())
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{directory}: clip index format {meta.get('format_version')!r}; this vidpress reads {FORMAT_VERSION}")
+            raise ValueError(
+                f"{directory}: clip index format {meta.get('format_version')!r}; this vidpress reads {FORMAT_VERSION}")
         index = cls(meta["dim"], backend, meta.get("metadata", {}))
         with safe_open(str(directory / EMBEDDINGS_FILE), framework="pt") as handle:
             embeddings_id = (handle.metadata() or {}).get("save_id")
@@ -154,7 +157,8 @@ class ClipIndex:
             raise ValueError(f"{directory}: {EMBEDDINGS_FILE} and {META_FILE} come from two different saves (an "
                              "interrupted re-save); save the index again")
         if embeddings.shape != (len(meta["ranges"]), meta["dim"]):
-            raise ValueError(f"{directory}: {tuple(embeddings.shape)} embeddings do not match {len(meta['ranges'])} clips of width {meta['dim']}")
+            raise ValueError(f"{directory}: {tuple(embeddings.shape)} embeddings do not match {len(meta['ranges'])} "
+                             f"clips of width {meta['dim']}")
         if len(embeddings):
             index.add(embeddings, [tuple(r) for r in meta["ranges"]])
         return index

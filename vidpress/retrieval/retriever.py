@@ -48,7 +48,8 @@ class VideoMemory:
     def load(cls, directory, backend: str = "auto") -> VideoMemory:
         index = ClipIndex.load(directory, backend)
         if "num_frames" not in index.metadata:
-            raise ValueError(f"{directory} holds a clip index but not a video memory (no num_frames); save it with VideoMemory.save")
+            raise ValueError(
+                f"{directory} holds a clip index but not a video memory (no num_frames); save it with VideoMemory.save")
         meta = index.metadata
         return cls(index, int(meta["num_frames"]), meta.get("source"), meta.get("embedder"))
 
@@ -95,7 +96,9 @@ class VisualMemoryRetriever:
 
     def __post_init__(self):
         _check_k(self.top_k)
-        if self.frames_per_clip is not None and (int(self.frames_per_clip) != self.frames_per_clip or self.frames_per_clip < 1):
+        if self.frames_per_clip is not None and (
+            int(self.frames_per_clip) != self.frames_per_clip or self.frames_per_clip < 1
+        ):
             raise ValueError(f"frames_per_clip must be a positive integer or None; got {self.frames_per_clip!r}")
         if not isinstance(self.embedder, Embedder):
             raise ValueError(f"embedder {type(self.embedder).__name__} lacks embed_frames(frames) / embed_text(texts)")
@@ -118,25 +121,28 @@ class VisualMemoryRetriever:
             frames = video[torch.as_tensor(wanted)] if isinstance(video, torch.Tensor) else video[wanted]
         frame_embeddings = self.embedder.embed_frames(frames)
         if frame_embeddings.dim() != 2 or frame_embeddings.shape[0] != len(wanted):
-            raise ValueError(f"{type(self.embedder).__name__}.embed_frames gave {tuple(frame_embeddings.shape)} for {len(wanted)} frames")
+            raise ValueError(f"{type(self.embedder).__name__}.embed_frames gave {tuple(frame_embeddings.shape)} "
+                             f"for {len(wanted)} frames")
         clip_embeddings = torch.stack([part.mean(0) for part in frame_embeddings.split([len(p) for p in picked])])
         index = ClipIndex(frame_embeddings.shape[1], self.backend)
         index.add(F.normalize(clip_embeddings.float(), dim=-1), clips)
         return VideoMemory(index, num_frames, os.fspath(video) if is_path else None, type(self.embedder).__name__)
 
-    def retrieve(self, memory: VideoMemory, question: str, k: int | None = None, candidates=None) -> list[tuple[int, int]]:
+    def retrieve(self, memory: VideoMemory, question: str, k: int | None = None,
+                 candidates=None) -> list[tuple[int, int]]:
         """The k clips of `memory` most similar to `question` (default `top_k`), as [(start, end)] in time order.
 
         candidates: optional clip ids to choose among (e.g. clips that hold a sampled frame); None: all clips.
         """
         k = _check_k(self.top_k if k is None else k)
         if not isinstance(memory, VideoMemory):
-            raise ValueError(f"memory must be a VideoMemory from index_video or VideoMemory.load; got {type(memory).__name__}")
+            raise ValueError(
+                f"memory must be a VideoMemory from index_video or VideoMemory.load; got {type(memory).__name__}")
         query = self.embedder.embed_text([question])[0]
         if query.shape != (memory.index.dim,):
             raise ValueError(
-                f"the question embedding has width {query.shape[-1]} but the memory's clips have width {memory.index.dim}: "
-                f"the memory was indexed with a different embedder ({memory.embedder})"
+                f"the question embedding has width {query.shape[-1]} but the memory's clips have width "
+                f"{memory.index.dim}: the memory was indexed with a different embedder ({memory.embedder})"
             )
         _, ids = memory.index.search(query, len(memory.index))
         allowed = None if candidates is None else {int(c) for c in candidates}
@@ -154,18 +160,20 @@ class VisualMemoryRetriever:
         """
         check_frames(frames)
         n = len(frames)
-        indices = torch.arange(n) if frame_indices is None else torch.as_tensor(np.asarray(frame_indices), dtype=torch.long)
+        indices = (torch.arange(n) if frame_indices is None
+                   else torch.as_tensor(np.asarray(frame_indices), dtype=torch.long))
         if indices.shape != (n,):
             raise ValueError(f"frame_indices must hold one index per frame ({n}); got shape {tuple(indices.shape)}")
         if n > 1 and not bool((indices[1:] > indices[:-1]).all()):
             raise ValueError("frame_indices must be strictly increasing")
         if memory is None:
             if frame_indices is not None and not torch.equal(indices, torch.arange(n)):
-                raise ValueError("frame_indices other than 0..N-1 need the memory of the whole video (index_video(path))")
+                raise ValueError(
+                    "frame_indices other than 0..N-1 need the memory of the whole video (index_video(path))")
             memory = self.index_video(frames)
         if int(indices[0]) < 0 or int(indices[-1]) >= memory.num_frames:
-            raise ValueError(f"frame_indices span [{int(indices[0])}, {int(indices[-1])}] but the memory indexes a video "
-                             f"of {memory.num_frames} frames: it belongs to another video")
+            raise ValueError(f"frame_indices span [{int(indices[0])}, {int(indices[-1])}] but the memory indexes a "
+                             f"video of {memory.num_frames} frames: it belongs to another video")
         starts = torch.tensor([start for start, _ in memory.clips])
         clip_of_frame = torch.searchsorted(starts, indices, right=True) - 1
         clips = self.retrieve(memory, question, k, candidates=clip_of_frame.unique().tolist())

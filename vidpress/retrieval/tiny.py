@@ -43,10 +43,12 @@ def build_tiny_dual_encoder(kind: str, path, seed: int = 0) -> pathlib.Path:
         raise ValueError(f"unknown dual encoder kind {kind!r}; expected one of {KINDS}")
     path = pathlib.Path(path)
     tokenizer = _tokenizer(kind)
-    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
     text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=2, max_position_embeddings=16, **ids)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
     size = {"height": 32, "width": 32}
     torch.manual_seed(seed)
     if kind == "clip":

@@ -173,7 +173,8 @@ def press_from_config(additional_config, model_type: str, video_pruning_rate: fl
             "the prompt); remove 'retention' from the vidpress settings"
         )
     if not isinstance(name, str) or name.strip().lower().replace("²", "2").replace("-", "_") not in presses.PRESSES:
-        raise ValueError(f"vidpress: unknown press {name!r}; presses that run in vLLM: {', '.join(applicable_presses())}")
+        raise ValueError(
+            f"vidpress: unknown press {name!r}; presses that run in vLLM: {', '.join(applicable_presses())}")
     key = name.strip().lower().replace("²", "2").replace("-", "_")
     reason = refusal_reason(presses.PRESSES[key])
     if reason is not None:
@@ -218,7 +219,8 @@ def select_exact(press: Press, tokens: VideoTokens, count: int) -> tuple[torch.T
     if keep.numel() == count:
         return keep, features
     if scores is None:
-        raise RuntimeError(f"vidpress: {type(press).__name__} kept {keep.numel()} tokens, not the {count} vLLM reserved")
+        raise RuntimeError(
+            f"vidpress: {type(press).__name__} kept {keep.numel()} tokens, not the {count} vLLM reserved")
     return _fit(keep, features, flat, scores.flatten().to(flat.device), count)
 
 
@@ -285,5 +287,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["ARCHITECTURES", "CONFIG_KEY", "ServingPress", "applicable_presses", "check_family", "press_from_config", "refusal_reason",
-           "register", "select_exact"]
+__all__ = ["ARCHITECTURES", "CONFIG_KEY", "ServingPress", "applicable_presses", "check_family", "press_from_config",
+           "refusal_reason", "register", "select_exact"]

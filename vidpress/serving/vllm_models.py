@@ -108,7 +108,9 @@ class VidpressQwen2_5_VLForConditionalGeneration(_PressedVideo, Qwen2_5_VLForCon
         return tuple(out)
 
 
-@MULTIMODAL_REGISTRY.register_processor(Qwen3VLMultiModalProcessor, info=_Qwen3VLInfo, dummy_inputs=Qwen3VLDummyInputsBuilder)
+@MULTIMODAL_REGISTRY.register_processor(
+    Qwen3VLMultiModalProcessor, info=_Qwen3VLInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
+)
 class VidpressQwen3VLForConditionalGeneration(_PressedVideo, Qwen3VLForConditionalGeneration):
     """Qwen3-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS or VidCom2 contract,
     by --video-pruning-method). DeepStack features of kept tokens are kept with them."""
