@@ -27,7 +27,7 @@ from reference import vidcom2_loop  # noqa: E402
 
 from vidpress import VideoTokens, VidCom2Press, presses  # noqa: E402  (before transformers: torchvision shim)
 from vidpress.presses import FastVPress, PDropPress  # noqa: E402
-from vidpress.evaluation.timing import median_ms, time_prefill  # noqa: E402
+from vidpress.timing import median_ms, time_prefill  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from transformers.modeling_outputs import BaseModelOutputWithPooling  # noqa: E402
 
