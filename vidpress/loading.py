@@ -14,7 +14,8 @@ DEMO_FAMILY = "qwen2_5_vl"
 
 def load_model(path: str | None, attn: str = "sdpa", device: str = "cpu", dtype: str = "auto"):
     """`(model.eval(), processor)` of a local model directory, or of the bundled random-weight demo model when
-    `path` is None. attn: attention implementation; dtype: "auto" (the checkpoint's own), "float32", "bfloat16" or "float16"."""
+    `path` is None. attn: attention implementation; dtype: "auto" (the checkpoint's own), "float32", "bfloat16"
+    or "float16"."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

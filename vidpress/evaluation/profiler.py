@@ -329,7 +329,8 @@ def profile_retrieval(model, processor, retriever, frames, question: str, video=
     (query_run,) = _measure([query], repeats, device, bar)
     memory, (kept, kept_indices) = memories[-1], episodes[-1]
     total = memory.num_frames
-    full_inputs = build_inputs(processor, [question], [[frames]], metadata=[[frames_metadata(frames, fps, indices, total)]])
+    full_inputs = build_inputs(processor, [question], [[frames]],
+                               metadata=[[frames_metadata(frames, fps, indices, total)]])
     kept, kept_indices = pad_frames(kept, kept_indices.tolist(), model)
     retrieved_inputs = build_inputs(processor, [question], [[kept]],
                                     metadata=[[frames_metadata(kept, fps, kept_indices, total)]])

@@ -715,7 +715,10 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
     results = [curve]
     if metrics.get("val"):
         results.append([
-            "## Validation (`val` split, CaCoVIDPress)", "", "| retention | effective | accuracy | evidence recall |", "|---|---|---|---|",
-            *[f"| {r} | {v['effective_retention']:.3f} | {v['accuracy']:.3f} | {v['evidence_recall']:.3f} |" for r, v in metrics["val"].items()],
+            "## Validation (`val` split, CaCoVIDPress)", "", "| retention | effective | accuracy | evidence recall |",
+            "|---|---|---|---|",
+            *[f"| {r} | {v['effective_retention']:.3f} | {v['accuracy']:.3f} | {v['evidence_recall']:.3f} |"
+              for r, v in metrics["val"].items()],
         ])
-    return write_model_card(out_dir, "CaCoVID policy", intro, [training], command or "vidpress train cacovid --out DIR", results)
+    return write_model_card(out_dir, "CaCoVID policy", intro, [training], command or "vidpress train cacovid --out DIR",
+                            results)

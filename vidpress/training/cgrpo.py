@@ -561,7 +561,8 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
             "| setting | kept tokens | effective retention | overall | " + " | ".join(families) + " |",
             "|---|---|---|---|" + "---|" * len(families),
         ]
-        labels = {"full": "all tokens (reference)", "marc": "MarcPress on the reference", "marc + C-GRPO": "MarcPress on this student"}
+        labels = {"full": "all tokens (reference)", "marc": "MarcPress on the reference",
+                  "marc + C-GRPO": "MarcPress on this student"}
         for name, r in test.items():
             table.append(
                 f"| {labels.get(name, name)} | {r['visual_tokens']:.1f} | {r['effective_retention']:.3f} | **{r['accuracy']:.3f}** | "

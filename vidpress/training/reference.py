@@ -478,7 +478,11 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
         "   video keeps its evidence and flash tokens plus a random 5-50% of the rest (kept tokens keep their M-RoPE",
         "   positions).",
         f"- Data: the first {metrics['train_examples']:,} examples of the `train` split (families round-robin).",
-        *([f"- Vision tower copied from `{metrics['vision_from']}` before stage 1."] if metrics.get("vision_from") else []),
+        *(
+            [f"- Vision tower copied from `{metrics['vision_from']}` before stage 1."]
+            if metrics.get("vision_from")
+            else []
+        ),
         *(
             [
                 "- Stage-1 per-token read-out on 96 held-out clips (share right on tokens with / without the object): "
