@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the pe
 from reference import vidcom2_loop  # noqa: E402
 
 from vidpress import VidCom2Press, VideoTokens, presses  # noqa: E402  (before transformers: torchvision shim)
-from vidpress.evaluation.timing import median_ms, time_prefill  # noqa: E402
 from vidpress.presses import FastVPress, PDropPress  # noqa: E402
+from vidpress.timing import median_ms, time_prefill  # noqa: E402
 
 # isort: split
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402

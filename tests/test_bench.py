@@ -78,10 +78,10 @@ def test_bench_on_another_model_skips_the_reference_checkpoints_by_default():
 
 
 def test_bench_out_is_checked_before_the_run_and_never_overwritten_silently(tmp_path, capsys, monkeypatch):
-    import vidpress.cli as cli
+    import vidpress.evaluation.bench as bench
 
     (tmp_path / "results.json").write_text("[]")
-    monkeypatch.setattr(cli, "load_bench_model", lambda *a: pytest.fail("the run started"))
+    monkeypatch.setattr(bench, "load_bench_model", lambda *a: pytest.fail("the run started"))
     assert main(["bench", "--limit", "6", "--out", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "already holds results (results.json)" in err and "--overwrite" in err

@@ -512,7 +512,8 @@ def test_vlm_reward_matches_the_pressed_model():
     """The trainer's batched reward (all combinations of several samples in one forward) gives the answers the model
     gives under a press keeping the same tokens, one sample at a time."""
     from vidpress.synthetic import make_split
-    from vidpress.synthetic.reference import _PlannedPress, example_inputs, letter_token_ids, load_reference
+    from vidpress.synthetic.reference import example_inputs, letter_token_ids, load_reference
+    from vidpress.training.reference import _PlannedPress
     from vidpress.training.cacovid import VLMReward, encode_samples
 
     model, processor = load_reference()
@@ -600,7 +601,7 @@ def test_score_l2_keeps_the_logits_small_and_is_off_by_default(tiny_model):
 def test_cli_score_l2_flag():
     import argparse
 
-    from vidpress.training.cacovid import add_train_cacovid_parser
+    from vidpress.cli.train import add_train_cacovid_parser
 
     sub = argparse.ArgumentParser().add_subparsers()
     parser = add_train_cacovid_parser(sub)

@@ -87,7 +87,7 @@ def test_fastv_on_the_demo_model_explains_its_layer_floor(capsys):
 
 def test_empty_policy_folder_is_a_one_line_error(tmp_path, capsys):
     assert main(["generate", "--press", "cacovid", "--policy", str(tmp_path)]) == 2
-    assert "no CaCoVID policy here" in one_line_error(capsys)
+    assert "no CaCoVID policy there" in one_line_error(capsys)
 
 
 def test_unavailable_device_is_a_one_line_error(capsys, monkeypatch):
@@ -122,11 +122,11 @@ def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
     assert "RuntimeError: something broke" in one_line_error(capsys)
     with pytest.raises(RuntimeError):  # -v shows the traceback
         main(["-v", "generate"])
-    import vidpress.training.cgrpo as cgrpo  # a missing optional import names its extra
+    import vidpress.cli.train as train  # a missing optional import names its extra
 
     def missing(args):
         raise ModuleNotFoundError("No module named 'peft'", name="peft")
 
-    monkeypatch.setattr(cgrpo, "_run_train_cgrpo", missing)
+    monkeypatch.setattr(train, "_run_train_cgrpo", missing)
     assert main(["train", "cgrpo", "--out", "x"]) == 2
     assert 'needs the peft package: pip install "vidpress[train]"' in one_line_error(capsys)

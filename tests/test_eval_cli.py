@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from fixtures_benchmarks import WRITERS
@@ -112,10 +111,10 @@ def test_eval_records_its_settings_and_refuses_other_ones(model_dir, tmp_path, c
     # A trained policy is recorded by its folder and contents: a retrained policy in the same folder is refused.
     policy = tmp_path / "policy"
     shutil.copytree(CACOVID_REFERENCE_DIR, policy)
-    press = SimpleNamespace(press="cacovid", retention=0.25, policy=str(policy), device="cpu")
-    from vidpress.cli import build_press
+    from vidpress.loading import build_press
 
-    recorded = runner.run_settings(benchmark="mlvu", model=model_dir, data=data, press=build_press(press),
+    recorded = runner.run_settings(benchmark="mlvu", model=model_dir, data=data,
+                                   press=build_press("cacovid", 0.25, str(policy)),
                                    press_name="cacovid", policy=policy, num_frames=4, max_new_tokens=3,
                                    dtype="auto", attn="sdpa")
     assert recorded["press_knobs"]["imp_ratio"] == 0.5 and "policy" not in recorded["press_knobs"]

@@ -219,7 +219,8 @@ def reference():
 
 
 def test_fast_patchify_matches_the_processor(reference):
-    from vidpress.synthetic.reference import example_inputs, patchify
+    from vidpress.synthetic.reference import example_inputs
+    from vidpress.training.reference import patchify
 
     _, processor = reference
     batch = make_split("val", 3)
@@ -232,13 +233,14 @@ def test_fast_patchify_matches_the_processor(reference):
 
 
 def test_shipped_reference_model_answers_the_test_slice(reference):
-    from vidpress.synthetic.reference import evaluate, letter_token_ids
+    from vidpress.evaluation.bench import evaluate_settings
+    from vidpress.synthetic.reference import letter_token_ids
 
     model, processor = reference
     ids = letter_token_ids(processor)
     assert len(set(ids)) == 4
     assert sum(p.numel() for p in model.parameters()) < 3_000_000
-    result = evaluate(model, processor, make_split("test", 60))
+    result = evaluate_settings(model, processor, make_split("test", 60), {"all": None}, progress=False)["all"]
     assert result["accuracy"] >= 0.85, result
 
 
@@ -257,7 +259,7 @@ def test_reference_answer_is_the_first_generated_token(reference):
 def test_train_reference_parser_registers_reference():
     import argparse
 
-    from vidpress.synthetic.reference import add_train_reference_parser
+    from vidpress.cli.train import add_train_reference_parser
 
     parser = argparse.ArgumentParser(prog="vidpress train")
     add_train_reference_parser(parser.add_subparsers(dest="what", required=True))

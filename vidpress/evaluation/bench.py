@@ -13,8 +13,7 @@ import csv
 import functools
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,43 +21,40 @@ from tqdm.auto import tqdm
 
 from vidpress import presses as press_registry
 from vidpress.evaluation.memory import PeakMemory
+from vidpress.loading import load_model
 from vidpress.models import get_adapter
 from vidpress.models.base import PIXEL_INPUTS
 from vidpress.synthetic import QUESTION_FAMILIES, evidence_hits
-from vidpress.synthetic.reference import example_inputs, letter_token_ids
-from vidpress.training.cgrpo import marc_student_row
+from vidpress.synthetic.reference import (
+    CACOVID_REFERENCE_DIR,
+    MARC_REFERENCE_DIR,
+    example_inputs,
+    letter_token_ids,
+    load_reference,
+)
 
 DEFAULT_RETENTIONS = (0.5, 0.25, 0.15, 0.10, 0.05)
 FULL = "none"
 
-#: Rows that need more than a registered press name and a retention, e.g. learned presses with a shipped checkpoint:
-#: name -> builder(model, retention) -> (press, the model the row runs on). The row's model must share the bench
-#: model's vision tower (the videos are encoded once).
-BENCH_ROWS: dict[str, Callable] = {}
-BENCH_ROWS["marc-cgrpo"] = marc_student_row  # MarcPress on the shipped C-GRPO student (vidpress/synthetic/marc_reference)
 
-#: The CaCoVID policy trained for the shipped reference model (`vidpress train cacovid`, see its MODEL_CARD.md).
-CACOVID_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "synthetic" / "cacovid_reference"
+@dataclass(frozen=True)
+class BenchRow:
+    """A bench row that is more than a registered press at a retention: the registered press it runs, its knobs
+    besides the retention, and the model folder it runs on (None: the bench model). That model must share the
+    bench model's vision tower (the videos are encoded once)."""
 
-
-@functools.lru_cache(maxsize=4)
-def _cacovid_reference_policy(device: str):
-    from vidpress.presses.cacovid import CaCoVIDPolicy
-
-    return CaCoVIDPolicy.from_pretrained(CACOVID_REFERENCE_DIR, device=device)
+    press: str
+    knobs: dict = field(default_factory=dict)
+    model: Path | None = None
 
 
-def _cacovid_row(model, retention: float):
-    """CaCoVID with the shipped reference policy (only for the reference model: a clear error on other widths)."""
-    from vidpress.presses.cacovid import CaCoVIDPress
-
-    policy = _cacovid_reference_policy(str(model.device))
-    policy.check_width(model.config.get_text_config().hidden_size)
+#: The learned rows, with the checkpoints shipped for the reference model.
+BENCH_ROWS: dict[str, BenchRow] = {
     # the released allocation with its released knobs (imp_ratio 0.5, frame shares clipped to [0.5, 1.5] / T)
-    return CaCoVIDPress(policy=policy, retention=retention), model
-
-
-BENCH_ROWS["cacovid"] = _cacovid_row
+    "cacovid": BenchRow("cacovid", {"policy": CACOVID_REFERENCE_DIR}),
+    # MarcPress on the shipped C-GRPO student
+    "marc-cgrpo": BenchRow("marc", model=MARC_REFERENCE_DIR),
+}
 
 
 def bench_names() -> list[str]:
@@ -69,14 +65,44 @@ def bench_names() -> list[str]:
 def checkpoint_free_names() -> list[str]:
     """What `vidpress bench --model DIR` runs by default: the registered presses that need no trained checkpoint (the
     BENCH_ROWS checkpoints belong to the shipped reference model)."""
-    return [n for n in press_registry.available() if not getattr(press_registry.PRESSES[n], "needs_policy", False)]
+    return [n for n in press_registry.available() if not press_registry.PRESSES[n].needs_policy]
+
+
+def _row(name: str) -> BenchRow:
+    return BENCH_ROWS.get(name, BenchRow(name))
 
 
 def build_row(name: str, retention: float, model):
-    """(press, model) of one bench row; see BENCH_ROWS."""
-    if name in BENCH_ROWS:
-        return BENCH_ROWS[name](model, retention)
-    return press_registry.get(name, retention=retention), model
+    """(press, model) of one bench row (see BENCH_ROWS), the press ready for that model (`post_init_from_model` ran,
+    so a trained policy is loaded before the row is measured)."""
+    row = _row(name)
+    press = press_registry.get(row.press, retention=retention, **row.knobs)
+    row_model = model if row.model is None else _row_model(name, row.model, model)
+    press.post_init_from_model(row_model)
+    return press, row_model
+
+
+@functools.lru_cache(maxsize=4)
+def _load_row_model(path: Path):
+    return load_reference(path)[0]
+
+
+def _row_model(name: str, path: Path, model):
+    """The model of row `name` at `path`, on `model`'s device, after checking it has `model`'s vision tower."""
+    row_model = _load_row_model(Path(path)).to(model.device)
+    mine, theirs = row_model.model.visual.state_dict(), model.model.visual.state_dict()
+    if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k].to(mine[k].device)) for k in mine):
+        raise ValueError(f"the model of bench row {name} at {path} has another vision tower than the bench model; "
+                         "bench it with the reference model it was trained from")
+    return row_model
+
+
+def load_bench_model(path: str | None, device: str):
+    """The shipped reference model, or a local model directory."""
+    if path is None:
+        model, processor = load_reference()
+        return model.to(device), processor
+    return load_model(path, "sdpa", device, "auto")
 
 
 @dataclass
@@ -158,6 +184,17 @@ def evaluate(model, batches: list[EncodedBatch], press, letter_ids: list[int]) -
     }
 
 
+def evaluate_settings(model, processor, examples, settings: dict, batch_size: int = 32, progress: bool = True) -> dict:
+    """`evaluate` of several settings on the same examples, the videos encoded once with `model`: settings maps a
+    name to a press (None: all tokens) or to (press, model) for a model sharing `model`'s vision tower.
+    Returns {name: row}."""
+    settings = {name: s if isinstance(s, tuple) else (s, model) for name, s in settings.items()}
+    vision_stats = any(press is not None and press.needs_vision_stats for press, _ in settings.values())
+    batches = encode(model, processor, examples, batch_size, progress, vision_stats)
+    letter_ids = letter_token_ids(processor)
+    return {name: evaluate(row_model, batches, press, letter_ids) for name, (press, row_model) in settings.items()}
+
+
 def _applied(press, model):
     """`press(model)`, or a null context yielding None for the full-token row."""
     return press(model) if press is not None else contextlib.nullcontext()
@@ -181,7 +218,7 @@ def run_bench(model, processor, examples, press_names, retentions, batch_size: i
         if name not in bench_names():
             raise ValueError(f"unknown press {name!r}; available presses: {', '.join(bench_names())}")
     letter_ids = letter_token_ids(processor)
-    vision_stats = any(getattr(press_registry.PRESSES.get(name), "needs_vision_stats", False) for name in press_names)
+    vision_stats = any(press_registry.PRESSES[_row(name).press].needs_vision_stats for name in press_names)
     batches = encode(model, processor, examples, batch_size, progress, vision_stats)
     configs = [(FULL, 1.0)] + [(name, r) for name in press_names for r in retentions]
     rows = []

@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 
 import vidpress  # noqa: F401  (before transformers' processors: the torchvision shim)
 from vidpress.evaluation.benchmarks import decode_indices
+from vidpress.inputs import build_inputs
+from vidpress.loading import build_press, load_model
 
 MODEL_ID = "vidpress"
 
@@ -56,10 +58,6 @@ class VidpressLMM(lmms):
             raise ValueError(f"the vidpress model answers one request at a time (batch_size 1); got {batch_size}")
         if int(max_frames_num) <= 0:
             raise ValueError(f"max_frames_num must be a positive integer; got {max_frames_num}")
-        from argparse import Namespace
-
-        from vidpress.cli import build_press, load_model
-
         self.max_frames_num = int(max_frames_num)
         # lmms-eval shards requests itself from RANK / WORLD_SIZE; each process takes its own GPU when it has one.
         self._rank = int(os.environ.get("RANK", 0))
@@ -68,8 +66,7 @@ class VidpressLMM(lmms):
             device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
         self._model, self.processor = load_model(str(pretrained), attn_implementation, device, dtype)
         self._device = self._model.device
-        self.press = None if press == "none" else build_press(
-            Namespace(press=str(press), retention=retention, policy=policy, device=str(self._device)))
+        self.press = None if press == "none" else build_press(str(press), retention, policy)
 
     @property
     def model(self):
@@ -90,16 +87,9 @@ class VidpressLMM(lmms):
     def _inputs(self, context: str, visuals: list) -> dict:
         videos = [self._frames(v) for v in visuals if isinstance(v, (str, os.PathLike))]
         images = [v for v in visuals if not isinstance(v, (str, os.PathLike))]
-        content = [{"type": "image"}] * len(images) + [{"type": "video"}] * len(videos)
-        messages = [{"role": "user", "content": [*content, {"type": "text", "text": context}]}]
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        kwargs = {}
-        if videos:
-            kwargs.update(videos=[v.frames for v in videos], video_metadata=[v.metadata() for v in videos],
-                          do_sample_frames=False)
-        if images:
-            kwargs["images"] = images
-        return self.processor(text=[prompt], return_tensors="pt", **kwargs).to(self._device)
+        inputs = build_inputs(self.processor, [context], [[v.frames for v in videos]], [images],
+                              metadata=[[v.metadata() for v in videos]])
+        return inputs.to(self._device)
 
     @torch.no_grad()
     def generate_until(self, requests) -> list[str]:

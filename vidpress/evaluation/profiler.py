@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from vidpress.evaluation.memory import PeakMemory
+from vidpress.inputs import build_inputs, frames_metadata, pad_frames
 from vidpress.models import get_adapter
 from vidpress.models.base import PIXEL_INPUTS
 
@@ -297,29 +298,6 @@ class RetrievalCosts:
     query_flops: int
 
 
-def video_inputs(processor, frames, frame_indices, total_frames: int, fps: float, question: str) -> dict:
-    """Processor inputs for one question about pre-sampled frames uint8 [T, H, W, 3] taken at `frame_indices` of a
-    video of `total_frames` frames at `fps` (Qwen models place frames in time from these)."""
-    from transformers.video_utils import VideoMetadata
-
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    metadata = VideoMetadata(total_num_frames=total_frames, fps=fps, width=int(frames.shape[2]), height=int(frames.shape[1]),
-                             duration=total_frames / fps, frames_indices=[int(i) for i in frame_indices])
-    return processor(text=[prompt], videos=[frames], video_metadata=[metadata], do_sample_frames=False, return_tensors="pt")
-
-
-def pad_frames(frames, frame_indices, model):
-    """Repeat the last frame until the video has the model's temporal patch size (Qwen3-VL's processor refuses a
-    shorter one; Qwen2/2.5-VL pad the same way themselves). Returns (frames, frame_indices)."""
-    need = int(getattr(model.config.vision_config, "temporal_patch_size", 1) or 1)
-    if len(frames) >= need:
-        return frames, frame_indices
-    extra = need - len(frames)
-    frames = torch.cat([torch.as_tensor(frames), torch.as_tensor(frames[-1:]).repeat(extra, 1, 1, 1)]).numpy()
-    return frames, [*frame_indices, *[frame_indices[-1]] * extra]
-
-
 @torch.no_grad()
 def profile_retrieval(model, processor, retriever, frames, question: str, video=None, frame_indices=None,
                       fps: float = 2.0, repeats: int = 3, progress: bool = True) -> RetrievalCosts:
@@ -351,9 +329,11 @@ def profile_retrieval(model, processor, retriever, frames, question: str, video=
     (query_run,) = _measure([query], repeats, device, bar)
     memory, (kept, kept_indices) = memories[-1], episodes[-1]
     total = memory.num_frames
-    full_inputs = video_inputs(processor, frames, indices, total, fps, question)
+    full_inputs = build_inputs(processor, [question], [[frames]],
+                               metadata=[[frames_metadata(frames, fps, indices, total)]])
     kept, kept_indices = pad_frames(kept, kept_indices.tolist(), model)
-    retrieved_inputs = video_inputs(processor, kept, kept_indices, total, fps, question)
+    retrieved_inputs = build_inputs(processor, [question], [[kept]],
+                                    metadata=[[frames_metadata(kept, fps, kept_indices, total)]])
     full_inputs, retrieved_inputs = ({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
                                      for inputs in (full_inputs, retrieved_inputs))
 

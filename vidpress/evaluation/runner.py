@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vidpress.evaluation.benchmarks import Benchmark, Sample
+from vidpress.inputs import video_inputs
 from vidpress.video import VideoDecodeError
 
 
@@ -133,20 +134,6 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def build_prompt(processor, benchmark: Benchmark, sample: Sample, video) -> dict:
-    """Processor inputs for one question: the benchmark's system turn, the video, its question text, and the
-    assistant turn opened with the benchmark's answer prefix. video: a DecodedVideo (frames as sampled)."""
-    messages = []
-    if benchmark.system_prompt:
-        messages.append({"role": "system", "content": [{"type": "text", "text": benchmark.system_prompt}]})
-    content = [{"type": "video"}, {"type": "text", "text": benchmark.prompt(sample)}]
-    messages.append({"role": "user", "content": content})
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + benchmark.answer_prefix
-    return processor(
-        text=[text], videos=[video.frames], video_metadata=[video.metadata()], do_sample_frames=False, return_tensors="pt"
-    )
-
-
 @torch.no_grad()
 def answer(model, processor, benchmark: Benchmark, sample: Sample, press, num_frames: int, max_new_tokens: int) -> dict:
     """Answer one question (greedy) and score it; a video that cannot be decoded gives a wrong answer with its error.
@@ -160,7 +147,8 @@ def answer(model, processor, benchmark: Benchmark, sample: Sample, press, num_fr
         video = benchmark.frames(sample, num_frames)
     except VideoDecodeError as error:
         return {**record, "response": "", "prediction": None, "correct": False, "error": str(error)}
-    inputs = build_prompt(processor, benchmark, sample, video).to(model.device)
+    inputs = video_inputs(processor, video, benchmark.prompt(sample), system=benchmark.system_prompt,
+                          answer_prefix=benchmark.answer_prefix).to(model.device)
     prompt_length = inputs["input_ids"].shape[1]
     visual = int((inputs["input_ids"] == model.config.video_token_id).sum())
     kept = visual

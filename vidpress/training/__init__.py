@@ -1,1 +1,1 @@
-"""Training loops of the learned presses: C-GRPO (MARC's student) and CaCoVID's policy optimisation."""
+"""Training loops: C-GRPO (MARC's student), CaCoVID's policy optimisation and the synthetic reference model."""

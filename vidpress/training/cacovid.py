@@ -18,7 +18,6 @@ process count and the threads.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 
 from vidpress.presses.base import Press, keep_top
 from vidpress.presses.cacovid import CaCoVIDPolicy
+from vidpress.training.model_card import write_model_card
 from vidpress.types import Query, Selection, VideoTokens
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "CaCoVIDSettings",
     "PolicySample",
     "VLMReward",
-    "add_train_cacovid_parser",
     "balanced_weights",
     "clipped_surrogate",
     "density_peak_scores",
@@ -477,6 +476,7 @@ def optimise_policy(policy, samples: list[PolicySample], reward: Callable, setti
 # ------------------------------------------------------------------------------------------- the frozen VLM
 
 
+# TODO(merge): PlannedPress
 @dataclass
 class _PlanPress(Press):
     """Keeps indices planned in advance, one LongTensor per video in call order."""
@@ -629,7 +629,7 @@ def train_cacovid(out_dir, *, model_path=None, train_examples: int = 2000, setti
         if val_examples:
             metrics["val"] = _validate(model, processor, policy, make_split("val", val_examples), val_retentions, progress)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        write_model_card(out_dir, metrics, command)
+        _write_model_card(out_dir, metrics, command)
     accelerator.wait_for_everyone()
     return metrics
 
@@ -648,31 +648,28 @@ def _curve(history: list[dict], points: int = 10) -> list[dict]:
 
 
 def _validate(model, processor, policy, examples, retentions, progress) -> dict:
-    from vidpress.evaluation.bench import encode, evaluate
+    from vidpress.evaluation.bench import evaluate_settings
     from vidpress.presses.cacovid import CaCoVIDPress
-    from vidpress.synthetic.reference import letter_token_ids
 
-    batches = encode(model, processor, examples, 32, progress=False)
+    settings = {f"{r:g}": CaCoVIDPress(policy=policy, retention=r) for r in retentions}
     result = {}
-    for r in retentions:
-        row = evaluate(model, batches, CaCoVIDPress(policy=policy, retention=r), letter_token_ids(processor))
-        result[f"{r:g}"] = {"accuracy": round(row["accuracy"], 4), "evidence_recall": round(row["evidence_recall"], 4),
-                            "effective_retention": round(row["effective_retention"], 4)}
+    for name, row in evaluate_settings(model, processor, examples, settings, progress=False).items():
+        result[name] = {"accuracy": round(row["accuracy"], 4), "evidence_recall": round(row["evidence_recall"], 4),
+                        "effective_retention": round(row["effective_retention"], 4)}
         if progress:
-            print(f"val cacovid@{r:g}: accuracy {row['accuracy']:.3f}, evidence recall {row['evidence_recall']:.3f}")
+            print(f"val cacovid@{name}: accuracy {row['accuracy']:.3f}, evidence recall {row['evidence_recall']:.3f}")
     return result
 
 
-def write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path:
+def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path:
     """MODEL_CARD.md next to the saved policy, from the training metrics."""
     s = metrics["settings"]
-    lines = [
-        "# CaCoVID policy",
-        "",
+    intro = [
         "A `vidpress.presses.cacovid.CaCoVIDPolicy` trained by combinatorial policy optimisation against a frozen VLM",
         f"(`{metrics['model']}`). Load it with `CaCoVIDPolicy.from_pretrained(path)` and use it as",
         "`CaCoVIDPress(policy=policy, retention=R)` on that model only.",
-        "",
+    ]
+    training = [
         "## Training",
         f"- {metrics['train_examples']} synthetic `train` examples, {metrics['steps']} steps of {s['batch_size']} samples x "
         f"{s['rounds']} rollout rounds x G={s['group']} combinations ({s['diversity_rollouts']} diversity, "
@@ -683,13 +680,8 @@ def write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path
         *([f"- Continued from the policy in `{metrics['init_from']}`."] if metrics.get("init_from") else []),
         f"- {metrics['processes']} process(es), {metrics['threads']} CPU thread(s); encoding {metrics['encode_seconds']:.0f} s, "
         f"total {metrics['train_seconds'] / 60:.1f} min.",
-        "",
-        "Command:",
-        "",
-        "```bash",
-        command or "vidpress train cacovid --out DIR",
-        "```",
-        "",
+    ]
+    curve = [
         "## Reward curve (mean over slices of the steps)",
         "",
         "reward = share of all rollouts answered right; top-k acc = the deterministic top-k rollout's accuracy (round 0);",
@@ -698,73 +690,14 @@ def write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path
         "| steps | reward | top-k acc | frame | rate |",
         "|---|---|---|---|---|",
         *[f"| {c['steps']} | {c['reward']:.3f} | {c['topk_accuracy']:.3f} | {c.get('frame_reward', 0.0):.3f} | {c['rate']:.3f} |" for c in metrics["curve"]],
-        "",
     ]
+    results = [curve]
     if metrics.get("val"):
-        lines += ["## Validation (`val` split, CaCoVIDPress)", "", "| retention | effective | accuracy | evidence recall |", "|---|---|---|---|"]
-        lines += [f"| {r} | {v['effective_retention']:.3f} | {v['accuracy']:.3f} | {v['evidence_recall']:.3f} |" for r, v in metrics["val"].items()]
-        lines.append("")
-    path = Path(out_dir) / "MODEL_CARD.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-
-def add_train_cacovid_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `cacovid` (vidpress train cacovid --out DIR ...) on an argparse subparsers object."""
-    defaults = CaCoVIDSettings()
-    parser = subparsers.add_parser(
-        "cacovid",
-        help="train a CaCoVID selection policy against a frozen VLM",
-        description="Train a CaCoVID policy (one decoder layer copied from the VLM's first LLM layer, token and frame "
-        "heads) by combinatorial policy optimisation against the frozen VLM on the synthetic train split; save it "
-        "with save_pretrained, metrics.json and MODEL_CARD.md. Data-parallel with `accelerate launch -m vidpress "
-        "train cacovid ...`.",
-    )
-    parser.add_argument("--out", required=True, help="output folder for the policy")
-    parser.add_argument("--model", default=None, help="reference-style model folder (default: the shipped reference model)")
-    parser.add_argument("--train-examples", type=int, default=2000, help="synthetic train examples (default 2000)")
-    parser.add_argument("--group", type=int, default=defaults.group, help="combinations per rollout round, G (default %(default)s)")
-    parser.add_argument("--diversity-rollouts", type=int, default=defaults.diversity_rollouts, help="diversity-only combinations per round (default %(default)s)")
-    parser.add_argument("--frame-rollouts", type=int, default=defaults.frame_rollouts, help="frame-mode combinations per round; the rest of --group are token mode (default %(default)s)")
-    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="rollout rounds per sample (default %(default)s)")
-    parser.add_argument("--rate-start", type=float, default=defaults.rate_start, help="initial per-sample sampling rate (default %(default)s)")
-    parser.add_argument("--rate-range", type=float, nargs=2, default=defaults.rate_range, metavar=("LO", "HI"),
-                        help="bounds of the adaptive per-sample sampling rate (default %(default)s)")
-    parser.add_argument("--score-l2", type=float, default=defaults.score_l2,
-                        help="weight of an L2 penalty on the token and frame logits, against the scores' growth "
-                        "(default %(default)s: off)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per step and process (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s, the paper's scale)")
-    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="gradient-norm clip (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the train examples (default %(default)s)")
-    parser.add_argument("--val-examples", type=int, default=240, help="val examples scored after training (0: none)")
-    parser.add_argument("--init-from", default=None, help="continue training this saved policy (default: a fresh "
-                        "policy from the model's first LLM layer)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling and the initialisation (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(run=_run_train_cacovid)
-    return parser
-
-
-def _run_train_cacovid(args) -> int:
-    import sys
-
-    settings = CaCoVIDSettings(
-        group=args.group, diversity_rollouts=args.diversity_rollouts, frame_rollouts=args.frame_rollouts,
-        rounds=args.rounds, rate_start=args.rate_start, rate_range=tuple(args.rate_range), batch_size=args.batch_size,
-        lr=args.lr, grad_clip=args.grad_clip,
-        score_l2=args.score_l2,
-        epochs=args.epochs, seed=args.seed,
-    )
-    command = "vidpress train cacovid " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else None
-    metrics = train_cacovid(args.out, model_path=args.model, train_examples=args.train_examples, settings=settings,
-                            val_examples=args.val_examples, threads=args.threads, init_from=args.init_from, progress=not args.quiet, command=command)
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        print(f"saved to {args.out} after {metrics['train_seconds'] / 60:.1f} min")
-    return 0
+        results.append([
+            "## Validation (`val` split, CaCoVIDPress)", "", "| retention | effective | accuracy | evidence recall |",
+            "|---|---|---|---|",
+            *[f"| {r} | {v['effective_retention']:.3f} | {v['accuracy']:.3f} | {v['evidence_recall']:.3f} |"
+              for r, v in metrics["val"].items()],
+        ])
+    return write_model_card(out_dir, "CaCoVID policy", intro, [training], command or "vidpress train cacovid --out DIR",
+                            results)

@@ -19,10 +19,8 @@ Everything else (sampling, advantages, loss, KL, optimisation, accelerate, peft)
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,24 +29,20 @@ import torch
 
 from vidpress.models import apply_press, get_adapter
 from vidpress.presses.base import Press
+from vidpress.training.model_card import write_model_card
 
 logger = logging.getLogger("vidpress")
 
 __all__ = [
     "CGRPOTrainer",
-    "MARC_REFERENCE_DIR",
-    "marc_student_row",
     "VideoFeatures",
     "accuracy_reward",
-    "add_train_cgrpo_parser",
     "compression_reward",
     "format_reward",
     "teacher_accuracy",
     "train_cgrpo",
 ]
 
-#: The shipped C-GRPO student of the synthetic reference model (`vidpress bench` row "marc-cgrpo").
-MARC_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "synthetic" / "marc_reference"
 
 
 # ------------------------------------------------------------------------------------------- rewards
@@ -330,8 +324,10 @@ def synthetic_data(model, processor, split: str, num_examples: int, progress: bo
     choices ("A,B,C,D"), family."""
     import numpy as np
 
-    from vidpress.synthetic.reference import FPS, _cache, _video_grid
+    from vidpress.inputs import placeholder_text
+    from vidpress.synthetic.reference import FPS
     from vidpress.synthetic.world import LETTERS, WorldConfig
+    from vidpress.training.reference import _cache, _video_grid
 
     config = WorldConfig()
     data = _cache(model, split, np.arange(num_examples), config, progress, f"encoding {split} videos (vision tower, once)")
@@ -341,9 +337,7 @@ def synthetic_data(model, processor, split: str, num_examples: int, progress: bo
     rows = []
     for i, (question, answer, family) in enumerate(zip(data.questions, data.answers, data.families)):
         if question not in texts:
-            message = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-            text = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
-            texts[question] = text.replace("<|video_pad|>", "<|video_pad|>" * n)
+            texts[question] = placeholder_text(processor, question, n)
         rows.append({"prompt": texts[question], "video": i, "answer": LETTERS[answer], "choices": ",".join(LETTERS), "family": family})
     videos = VideoFeatures(
         features=list(data.features),
@@ -359,19 +353,14 @@ def evaluate_students(models: dict, processor, press: Press, test_examples: int,
     """Bench rows (accuracy overall and per family, effective retention) on the first `test_examples` synthetic test
     examples: the first model with all tokens, then every model with `press`. models: name -> model; all share the
     first one's vision tower (videos are encoded once)."""
-    from vidpress.evaluation.bench import encode, evaluate
+    from vidpress.evaluation.bench import evaluate_settings
     from vidpress.synthetic import make_split
-    from vidpress.synthetic.reference import letter_token_ids
 
-    examples = make_split("test", test_examples)
     first = next(iter(models.values()))
-    batches = encode(first, processor, examples, 32, progress)
-    letters = letter_token_ids(processor)
+    settings = {"full": None, **{name: (press, model) for name, model in models.items()}}
+    rows = evaluate_settings(first, processor, make_split("test", test_examples), settings, progress=progress)
     keys = ("accuracy", "accuracy_by_family", "effective_retention", "visual_tokens")
-    results = {"full": {k: v for k, v in evaluate(first, batches, None, letters).items() if k in keys}}
-    for name, model in models.items():
-        results[name] = {k: v for k, v in evaluate(model, batches, press, letters).items() if k in keys}
-    return results
+    return {name: {k: v for k, v in row.items() if k in keys} for name, row in rows.items()}
 
 
 def train_cgrpo(
@@ -509,23 +498,21 @@ def train_cgrpo(
         metrics["test"] = evaluate_students({"marc": initial, "marc + C-GRPO": student}, processor, press, test_examples, progress)
     metrics["total_seconds"] = round(time.time() - start, 1)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_model_card(out_dir, metrics, command)
+    _write_model_card(out_dir, metrics, command)
     return metrics
 
 
-def write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path:
+def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path:
     """MODEL_CARD.md of a C-GRPO student from its metrics."""
-    out_dir = Path(out_dir)
     budget = metrics["budget_tokens"] or "one frame's"
-    lines = [
-        "# marc-reference: the reference model's C-GRPO student",
-        "",
+    intro = [
         "The synthetic reference model (`vidpress/synthetic/reference_model`) trained with C-GRPO",
         "(`vidpress.training.cgrpo`) to answer from MarcPress-compressed video: retrieval of the top"
         f" {metrics['top_k']} clips by the question's own text embeddings, then the parameter-free temporal merge down to {budget} tokens",
         "(16 of 128 video tokens = 12.5% with the default budget). Vision tower frozen (shared with the reference",
         "model, so `vidpress bench` encodes each video once); the language side is trained.",
-        "",
+    ]
+    training = [
         "## Training",
         f"- GRPO on the student's rollouts (letter + `<|im_end|>`), {metrics['num_generations']} per prompt, "
         f"{metrics['prompts_per_step']} prompts per step, {metrics['steps']} steps, lr {metrics['learning_rate']:g}, "
@@ -537,117 +524,24 @@ def write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path
         f" ({'LoRA, merged' if metrics['lora'] else 'full LLM weights'}).",
         f"- First {metrics['train_examples']:,} examples of the `train` split; seed {metrics['seed']}, {metrics['processes']} process(es) x "
         f"{metrics['threads']} thread(s); teacher cache {metrics['teacher_seconds']:.0f} s, training {metrics['train_seconds']:.0f} s.",
-        "",
-        "Command:",
-        "",
-        "```bash",
-        command or "vidpress train cgrpo --out DIR",
-        "```",
-        "",
     ]
+    results = []
     test = metrics.get("test")
     if test:
         families = list(test["full"]["accuracy_by_family"])
-        lines += [
+        table = [
             "## Accuracy on the synthetic test split",
             "",
             "| setting | kept tokens | effective retention | overall | " + " | ".join(families) + " |",
             "|---|---|---|---|" + "---|" * len(families),
         ]
+        labels = {"full": "all tokens (reference)", "marc": "MarcPress on the reference",
+                  "marc + C-GRPO": "MarcPress on this student"}
         for name, r in test.items():
-            label = {"full": "all tokens (reference)", "marc": "MarcPress on the reference", "marc + C-GRPO": "MarcPress on this student"}.get(name, name)
-            lines.append(
-                f"| {label} | {r['visual_tokens']:.1f} | {r['effective_retention']:.3f} | **{r['accuracy']:.3f}** | "
+            table.append(
+                f"| {labels.get(name, name)} | {r['visual_tokens']:.1f} | {r['effective_retention']:.3f} | **{r['accuracy']:.3f}** | "
                 + " | ".join(f"{r['accuracy_by_family'][f]:.3f}" for f in families) + " |"
             )
-        lines.append("")
-    path = out_dir / "MODEL_CARD.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-
-def add_train_cgrpo_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `cgrpo` (vidpress train cgrpo --out DIR ...) on an argparse subparsers object."""
-    parser = subparsers.add_parser(
-        "cgrpo",
-        help="C-GRPO: train a student to answer from MarcPress-compressed video (synthetic testbed)",
-        description="Train the reference model (or --model) with C-GRPO on the synthetic train split: GRPO on the "
-        "student's rollouts with MarcPress-compressed video, reward = accuracy (+ format) + compression reward "
-        "against the full-video teacher (cached), KL to the initial model; TRL GRPOTrainer. Runs under "
-        "`accelerate launch` on several processes. Saves the student, metrics.json and MODEL_CARD.md.",
-    )
-    parser.add_argument("--out", required=True, help="output folder (save_pretrained layout)")
-    parser.add_argument("--model", default=None, help="reference checkpoint to start from (default: the shipped one)")
-    parser.add_argument("--train-examples", type=int, default=1200, help="training prompts (default 1200)")
-    parser.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
-    parser.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step over all processes (default 8)")
-    parser.add_argument("--num-generations", type=int, default=32, help="rollouts per prompt, G (default 32: with 8, most groups of the one-letter answers were all right or all wrong and the testbed student did not improve)")
-    parser.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default %(default)s)")
-    parser.add_argument("--beta", type=float, default=0.04, help="KL coefficient to the initial model (default 0.04)")
-    parser.add_argument("--epsilon", type=float, default=0.2, help="surrogate clipping range (default 0.2)")
-    parser.add_argument("--alpha", type=float, default=1.0, help="compression reward scale (default 1.0)")
-    parser.add_argument("--tau", type=float, default=0.6, help="retention threshold of the compression reward (default 0.6)")
-    parser.add_argument("--temperature", type=float, default=1.5, help="rollout sampling temperature (default 1.5: at 1.0 the testbed student's entropy collapsed within ~100 steps and most groups had no reward spread)")
-    parser.add_argument("--format-weight", type=float, default=0.0, help="weight of the format reward (default 0: off)")
-    parser.add_argument("--budget-tokens", type=int, default=None, help="MarcPress token budget (default: one frame's tokens)")
-    parser.add_argument("--top-k", type=int, default=3, help="clips MarcPress retrieves (default 3; 0: no retrieval)")
-    parser.add_argument("--teacher-samples", type=int, default=8, help="teacher rollouts per prompt (default 8)")
-    parser.add_argument("--lora", action="store_true", help="train LoRA adapters on the LLM (merged when saving)")
-    parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank with --lora (default %(default)s)")
-    parser.add_argument("--test-examples", type=int, default=720, help="test examples evaluated afterwards (0: none)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of sampling and data order (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(run=_run_train_cgrpo)
-    return parser
-
-
-def _run_train_cgrpo(args) -> int:
-    import sys
-
-    for name in ("train_examples", "steps", "prompts_per_step", "num_generations"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    if args.num_generations < 2:
-        raise SystemExit("--num-generations must be >= 2 (advantages are normalised within a group)")
-    command = "vidpress train cgrpo " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else None
-    metrics = train_cgrpo(
-        args.out, model_path=args.model, train_examples=args.train_examples, steps=args.steps,
-        prompts_per_step=args.prompts_per_step, num_generations=args.num_generations, learning_rate=args.lr,
-        beta=args.beta, epsilon=args.epsilon, alpha=args.alpha, tau=args.tau, temperature=args.temperature,
-        format_weight=args.format_weight, budget_tokens=args.budget_tokens, top_k=args.top_k or None,
-        teacher_samples=args.teacher_samples, lora=args.lora, lora_rank=args.lora_rank,
-        test_examples=args.test_examples, seed=args.seed, threads=args.threads, progress=not args.quiet, command=command,
-    )
-    test = metrics.get("test")
-    if test:
-        print("test accuracy: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in test.items()))
-    if "total_seconds" in metrics:
-        print(f"saved to {args.out} after {metrics['total_seconds'] / 60:.1f} min")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------- bench
-
-
-_STUDENTS: dict = {}
-
-
-def marc_student_row(model, retention: float, path=None):
-    """`vidpress bench` row "marc-cgrpo": (MarcPress at `retention`, the C-GRPO student at `path`, default the
-    shipped `marc-reference`). The student must share the bench model's vision tower (videos are encoded once)."""
-    from vidpress.presses.marc import MarcPress
-    from vidpress.synthetic.reference import load_reference
-
-    path = Path(path) if path is not None else MARC_REFERENCE_DIR
-    if path not in _STUDENTS:
-        _STUDENTS[path] = load_reference(path)[0]
-    student = _STUDENTS[path].to(model.device)
-    mine, theirs = student.model.visual.state_dict(), model.model.visual.state_dict()
-    if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k].to(mine[k].device)) for k in mine):
-        raise ValueError(f"the C-GRPO student at {path} has another vision tower than the bench model; "
-                         "bench it with the reference model it was trained from")
-    return MarcPress(retention=retention), student
+        results.append(table)
+    return write_model_card(out_dir, "marc-reference: the reference model's C-GRPO student", intro, [training],
+                            command or "vidpress train cgrpo --out DIR", results)

@@ -8,71 +8,16 @@ import os
 import sys
 from pathlib import Path
 
-DEMO_FAMILY = "qwen2_5_vl"
-
-
-def build_inputs(processor, video, question: str):
-    """Processor inputs for one question about one decoded video (frames used as sampled)."""
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return processor(
-        text=[prompt],
-        videos=[video.frames],
-        video_metadata=[video.metadata()],
-        do_sample_frames=False,
-        return_tensors="pt",
-    )
-
-
-def load_model(path: str | None, attn: str, device: str, dtype: str):
-    """A local model directory, or the bundled random-weight demo model when `path` is None."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from vidpress.testing import load_tiny
-
-    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    if path is None:
-        model, processor = load_tiny(DEMO_FAMILY, attn_implementation=attn)
-        return model.to(device), processor
-    if not Path(path).is_dir():
-        raise ValueError(f"--model {path!r} is not a directory; pass a local model folder (from save_pretrained)")
-    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn, dtype=torch_dtype).to(device).eval()
-    return model, AutoProcessor.from_pretrained(path)
-
-
-def build_press(args):
-    """The press named by --press at --retention; a press with a trained policy (cacovid) loads it from --policy."""
-    from vidpress import presses
-    from vidpress.types import check_retention
-
-    knobs = {"retention": check_retention(args.retention)}
-    needs_policy = getattr(presses.PRESSES.get(args.press), "needs_policy", False)
-    policy = getattr(args, "policy", None)
-    if policy is not None and not needs_policy:
-        raise ValueError(f"--policy is for presses with a trained policy (cacovid); got --press {args.press}")
-    if needs_policy:
-        if policy is None:
-            raise ValueError(f"--press {args.press} needs a trained policy: pass --policy DIR (the shipped one for the "
-                             "reference model is vidpress/synthetic/cacovid_reference; train one with `vidpress train cacovid`)")
-        if not Path(policy).is_dir():
-            raise ValueError(f"--policy {policy!r} is not a directory; pass a folder written by `vidpress train cacovid`")
-        from vidpress.presses.cacovid import CaCoVIDPolicy
-
-        try:
-            knobs["policy"] = CaCoVIDPolicy.from_pretrained(policy, device=getattr(args, "device", "cpu"))
-        except FileNotFoundError as error:  # an empty or unrelated folder
-            raise ValueError(f"--policy {error}; pass a folder written by `vidpress train cacovid`") from None
-    return presses.get(args.press, **knobs)
-
 
 def cmd_generate(args) -> int:
     import torch
 
     from vidpress import video
-    from vidpress.evaluation.timing import time_prefill
+    from vidpress.inputs import video_inputs
+    from vidpress.loading import DEMO_FAMILY, build_press, load_model
+    from vidpress.timing import frame_budgets, time_prefill
 
-    press = build_press(args)
+    press = build_press(args.press, args.retention, args.policy)
     _check_retrieve(args)
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
@@ -85,7 +30,7 @@ def cmd_generate(args) -> int:
     print(f"video: {video_path} ({len(decoded.frames)} frames of {decoded.total_frames}, {decoded.duration:.1f}s)")
     if args.retrieve is not None:
         decoded = retrieve_episode(args, model, processor, video_path, decoded)
-    inputs = build_inputs(processor, decoded, args.question).to(model.device)
+    inputs = video_inputs(processor, decoded, args.question).to(model.device)
     prompt_length = inputs["input_ids"].shape[1]
 
     with torch.no_grad(), press(model) as pressed:
@@ -154,16 +99,6 @@ def floor_note(report, requested: float) -> None:
               f"{len(report.layer_tokens)} layers")
 
 
-def frame_budgets(selection, tokens):
-    """LongTensor [T]: tokens the selection keeps per frame (from its keep indices when it records none)."""
-    import torch
-
-    if selection.frame_budgets is not None:
-        return selection.frame_budgets
-    frames = selection.keep_indices.cpu() // tokens.tokens_per_frame
-    return torch.bincount(frames, minlength=tokens.num_frames)
-
-
 def make_retriever(args, model, processor):
     """The top-`--retrieve` clip retriever: a CLIP/SigLIP folder (`--embedder`) or the VLM's own embeddings."""
     from vidpress.retrieval import CLIPEmbedder, VisualMemoryRetriever, VLMEmbedder
@@ -182,7 +117,7 @@ def retrieve_episode(args, model, processor, video_path, decoded):
     clips for the question (the episodic memory video)."""
     import dataclasses
 
-    from vidpress.evaluation.profiler import pad_frames
+    from vidpress.inputs import pad_frames
 
     retriever, name = make_retriever(args, model, processor)
     memory = retriever.index_video(video_path)
@@ -198,30 +133,31 @@ def retrieve_episode(args, model, processor, video_path, decoded):
 
 
 def cmd_bench(args) -> int:
-    from vidpress.evaluation.bench import DEFAULT_RETENTIONS, bench_names, checkpoint_free_names, format_table, run_bench, write_results
+    from vidpress.evaluation import bench
     from vidpress.synthetic import make_split
     from vidpress.types import check_retention
 
     if args.presses:
         names = _names(args.presses)
     else:  # the learned rows' checkpoints are trained for the shipped reference model only
-        names = checkpoint_free_names() if args.model else bench_names()
-    retentions = [float(r) for r in _names(args.retentions)] if args.retentions else list(DEFAULT_RETENTIONS)
+        names = bench.checkpoint_free_names() if args.model else bench.bench_names()
+    retentions = [float(r) for r in _names(args.retentions)] if args.retentions else list(bench.DEFAULT_RETENTIONS)
     for name in names:  # fail before the long encoding step
-        if name not in bench_names():
-            raise ValueError(f"unknown press {name!r}; available presses: {', '.join(bench_names())}")
+        if name not in bench.bench_names():
+            raise ValueError(f"unknown press {name!r}; available presses: {', '.join(bench.bench_names())}")
     for r in retentions:
         check_retention(r)
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be a positive number of test examples; got {args.limit}")
     check_bench_out(Path(args.out), args.overwrite)
-    model, processor = load_bench_model(args.model, args.device)
+    model, processor = bench.load_bench_model(args.model, args.device)
     examples = make_split(args.split, args.limit)
     print(f"model: {args.model or 'the shipped reference model'}; {len(examples)} {args.split} examples; "
           f"presses {', '.join(names)}; retentions {', '.join(f'{r:g}' for r in retentions)}")
-    rows = run_bench(model, processor, examples, names, retentions, batch_size=args.batch_size, progress=not args.quiet)
-    print(format_table(rows))
-    paths = write_results(rows, args.out)
+    rows = bench.run_bench(model, processor, examples, names, retentions, batch_size=args.batch_size,
+                           progress=not args.quiet)
+    print(bench.format_table(rows))
+    paths = bench.write_results(rows, args.out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -244,37 +180,29 @@ def check_bench_out(out: Path, overwrite: bool) -> None:
         raise ValueError(f"--out {out}: the folder is not writable")
 
 
-def load_bench_model(path: str | None, device: str):
-    """The shipped reference model, or a local model directory."""
-    from vidpress.synthetic.reference import load_reference
-
-    if path is None:
-        model, processor = load_reference()
-        return model.to(device), processor
-    return load_model(path, "sdpa", device, "auto")
-
-
 def cmd_inspect(args) -> int:
     import torch
 
     from vidpress import video
+    from vidpress.evaluation.bench import load_bench_model
     from vidpress.evaluation.inspect import draw
+    from vidpress.inputs import video_inputs
+    from vidpress.loading import build_press
     from vidpress.models import get_adapter
+    from vidpress.timing import frame_budgets
 
-    press = build_press(args)
+    press = build_press(args.press, args.retention, args.policy)
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
-    if args.model:
-        model, processor = load_model(args.model, "sdpa", args.device, "auto")
-    else:
-        model, processor = load_bench_model(None, args.device)
+    model, processor = load_bench_model(args.model, args.device)
     check_layer_press(press, model, args)
-    inputs = dict(build_inputs(processor, decoded, args.question).to(model.device))
-    if getattr(press, "acts_in_llm", False):  # the selection happens between decoder layers: run the prefill
+    inputs = dict(video_inputs(processor, decoded, args.question).to(model.device))
+    if press.acts_in_llm:  # the selection happens between decoder layers: run the prefill
         with torch.no_grad(), press(model) as pressed:
             model(**inputs)
         report = pressed.last_report
     else:
+        press.post_init_from_model(model)  # what `press(model)` does on entry: e.g. load a trained policy
         _, report = get_adapter(model).press_inputs(press, inputs, for_generate=False)
     selection, tokens = report.selections[0], report.videos[0]
     title = f"{args.press} at retention {args.retention:g} on {video_path.name}: "
@@ -292,9 +220,10 @@ def cmd_inspect(args) -> int:
 
 def cmd_eval(args) -> int:
     from vidpress.evaluation import benchmarks, runner
+    from vidpress.loading import build_press, load_model
 
     benchmark = benchmarks.get(args.bench)
-    press = None if args.press == "none" else build_press(args)
+    press = None if args.press == "none" else build_press(args.press, args.retention, args.policy)
     for name in ("num_frames", "max_new_tokens", "limit"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -334,9 +263,11 @@ def cmd_profile(args) -> int:
     from vidpress import video
     from vidpress.evaluation import checkpoints
     from vidpress.evaluation.profiler import format_profile, format_retrieval, profile, profile_retrieval
-    from vidpress.testing import make_inputs, tiny_video
+    from vidpress.inputs import build_inputs, video_inputs
+    from vidpress.loading import build_press, load_model
+    from vidpress.testing import tiny_video
 
-    press = build_press(args)
+    press = build_press(args.press, args.retention, args.policy)
     for name in ("frames", "resolution", "repeats", "decode_tokens"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
@@ -357,7 +288,7 @@ def cmd_profile(args) -> int:
                      f"{sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters")
     if args.video:
         decoded = video.load(args.video, num_frames=args.frames)
-        inputs = build_inputs(processor, decoded, args.question)
+        inputs = video_inputs(processor, decoded, args.question)
         source = f"{args.video}: {args.frames} frames of {decoded.frames.shape[2]}x{decoded.frames.shape[1]}"
         frames, indexed, frame_indices, fps = decoded.frames, args.video, decoded.frame_indices, decoded.fps
     else:
@@ -368,7 +299,7 @@ def cmd_profile(args) -> int:
         else:
             scenes = range(-(-args.frames // 4))
             frames = np.concatenate([tiny_video(4, args.resolution, args.resolution, seed=s) for s in scenes])[: args.frames]
-        inputs = make_inputs(processor, [frames], args.question)
+        inputs = build_inputs(processor, [args.question], [[frames]])
         source = f"synthetic video: {args.frames} frames of {args.resolution}x{args.resolution}"
         source += "" if args.retrieve is None else " in scenes of 4 frames"
         indexed, frame_indices, fps = None, None, 2.0  # the frames themselves are indexed
@@ -512,14 +443,9 @@ def parser() -> argparse.ArgumentParser:
     prof.add_argument("--quiet", action="store_true", help="no progress bar")
     prof.set_defaults(run=cmd_profile)
     train = sub.add_parser("train", help="train a model or a learned press", description="Train a model or a learned press.")
-    trainers = train.add_subparsers(dest="trainer", required=True)
-    from vidpress.synthetic.reference import add_train_reference_parser
-    from vidpress.training.cacovid import add_train_cacovid_parser
-    from vidpress.training.cgrpo import add_train_cgrpo_parser
+    from vidpress.cli.train import add_train_parsers
 
-    add_train_reference_parser(trainers)
-    add_train_cacovid_parser(trainers)
-    add_train_cgrpo_parser(trainers)
+    add_train_parsers(train.add_subparsers(dest="trainer", required=True))
     return top
 
 

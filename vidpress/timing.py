@@ -1,4 +1,5 @@
-"""Prefill timing split into its stages: vision encoder, press, LLM prefill with all tokens and with the kept ones."""
+"""What one pressed prefill costs and keeps: its stages timed (vision encoder, press, LLM prefill with all tokens
+and with the kept ones) and the tokens kept per frame."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def time_prefill(model, inputs: dict, press, repeats: int = 3) -> PrefillTiming:
     adapter = get_adapter(model)
     inputs = dict(inputs)
     vision_ms = median_ms(lambda: adapter.encode("video", inputs), repeats)
-    if getattr(press, "needs_vision_stats", False) and press.retention < 1.0:  # e.g. VisionZip
+    if press.needs_vision_stats and press.retention < 1.0:  # e.g. VisionZip
         encoded = {"video": adapter.encode_with_vision_stats(inputs, press.vision_layer)}
     else:
         encoded = {"video": adapter.encode("video", inputs)}
@@ -72,3 +73,11 @@ def time_prefill(model, inputs: dict, press, repeats: int = 3) -> PrefillTiming:
         with pressed.passthrough():  # presses acting inside the LLM run here, as in a real prefill
             llm_pressed_ms = median_ms(lambda: model(**kwargs, logits_to_keep=1), repeats)
     return PrefillTiming(vision_ms, press_ms, llm_full_ms, llm_pressed_ms, pressed.last_report)
+
+
+def frame_budgets(selection, tokens):
+    """LongTensor [T]: tokens the selection keeps per frame (from its keep indices when it records none)."""
+    if selection.frame_budgets is not None:
+        return selection.frame_budgets
+    frames = selection.keep_indices.cpu() // tokens.tokens_per_frame
+    return torch.bincount(frames, minlength=tokens.num_frames)

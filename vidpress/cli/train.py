@@ -1,0 +1,192 @@
+"""`vidpress train reference | cacovid | cgrpo`: the trainers' options, handed to the training functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_train_parsers(subparsers) -> None:
+    """Register every trainer on the `vidpress train` subparsers object."""
+    add_train_reference_parser(subparsers)
+    add_train_cacovid_parser(subparsers)
+    add_train_cgrpo_parser(subparsers)
+
+
+def _command(trainer: str) -> str | None:
+    """The command line that ran the trainer, for its model card (None when not run from the command line)."""
+    return f"vidpress train {trainer} " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else None
+
+
+def add_train_reference_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `reference` (vidpress train reference --out DIR ...) on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "reference",
+        help="train the tiny reference Video LLM of the synthetic world",
+        description="Train the tiny Qwen2.5-VL reference model on the synthetic video-QA world (staged recipe: "
+        "vision tower on per-token labels, then the language side on the questions), save it with its processor, "
+        "evaluate it on the test split with all tokens and under VidCom2 / Random / Uniform, and write "
+        "metrics.json and MODEL_CARD.md.",
+    )
+    parser.add_argument("--out", required=True, help="output folder (save_pretrained layout)")
+    parser.add_argument("--train-examples", type=int, default=12000, help="training examples (default 12000)")
+    parser.add_argument("--stage1-steps", type=int, default=400, help="vision-tower steps (default 400)")
+    parser.add_argument("--stage2-steps", type=int, default=4000, help="language-model steps (default 4000)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--test-examples", type=int, default=720, help="held-out test examples to evaluate (0: none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 is much faster on "
+        "a machine other jobs share: multi-threaded steps stall whenever one core is busy)"
+    )
+    parser.add_argument(
+        "--vision-from", default=None, help="copy the vision tower from this reference checkpoint first (with "
+        "--stage1-steps 0: train the language side only)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_train_reference)
+    return parser
+
+
+def _run_train_reference(args) -> int:
+    from vidpress.training.reference import train_reference
+
+    command = _command("reference")
+    metrics = train_reference(
+        args.out,
+        train_examples=args.train_examples,
+        stage1_steps=args.stage1_steps,
+        stage2_steps=args.stage2_steps,
+        batch_size=args.batch_size,
+        test_examples=args.test_examples,
+        seed=args.seed,
+        threads=args.threads,
+        vision_from=args.vision_from,
+        progress=not args.quiet,
+        command=command,
+    )
+    test = metrics.get("test", {}).get("all")
+    summary = f"; test accuracy {test['accuracy']:.3f}" if test else ""
+    print(f"saved to {args.out} after {metrics['train_seconds'] / 60:.1f} min{summary}")
+    return 0
+
+
+def add_train_cacovid_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `cacovid` (vidpress train cacovid --out DIR ...) on an argparse subparsers object."""
+    from vidpress.training.cacovid import CaCoVIDSettings
+
+    defaults = CaCoVIDSettings()
+    parser = subparsers.add_parser(
+        "cacovid",
+        help="train a CaCoVID selection policy against a frozen VLM",
+        description="Train a CaCoVID policy (one decoder layer copied from the VLM's first LLM layer, token and frame "
+        "heads) by combinatorial policy optimisation against the frozen VLM on the synthetic train split; save it "
+        "with save_pretrained, metrics.json and MODEL_CARD.md. Data-parallel with `accelerate launch -m vidpress "
+        "train cacovid ...`.",
+    )
+    parser.add_argument("--out", required=True, help="output folder for the policy")
+    parser.add_argument("--model", default=None, help="reference-style model folder (default: the shipped reference model)")
+    parser.add_argument("--train-examples", type=int, default=2000, help="synthetic train examples (default 2000)")
+    parser.add_argument("--group", type=int, default=defaults.group, help="combinations per rollout round, G (default %(default)s)")
+    parser.add_argument("--diversity-rollouts", type=int, default=defaults.diversity_rollouts, help="diversity-only combinations per round (default %(default)s)")
+    parser.add_argument("--frame-rollouts", type=int, default=defaults.frame_rollouts, help="frame-mode combinations per round; the rest of --group are token mode (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="rollout rounds per sample (default %(default)s)")
+    parser.add_argument("--rate-start", type=float, default=defaults.rate_start, help="initial per-sample sampling rate (default %(default)s)")
+    parser.add_argument("--rate-range", type=float, nargs=2, default=defaults.rate_range, metavar=("LO", "HI"),
+                        help="bounds of the adaptive per-sample sampling rate (default %(default)s)")
+    parser.add_argument("--score-l2", type=float, default=defaults.score_l2,
+                        help="weight of an L2 penalty on the token and frame logits, against the scores' growth "
+                        "(default %(default)s: off)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per step and process (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s, the paper's scale)")
+    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="gradient-norm clip (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the train examples (default %(default)s)")
+    parser.add_argument("--val-examples", type=int, default=240, help="val examples scored after training (0: none)")
+    parser.add_argument("--init-from", default=None, help="continue training this saved policy (default: a fresh "
+                        "policy from the model's first LLM layer)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling and the initialisation (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_train_cacovid)
+    return parser
+
+
+def _run_train_cacovid(args) -> int:
+    from vidpress.training.cacovid import CaCoVIDSettings, train_cacovid
+
+    settings = CaCoVIDSettings(
+        group=args.group, diversity_rollouts=args.diversity_rollouts, frame_rollouts=args.frame_rollouts,
+        rounds=args.rounds, rate_start=args.rate_start, rate_range=tuple(args.rate_range), batch_size=args.batch_size,
+        lr=args.lr, grad_clip=args.grad_clip,
+        score_l2=args.score_l2,
+        epochs=args.epochs, seed=args.seed,
+    )
+    command = _command("cacovid")
+    metrics = train_cacovid(args.out, model_path=args.model, train_examples=args.train_examples, settings=settings,
+                            val_examples=args.val_examples, threads=args.threads, init_from=args.init_from, progress=not args.quiet, command=command)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"saved to {args.out} after {metrics['train_seconds'] / 60:.1f} min")
+    return 0
+
+
+def add_train_cgrpo_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `cgrpo` (vidpress train cgrpo --out DIR ...) on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "cgrpo",
+        help="C-GRPO: train a student to answer from MarcPress-compressed video (synthetic testbed)",
+        description="Train the reference model (or --model) with C-GRPO on the synthetic train split: GRPO on the "
+        "student's rollouts with MarcPress-compressed video, reward = accuracy (+ format) + compression reward "
+        "against the full-video teacher (cached), KL to the initial model; TRL GRPOTrainer. Runs under "
+        "`accelerate launch` on several processes. Saves the student, metrics.json and MODEL_CARD.md.",
+    )
+    parser.add_argument("--out", required=True, help="output folder (save_pretrained layout)")
+    parser.add_argument("--model", default=None, help="reference checkpoint to start from (default: the shipped one)")
+    parser.add_argument("--train-examples", type=int, default=1200, help="training prompts (default 1200)")
+    parser.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
+    parser.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step over all processes (default 8)")
+    parser.add_argument("--num-generations", type=int, default=32, help="rollouts per prompt, G (default 32: with 8, most groups of the one-letter answers were all right or all wrong and the testbed student did not improve)")
+    parser.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default %(default)s)")
+    parser.add_argument("--beta", type=float, default=0.04, help="KL coefficient to the initial model (default 0.04)")
+    parser.add_argument("--epsilon", type=float, default=0.2, help="surrogate clipping range (default 0.2)")
+    parser.add_argument("--alpha", type=float, default=1.0, help="compression reward scale (default 1.0)")
+    parser.add_argument("--tau", type=float, default=0.6, help="retention threshold of the compression reward (default 0.6)")
+    parser.add_argument("--temperature", type=float, default=1.5, help="rollout sampling temperature (default 1.5: at 1.0 the testbed student's entropy collapsed within ~100 steps and most groups had no reward spread)")
+    parser.add_argument("--format-weight", type=float, default=0.0, help="weight of the format reward (default 0: off)")
+    parser.add_argument("--budget-tokens", type=int, default=None, help="MarcPress token budget (default: one frame's tokens)")
+    parser.add_argument("--top-k", type=int, default=3, help="clips MarcPress retrieves (default 3; 0: no retrieval)")
+    parser.add_argument("--teacher-samples", type=int, default=8, help="teacher rollouts per prompt (default 8)")
+    parser.add_argument("--lora", action="store_true", help="train LoRA adapters on the LLM (merged when saving)")
+    parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank with --lora (default %(default)s)")
+    parser.add_argument("--test-examples", type=int, default=720, help="test examples evaluated afterwards (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling and data order (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_train_cgrpo)
+    return parser
+
+
+def _run_train_cgrpo(args) -> int:
+    from vidpress.training.cgrpo import train_cgrpo
+
+    for name in ("train_examples", "steps", "prompts_per_step", "num_generations"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.num_generations < 2:
+        raise SystemExit("--num-generations must be >= 2 (advantages are normalised within a group)")
+    command = _command("cgrpo")
+    metrics = train_cgrpo(
+        args.out, model_path=args.model, train_examples=args.train_examples, steps=args.steps,
+        prompts_per_step=args.prompts_per_step, num_generations=args.num_generations, learning_rate=args.lr,
+        beta=args.beta, epsilon=args.epsilon, alpha=args.alpha, tau=args.tau, temperature=args.temperature,
+        format_weight=args.format_weight, budget_tokens=args.budget_tokens, top_k=args.top_k or None,
+        teacher_samples=args.teacher_samples, lora=args.lora, lora_rank=args.lora_rank,
+        test_examples=args.test_examples, seed=args.seed, threads=args.threads, progress=not args.quiet, command=command,
+    )
+    test = metrics.get("test")
+    if test:
+        print("test accuracy: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in test.items()))
+    if "total_seconds" in metrics:
+        print(f"saved to {args.out} after {metrics['total_seconds'] / 60:.1f} min")
+    return 0
