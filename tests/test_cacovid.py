@@ -511,9 +511,9 @@ def test_settings_validate():
 def test_vlm_reward_matches_the_pressed_model():
     """The trainer's batched reward (all combinations of several samples in one forward) gives the answers the model
     gives under a press keeping the same tokens, one sample at a time."""
+    from vidpress.presses import PlannedPress
     from vidpress.synthetic import make_split
     from vidpress.synthetic.reference import example_inputs, letter_token_ids, load_reference
-    from vidpress.training.reference import _PlannedPress
     from vidpress.training.cacovid import VLMReward, encode_samples
 
     model, processor = load_reference()
@@ -528,7 +528,7 @@ def test_vlm_reward_matches_the_pressed_model():
     for example, m, r in zip(examples, masks, rewards):
         for keep, value in zip(m, r):
             inputs = example_inputs(processor, [example])
-            with torch.no_grad(), _PlannedPress(retention=0.5, plans=[keep.nonzero().squeeze(1)])(model):
+            with torch.no_grad(), PlannedPress(retention=0.5, plans=[keep.nonzero().squeeze(1)])(model):
                 answer = int(model(**inputs).logits[0, -1, letters].argmax())
             assert float(answer == example.answer) == float(value)
 

@@ -11,7 +11,6 @@ from vidpress.synthetic import (
     FLASH_SHAPES,
     QUADRANTS,
     QUESTION_FAMILIES,
-    Example,
     WorldConfig,
     evidence_hits,
     evidence_recall,
@@ -220,13 +219,14 @@ def reference():
 
 def test_fast_patchify_matches_the_processor(reference):
     from vidpress.synthetic.reference import example_inputs
-    from vidpress.training.reference import patchify
+    from vidpress.training.reference import fast_pixels
 
-    _, processor = reference
+    model, processor = reference
     batch = make_split("val", 3)
     inputs = example_inputs(processor, batch)
-    pixels = patchify(torch.from_numpy(np.stack([e.video for e in batch])))
+    pixels, grid = fast_pixels(model, np.stack([e.video for e in batch]))
     torch.testing.assert_close(pixels, inputs["pixel_values_videos"], atol=1e-5, rtol=0)
+    assert torch.equal(grid, inputs["video_grid_thw"])
     assert inputs["video_grid_thw"].tolist() == [[8, 8, 8]] * 3
     assert int((inputs["input_ids"] == 0).sum()) >= 0  # left-padded batch
     assert inputs["attention_mask"][:, -1].all()

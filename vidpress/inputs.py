@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import transformers
 from transformers.video_utils import VideoMetadata
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ def frames_metadata(frames, fps: float = 2.0, frame_indices=None, total_frames: 
                          duration=total / fps, frames_indices=[int(i) for i in indices])
 
 
+# LLaVA processors return pixel_values_videos as one [N, T, C, H, W] tensor (Qwen ones flatten patches).
+_STACKED_VIDEO_PROCESSORS = (transformers.LlavaOnevisionProcessor, transformers.LlavaNextVideoProcessor)
+
+
 def build_inputs(processor, questions: list[str], videos: list[list] | None = None, images: list[list] | None = None, *,
                  metadata: list[list[VideoMetadata]] | None = None, fps: float = 2.0, system: str | None = None,
                  answer_prefix: str = "", padding_side: str = "left"):
@@ -56,6 +61,9 @@ def build_inputs(processor, questions: list[str], videos: list[list] | None = No
                for q, v, i in zip(questions, videos, images)]
     flat_videos = [np.asarray(v) for entry in videos for v in entry]
     flat_images = [i for entry in images for i in entry]
+    if isinstance(processor, _STACKED_VIDEO_PROCESSORS) and len({len(v) for v in flat_videos}) > 1:
+        raise ValueError(f"{type(processor).__name__} stacks all videos of a call into one [N, T, C, H, W] tensor, so "
+                         f"they need the same frame count; got {[len(v) for v in flat_videos]}")
     kwargs = {}
     if flat_videos:
         flat_metadata = [m for entry in metadata for m in entry] if metadata is not None else [

@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vidpress.presses.base import Press, keep_top
+from vidpress.presses.base import keep_top
 from vidpress.presses.cacovid import CaCoVIDPolicy
+from vidpress.presses.planned import PlannedPress
 from vidpress.training.model_card import write_model_card
-from vidpress.types import Query, Selection, VideoTokens
+from vidpress.types import Query, VideoTokens
 
 __all__ = [
     "CONTENT",
@@ -476,17 +477,6 @@ def optimise_policy(policy, samples: list[PolicySample], reward: Callable, setti
 # ------------------------------------------------------------------------------------------- the frozen VLM
 
 
-# TODO(merge): PlannedPress
-@dataclass
-class _PlanPress(Press):
-    """Keeps indices planned in advance, one LongTensor per video in call order."""
-
-    plans: list = field(default_factory=list)
-
-    def compress(self, tokens, query):
-        return Selection(self.plans.pop(0).to(tokens.features.device), tokens.num_tokens)
-
-
 class VLMReward:
     """Reward of keep masks = correctness of the frozen VLM's answer (argmax over the option-letter logits at the
     last prompt position). All combinations of a batch of samples go through the model in one forward."""
@@ -523,7 +513,7 @@ class VLMReward:
         entries = [e for s in samples for e in s["videos"]]
         inputs["mm_encoder_outputs"] = {"video": self.adapter.pack_video_output(samples[0]["like"], entries)}
         plans = [keep.nonzero().squeeze(1) for _, keep in rows]
-        pressed, _ = self.adapter.press_inputs(_PlanPress(retention=0.5, plans=plans), inputs, for_generate=False)
+        pressed, _ = self.adapter.press_inputs(PlannedPress(retention=0.5, plans=plans), inputs, for_generate=False)
         logits = self.model(**pressed, logits_to_keep=1).logits[:, -1]
         return logits[:, self.letters.to(logits.device)].argmax(-1).cpu()
 

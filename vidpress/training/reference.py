@@ -26,13 +26,13 @@ import torch.nn.functional as F
 
 from vidpress.evaluation.bench import encode, evaluate, evaluate_settings
 from vidpress.inputs import left_pad, placeholder_text
-from vidpress.presses.base import Press
+from vidpress.models import get_adapter
+from vidpress.presses.planned import PlannedPress
 from vidpress.synthetic.reference import FPS, build_untrained, letter_token_ids, load_reference
 from vidpress.synthetic.world import FLASH_SHAPES, QUESTION_FAMILIES, Example, WorldConfig, make_split
 from vidpress.training.model_card import write_model_card
-from vidpress.types import Selection
 
-__all__ = ["evaluate_presses", "patchify", "train_reference"]
+__all__ = ["evaluate_presses", "fast_pixels", "train_reference"]
 
 PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OPENAI_CLIP_MEAN / STD, the Qwen2-VL video processor's
 PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -47,18 +47,14 @@ LABEL_MIN_PIXELS = 6
 # ------------------------------------------------------------------------------------------- fast inputs
 
 
-def patchify(videos: torch.Tensor, patch: int = 14, temporal_patch: int = 2, merge: int = 2) -> torch.Tensor:
-    """`pixel_values_videos` of uint8 videos [B, F, H, W, 3] (H, W multiples of patch * merge, no resizing),
-    as the Qwen2-VL video processor lays them out: rows [B * T * H/p * W/p] in merge-block order, columns
-    (channel, frame, y, x) = 3 * temporal_patch * patch^2."""
-    B, Fr, H, W, _ = videos.shape
+def fast_pixels(model, videos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixel_values_videos, video_grid_thw) of uint8 videos [B, F, H, W, 3] already at the processor's size: rescaled
+    and normalised with the reference processor's mean and std, then laid out by the model's adapter as the video
+    processor lays them out (`Qwen2VLAdapter.patchify`), without the processor's per-frame work (training speed)."""
     mean = torch.tensor(PIXEL_MEAN).view(1, 1, 3, 1, 1)
     std = torch.tensor(PIXEL_STD).view(1, 1, 3, 1, 1)
-    x = (videos.permute(0, 1, 4, 2, 3).float() / 255.0 - mean) / std  # [B, F, C, H, W]
-    gt, gh, gw = Fr // temporal_patch, H // patch, W // patch
-    x = x.reshape(B, gt, temporal_patch, 3, gh // merge, merge, patch, gw // merge, merge, patch)
-    x = x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
-    return x.reshape(B * gt * gh * gw, 3 * temporal_patch * patch * patch)
+    x = (torch.from_numpy(videos).permute(0, 1, 4, 2, 3).float() / 255.0 - mean) / std  # [B, F, C, H, W]
+    return get_adapter(model).patchify(x)
 
 
 class _Prompts:
@@ -147,17 +143,6 @@ class _Cached:
     protected: list[torch.Tensor] = field(default_factory=list)
 
 
-# TODO(merge): PlannedPress
-@dataclass
-class _PlannedPress(Press):
-    """Keeps indices planned in advance, one LongTensor per video in call order (training-time dropping)."""
-
-    plans: list = field(default_factory=list)
-
-    def compress(self, tokens, query):
-        return Selection(self.plans.pop(0).to(tokens.features.device), tokens.num_tokens)
-
-
 def _cosine(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -194,10 +179,10 @@ def _train_vision(model, config, train_examples, steps, batch_size, lr, positive
             perm, cursor = order.permutation(train_examples), 0
         batch = _examples("train", perm[cursor : cursor + batch_size], config)
         cursor += batch_size
-        pixels = patchify(torch.from_numpy(np.stack([e.video for e in batch])))
+        pixels, grid = fast_pixels(model, np.stack([e.video for e in batch]))
         labels = [token_labels(e, config) for e in batch]
         labels = {k: torch.from_numpy(np.concatenate([lab[k] for lab in labels])) for k in labels[0]}
-        features = visual(pixels, grid_thw=_video_grid(len(batch), config)).pooler_output
+        features = visual(pixels, grid_thw=grid).pooler_output
         loss, acc = _stage1_loss(heads(features), labels, positive_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,16 +194,16 @@ def _train_vision(model, config, train_examples, steps, batch_size, lr, positive
             ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
         bar.set_postfix(loss=f"{ema_loss:.3f}", flash_colour_acc=f"{ema_acc or 0:.3f}")
     visual.eval()
-    readout = _token_readout(visual, heads, _examples("val", np.arange(96), config), config)
+    readout = _token_readout(model, heads, _examples("val", np.arange(96), config), config)
     return {"stage1_loss": ema_loss, "stage1_token_readout": readout}
 
 
 @torch.no_grad()
-def _token_readout(visual, heads, examples, config) -> dict:
+def _token_readout(model, heads, examples, config) -> dict:
     """Held-out per-token read-out of the stage-1 heads: for each class head, the share of positive tokens
     whose colour is read right and of negative tokens read as none; for the distractor bits, accuracy."""
-    pixels = patchify(torch.from_numpy(np.stack([e.video for e in examples])))
-    outputs = heads(visual(pixels, grid_thw=_video_grid(len(examples), config)).pooler_output)
+    pixels, grid = fast_pixels(model, np.stack([e.video for e in examples]))
+    outputs = heads(model.model.visual(pixels, grid_thw=grid).pooler_output)
     labels = [token_labels(e, config) for e in examples]
     labels = {k: torch.from_numpy(np.concatenate([lab[k] for lab in labels])) for k in labels[0]}
     result = {}
@@ -237,8 +222,8 @@ def _encode(model, examples: list[Example], config: WorldConfig, batch_size: int
     out = []
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
-        pixels = patchify(torch.from_numpy(np.stack([e.video for e in batch])))
-        features = model.model.get_video_features(pixels, _video_grid(len(batch), config)).pooler_output
+        pixels, grid = fast_pixels(model, np.stack([e.video for e in batch]))
+        features = model.model.get_video_features(pixels, grid).pooler_output
         out.append(torch.stack(features).half())
     return torch.cat(out)
 
@@ -268,7 +253,6 @@ def _lm_batch(model, prompts: _Prompts, data: _Cached, rows, config, letters, dr
     unprotected video tokens of each video are removed through the press machinery (positions preserved)."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    from vidpress.models import get_adapter
 
     suffixes = [[letters[data.answers[r]], prompts.end_id] for r in rows]
     inputs = prompts.batch([data.questions[r] for r in rows], suffixes)
@@ -289,7 +273,7 @@ def _lm_batch(model, prompts: _Prompts, data: _Cached, rows, config, letters, dr
             if not keep.any():
                 keep[int(drop.integers(n))] = True
             plans.append(keep.nonzero().squeeze(1))
-        inputs, _ = get_adapter(model).press_inputs(_PlannedPress(retention=0.5, plans=plans), inputs, for_generate=False)
+        inputs, _ = get_adapter(model).press_inputs(PlannedPress(retention=0.5, plans=plans), inputs, for_generate=False)
     targets = torch.tensor([[letters[data.answers[r]], prompts.end_id] for r in rows])
     return inputs, targets
 
