@@ -20,7 +20,7 @@ from vidpress.training.cgrpo import (
     format_reward,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- rewards -------------------------------------------------------------------------------------------
