@@ -11,14 +11,16 @@ import threading
 
 import torch
 
-from vidpress.models.base import PIXEL_INPUTS, SEQUENCE_INPUTS, Adapter, PressReport
+# One import line per adapter file: importing it registers its families (`@register_adapter`). The order is the
+# order error messages list the families in.
+# isort: off
+from vidpress.models import qwen2_vl  # noqa: F401
+from vidpress.models import llava  # noqa: F401
+# isort: on
+from vidpress.models.base import ADAPTERS, PIXEL_INPUTS, SEQUENCE_INPUTS, Adapter, PressReport, register_adapter
 from vidpress.models.layer_pruning import LayerPruner
-from vidpress.models.llava import LlavaNextVideoAdapter, LlavaOnevisionAdapter
-from vidpress.models.qwen2_vl import Qwen2VLAdapter, Qwen3VLAdapter
 
 logger = logging.getLogger("vidpress")
-
-ADAPTERS: list[type[Adapter]] = [Qwen2VLAdapter, Qwen3VLAdapter, LlavaOnevisionAdapter, LlavaNextVideoAdapter]
 
 # Guards the check-and-claim of a model by a press block, so two threads cannot both claim one model.
 _CLAIM = threading.Lock()
@@ -357,4 +359,4 @@ def apply_press(press, model):
 
 
 __all__ = ["ADAPTERS", "Adapter", "PressReport", "PressedModel", "adapter_class", "apply_press", "get_adapter",
-           "supported_model_types"]
+           "register_adapter", "supported_model_types"]

@@ -79,6 +79,25 @@ class VideoLayout:
         return self.tokens.num_tokens + (0 if self.extra is None else self.extra.shape[0])
 
 
+#: The registered adapters, in registration order: `@register_adapter` on each family's class fills it.
+ADAPTERS: list[type[Adapter]] = []
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: make an adapter serve the models whose `config.model_type` is in its `model_types`.
+
+    A new model family is one file in vidpress/models/ with `@register_adapter` on its class, plus one import line
+    in `models/__init__.py`.
+    """
+    taken = [t for a in ADAPTERS for t in a.model_types if t in cls.model_types and a is not cls]
+    if not cls.model_types or taken:
+        raise ValueError(f"{cls.__name__}: model_types must be non-empty and not served by another adapter; got "
+                         f"{cls.model_types!r} ({', '.join(taken) or 'none'} already registered)")
+    if cls not in ADAPTERS:
+        ADAPTERS.append(cls)
+    return cls
+
+
 class Adapter:
     """Applies presses to one model family. Subclasses set `model_types` and the four layout hooks; the family
     facts below default to a plain model (1-D positions, no DeepStack, no pre-computed video inputs)."""
@@ -159,7 +178,6 @@ class Adapter:
         features (`precomputed_video_inputs`); `purpose` says what needs them, e.g. "C-GRPO training"."""
         if self.precomputed_videos:
             return
-        from vidpress.models import ADAPTERS
 
         supported = ", ".join(f"{a.family} ({'/'.join(a.model_types)})" for a in ADAPTERS if a.precomputed_videos)
         why = " (it also reads each video's DeepStack features)" if self.deepstack else ""

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vidpress.models.base import Adapter, VideoLayout, pick_block
+from vidpress.models.base import Adapter, VideoLayout, pick_block, register_adapter
 from vidpress.types import VideoTokens
 
 
@@ -115,6 +115,7 @@ class LlavaVideoAdapter(Adapter):
         return torch.arange(L, device=attention_mask.device).expand(B, L)
 
 
+@register_adapter
 class LlavaOnevisionAdapter(LlavaVideoAdapter):
     """LLaVA-OneVision: SigLIP -> projector -> 2x2 bilinear pooling per frame, then one newline token per video."""
 
@@ -140,6 +141,7 @@ class LlavaOnevisionAdapter(LlavaVideoAdapter):
         return pooled.permute(0, 2, 3, 1)
 
 
+@register_adapter
 class LlavaNextVideoAdapter(LlavaVideoAdapter):
     """LLaVA-NeXT-Video: CLIP -> pooling resampler -> projector; no newline token."""
 

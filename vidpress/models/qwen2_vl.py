@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from vidpress.models.base import Adapter, VideoLayout, pick_block
+from vidpress.models.base import Adapter, VideoLayout, pick_block, register_adapter
 from vidpress.types import VideoTokens
 
 
+@register_adapter
 class Qwen2VLAdapter(Adapter):
     model_types = ("qwen2_vl", "qwen2_5_vl")
     family = "Qwen2-VL / Qwen2.5-VL"
@@ -161,6 +162,7 @@ class Qwen2VLAdapter(Adapter):
         return torch.cat([text[None], position_ids], dim=0)  # [4, B, L']
 
 
+@register_adapter
 class Qwen3VLAdapter(Qwen2VLAdapter):
     """Qwen3-VL: as Qwen2.5-VL, plus DeepStack features injected into early LLM layers, pruned with the same index."""
 
