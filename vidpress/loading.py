@@ -21,13 +21,15 @@ def load_model(path: str | None, attn: str = "sdpa", device: str = "cpu", dtype:
 
     from vidpress.testing import load_tiny
 
-    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
+                   "float16": torch.float16}[dtype]
     if path is None:
         model, processor = load_tiny(DEMO_FAMILY, attn_implementation=attn)
         return model.to(device), processor
     if not Path(path).is_dir():
         raise ValueError(f"--model {path!r} is not a directory; pass a local model folder (from save_pretrained)")
-    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn, dtype=torch_dtype).to(device).eval()
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn,
+                                                        dtype=torch_dtype).to(device).eval()
     return model, AutoProcessor.from_pretrained(path)
 
 
@@ -43,8 +45,10 @@ def build_press(name: str, retention: float, policy=None):
     if needs_policy:
         if policy is None:
             raise ValueError(f"--press {name} needs a trained policy: pass --policy DIR (the shipped one for the "
-                             "reference model is vidpress/synthetic/cacovid_reference; train one with `vidpress train cacovid`)")
+                             "reference model is vidpress/synthetic/cacovid_reference; train one with "
+                             "`vidpress train cacovid`)")
         if not Path(policy).is_dir():
-            raise ValueError(f"--policy {policy!r} is not a directory; pass a folder written by `vidpress train cacovid`")
+            raise ValueError(f"--policy {policy!r} is not a directory; pass a folder written by "
+                             "`vidpress train cacovid`")
         knobs["policy"] = policy
     return presses.get(name, **knobs)

@@ -121,7 +121,8 @@ def retrieve_episode(args, model, processor, video_path, decoded):
 
     retriever, name = make_retriever(args, model, processor)
     memory = retriever.index_video(video_path)
-    frames, indices = retriever.episodic_video(decoded.frames, args.question, memory=memory, frame_indices=decoded.frame_indices)
+    frames, indices = retriever.episodic_video(decoded.frames, args.question, memory=memory,
+                                               frame_indices=decoded.frame_indices)
     clips = [c for c in memory.clips if any(c[0] <= i < c[1] for i in indices.tolist())]
     print(f"retrieval ({name}): {len(memory.clips)} event clips; top-{args.retrieve} {clips} keep {len(frames)} of "
           f"{len(decoded.frames)} sampled frames {indices.tolist()}")
@@ -237,7 +238,8 @@ def cmd_eval(args) -> int:
         benchmark=args.bench, model=args.model, data=args.data, press=press, press_name=args.press,
         policy=args.policy, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
         attn=args.attn)
-    out = Path(args.out or f"eval-results/{args.bench}/{Path(args.model).name}-{args.press}-{retention:g}-{args.num_frames}f")
+    out = Path(args.out or f"eval-results/{args.bench}/{Path(args.model).name}-{args.press}-{retention:g}-"
+               f"{args.num_frames}f")
     # Every process checks, before the model loads: a refused resume costs nothing and no process is left waiting.
     runner.check_run_settings(out, settings, overwrite=args.overwrite, write=False)
     model, processor = load_model(args.model, args.attn, shard.device or args.device, args.dtype)
@@ -298,25 +300,29 @@ def cmd_profile(args) -> int:
             frames = tiny_video(args.frames, args.resolution, args.resolution)
         else:
             scenes = range(-(-args.frames // 4))
-            frames = np.concatenate([tiny_video(4, args.resolution, args.resolution, seed=s) for s in scenes])[: args.frames]
+            frames = np.concatenate([tiny_video(4, args.resolution, args.resolution, seed=s)
+                                     for s in scenes])[: args.frames]
         inputs = build_inputs(processor, [args.question], [[frames]])
         source = f"synthetic video: {args.frames} frames of {args.resolution}x{args.resolution}"
         source += "" if args.retrieve is None else " in scenes of 4 frames"
         indexed, frame_indices, fps = None, None, 2.0  # the frames themselves are indexed
     print(f"{described}\n{source}; press {args.press} at retention {args.retention:g}; {args.device}, {args.dtype}, "
           f"{args.attn} attention, {torch.get_num_threads()} threads", flush=True)
-    result = profile(model, inputs, press, repeats=args.repeats, decode_tokens=args.decode_tokens, progress=not args.quiet)
+    result = profile(model, inputs, press, repeats=args.repeats, decode_tokens=args.decode_tokens,
+                     progress=not args.quiet)
     print(format_profile(result))
     retrieval = None
     if args.retrieve is not None:
         retriever, embedder = make_retriever(args, model, processor)
         retrieval = profile_retrieval(model, processor, retriever, frames, args.question, video=indexed,
-                                      frame_indices=frame_indices, fps=fps, repeats=args.repeats, progress=not args.quiet)
+                                      frame_indices=frame_indices, fps=fps, repeats=args.repeats,
+                                      progress=not args.quiet)
         print(format_retrieval(retrieval, args.retrieve, embedder))
     if args.json:
         setup = {"config": None if args.model else args.config, "model": args.model, "layers": args.layers,
-                 "vision_layers": args.vision_layers, "frames": args.frames, "resolution": None if args.video else args.resolution,
-                 "video": args.video, "press": args.press, "retention": args.retention, "device": str(model.device),
+                 "vision_layers": args.vision_layers, "frames": args.frames,
+                 "resolution": None if args.video else args.resolution, "video": args.video, "press": args.press,
+                 "retention": args.retention, "device": str(model.device),
                  "dtype": args.dtype, "attn": args.attn, "repeats": args.repeats, "threads": torch.get_num_threads(),
                  "retrieve": args.retrieve, "embedder": args.embedder}
         data = result.to_json(setup)
@@ -347,8 +353,10 @@ def parser() -> argparse.ArgumentParser:
     )
     _video_press_options(gen, "the bundled random-weight demo model")
     gen.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: %(default)s)")
-    gen.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"], help="attention implementation")
-    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype")
+    gen.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"],
+                     help="attention implementation")
+    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="weights dtype")
     gen.add_argument("--repeats", type=int, default=3, help="prefill timing repeats (default: %(default)s)")
     _retrieve_options(gen, "keep only the sampled frames of the top-K event clips for the question (MARC's "
                       "retrieval, before the vision encoder); the whole file is cut into events first")
@@ -361,11 +369,14 @@ def parser() -> argparse.ArgumentParser:
         "model (or --model) and print accuracy (overall and per question family), evidence recall, kept visual "
         "tokens, LLM prefill time and peak memory; write results.json, results.csv and accuracy.png to --out.",
     )
-    bench.add_argument("--presses", help="comma-separated press names (default: all registered presses and the learned rows cacovid, marc-cgrpo; with --model, the presses that need no trained checkpoint)")
-    bench.add_argument("--retentions", help="comma-separated retentions in (0, 1] (default: 0.5,0.25,0.15,0.1,0.05)")
+    bench.add_argument("--presses", help="comma-separated press names (default: all registered presses and the "
+                       "learned rows cacovid, marc-cgrpo; with --model, the presses that need no trained checkpoint)")
+    bench.add_argument("--retentions",
+                       help="comma-separated retentions in (0, 1] (default: 0.5,0.25,0.15,0.1,0.05)")
     bench.add_argument("--model", help="local model directory (default: the shipped reference model)")
     bench.add_argument("--limit", type=int, default=600, help="number of test examples (default: %(default)s)")
-    bench.add_argument("--split", default="test", choices=["train", "val", "test"], help="synthetic split (default: test)")
+    bench.add_argument("--split", default="test", choices=["train", "val", "test"],
+                       help="synthetic split (default: test)")
     bench.add_argument("--out", default="bench-results", help="output folder (default: %(default)s); earlier results "
                        "there are kept unless --overwrite")
     bench.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
@@ -400,15 +411,18 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="the benchmark's local folder, in its published layout")
     evaluate.add_argument("--press", default="vidcom2", choices=["none", *presses.available()],
                           help="press name, or none for all tokens (default: %(default)s)")
-    evaluate.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    evaluate.add_argument("--retention", type=float, default=0.25,
+                          help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
     _policy_option(evaluate)
     evaluate.add_argument("--num-frames", type=int, default=16, help="frames sampled per video (default: %(default)s)")
     evaluate.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: %(default)s)")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N questions")
-    evaluate.add_argument("--skip-missing", action="store_true", help="skip questions whose video (or task file) is missing")
-    evaluate.add_argument("--out", help="results folder (default: eval-results/<bench>/<model>-<press>-<retention>-<frames>f); "
-                          "a rerun with the same settings resumes there, other settings are refused")
-    evaluate.add_argument("--overwrite", action="store_true", help="discard the results already in --out and start over")
+    evaluate.add_argument("--skip-missing", action="store_true",
+                          help="skip questions whose video (or task file) is missing")
+    evaluate.add_argument("--out", help="results folder (default: eval-results/<bench>/<model>-<press>-<retention>-"
+                          "<frames>f); a rerun with the same settings resumes there, other settings are refused")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="discard the results already in --out and start over")
     _runtime_options(evaluate, dtype="auto")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=cmd_eval)
@@ -423,26 +437,33 @@ def parser() -> argparse.ArgumentParser:
         "--model it builds a random-weight model from a real checkpoint's published config (--config), optionally "
         "with fewer layers, and feeds it synthetic frames through the real processor.",
     )
-    prof.add_argument("--config", default="tiny", choices=list(NAMES), help="published architecture to build with random weights (default: %(default)s)")
+    prof.add_argument("--config", default="tiny", choices=list(NAMES),
+                      help="published architecture to build with random weights (default: %(default)s)")
     prof.add_argument("--model", help="a local model directory instead of --config")
     prof.add_argument("--layers", type=int, help="LLM decoder layers to keep (default: all, as published)")
     prof.add_argument("--vision-layers", type=int, help="vision encoder blocks to keep (default: all, as published)")
     prof.add_argument("--frames", type=int, default=16, help="video frames (default: %(default)s)")
-    prof.add_argument("--resolution", type=int, default=448, help="side of the square synthetic frames in px, before the processor's resizing (default: %(default)s)")
+    prof.add_argument("--resolution", type=int, default=448, help="side of the square synthetic frames in px, "
+                      "before the processor's resizing (default: %(default)s)")
     prof.add_argument("--video", help="profile on this video file instead of synthetic frames")
     prof.add_argument("--question", default="What happens in this video?", help="the prompt's question")
-    prof.add_argument("--press", default="vidcom2", choices=presses.available(), help="press name (default: %(default)s)")
-    prof.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    prof.add_argument("--press", default="vidcom2", choices=presses.available(),
+                      help="press name (default: %(default)s)")
+    prof.add_argument("--retention", type=float, default=0.25,
+                      help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
     _policy_option(prof)
-    prof.add_argument("--repeats", type=int, default=3, help="timed runs per stage, after one warm-up (default: %(default)s)")
-    prof.add_argument("--decode-tokens", type=int, default=16, help="tokens generated to time decoding (default: %(default)s)")
+    prof.add_argument("--repeats", type=int, default=3,
+                      help="timed runs per stage, after one warm-up (default: %(default)s)")
+    prof.add_argument("--decode-tokens", type=int, default=16,
+                      help="tokens generated to time decoding (default: %(default)s)")
     _runtime_options(prof, dtype="float32")
     prof.add_argument("--json", help="write {\"full\": {...}, \"pressed\": {...}} (and \"retrieval\") to this file")
     _retrieve_options(prof, "also report the vision encoder's frames, time and FLOPs with all frames and with only "
                       "the frames of the top-K event clips (MARC's retrieval), and the retrieval step's own cost")
     prof.add_argument("--quiet", action="store_true", help="no progress bar")
     prof.set_defaults(run=cmd_profile)
-    train = sub.add_parser("train", help="train a model or a learned press", description="Train a model or a learned press.")
+    train = sub.add_parser("train", help="train a model or a learned press",
+                           description="Train a model or a learned press.")
     from vidpress.cli.train import add_train_parsers
 
     add_train_parsers(train.add_subparsers(dest="trainer", required=True))
@@ -455,31 +476,37 @@ def _video_press_options(command: argparse.ArgumentParser, default_model: str) -
 
     command.add_argument("--model", help=f"local model directory (default: {default_model})")
     command.add_argument("--video", help="video file (default: the bundled sample clip)")
-    command.add_argument("--question", default="What happens in this video?", help="the question (default: %(default)r)")
-    command.add_argument("--press", default="vidcom2", choices=presses.available(), help="press name (default: %(default)s)")
-    command.add_argument("--retention", type=float, default=0.25, help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
-    command.add_argument("--num-frames", type=int, default=16, help="frames sampled evenly from the video (default: %(default)s)")
+    command.add_argument("--question", default="What happens in this video?",
+                         help="the question (default: %(default)r)")
+    command.add_argument("--press", default="vidcom2", choices=presses.available(),
+                         help="press name (default: %(default)s)")
+    command.add_argument("--retention", type=float, default=0.25,
+                         help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    command.add_argument("--num-frames", type=int, default=16,
+                         help="frames sampled evenly from the video (default: %(default)s)")
     _policy_option(command)
     command.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
 
 
 def _retrieve_options(command: argparse.ArgumentParser, what: str) -> None:
     command.add_argument("--retrieve", type=int, metavar="K", help=what)
-    command.add_argument("--embedder", metavar="PATH", help="local CLIP/SigLIP-style folder embedding clips and the question "
-                         "for --retrieve (default: the model's own vision features and text embeddings)")
+    command.add_argument("--embedder", metavar="PATH", help="local CLIP/SigLIP-style folder embedding clips and the "
+                         "question for --retrieve (default: the model's own vision features and text embeddings)")
 
 
 def _runtime_options(command: argparse.ArgumentParser, dtype: str) -> None:
-    """--device, --dtype (default `dtype`; "auto" = the checkpoint's own) and --attn of the commands that load a model."""
+    """--device, --dtype (default `dtype`; "auto" = the checkpoint's own) and --attn of the commands that load a
+    model."""
     dtypes = ["float32", "bfloat16", "float16"] if dtype != "auto" else ["auto", "float32", "bfloat16", "float16"]
     command.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
     command.add_argument("--dtype", default=dtype, choices=dtypes, help="weights dtype (default: %(default)s)")
-    command.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"], help="attention implementation (default: %(default)s)")
+    command.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"],
+                         help="attention implementation (default: %(default)s)")
 
 
 def _policy_option(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--policy", help="trained policy folder for --press cacovid (e.g. vidpress/synthetic/cacovid_reference, "
-                         "trained for the shipped reference model)")
+    command.add_argument("--policy", help="trained policy folder for --press cacovid (e.g. "
+                         "vidpress/synthetic/cacovid_reference, trained for the shipped reference model)")
 
 
 def _cuda() -> bool:
@@ -547,8 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # anything else still gets one line; -v shows where it came from
         if args.verbose:
             raise
-        print(f"error: {type(error).__name__}: {_one_line(error)} (`vidpress -v {args.command} ...` shows the traceback)",
-              file=sys.stderr)
+        print(f"error: {type(error).__name__}: {_one_line(error)} "
+              f"(`vidpress -v {args.command} ...` shows the traceback)", file=sys.stderr)
         return 1
 
 

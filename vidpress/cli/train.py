@@ -85,26 +85,38 @@ def add_train_cacovid_parser(subparsers) -> argparse.ArgumentParser:
         "train cacovid ...`.",
     )
     parser.add_argument("--out", required=True, help="output folder for the policy")
-    parser.add_argument("--model", default=None, help="reference-style model folder (default: the shipped reference model)")
+    parser.add_argument("--model", default=None,
+                        help="reference-style model folder (default: the shipped reference model)")
     parser.add_argument("--train-examples", type=int, default=2000, help="synthetic train examples (default 2000)")
-    parser.add_argument("--group", type=int, default=defaults.group, help="combinations per rollout round, G (default %(default)s)")
-    parser.add_argument("--diversity-rollouts", type=int, default=defaults.diversity_rollouts, help="diversity-only combinations per round (default %(default)s)")
-    parser.add_argument("--frame-rollouts", type=int, default=defaults.frame_rollouts, help="frame-mode combinations per round; the rest of --group are token mode (default %(default)s)")
-    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="rollout rounds per sample (default %(default)s)")
-    parser.add_argument("--rate-start", type=float, default=defaults.rate_start, help="initial per-sample sampling rate (default %(default)s)")
+    parser.add_argument("--group", type=int, default=defaults.group,
+                        help="combinations per rollout round, G (default %(default)s)")
+    parser.add_argument("--diversity-rollouts", type=int, default=defaults.diversity_rollouts,
+                        help="diversity-only combinations per round (default %(default)s)")
+    parser.add_argument("--frame-rollouts", type=int, default=defaults.frame_rollouts,
+                        help="frame-mode combinations per round; the rest of --group are token mode "
+                        "(default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=defaults.rounds,
+                        help="rollout rounds per sample (default %(default)s)")
+    parser.add_argument("--rate-start", type=float, default=defaults.rate_start,
+                        help="initial per-sample sampling rate (default %(default)s)")
     parser.add_argument("--rate-range", type=float, nargs=2, default=defaults.rate_range, metavar=("LO", "HI"),
                         help="bounds of the adaptive per-sample sampling rate (default %(default)s)")
     parser.add_argument("--score-l2", type=float, default=defaults.score_l2,
                         help="weight of an L2 penalty on the token and frame logits, against the scores' growth "
                         "(default %(default)s: off)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per step and process (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s, the paper's scale)")
-    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="gradient-norm clip (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the train examples (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="samples per step and process (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.lr,
+                        help="AdamW learning rate (default %(default)s, the paper's scale)")
+    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
+                        help="gradient-norm clip (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help="passes over the train examples (default %(default)s)")
     parser.add_argument("--val-examples", type=int, default=240, help="val examples scored after training (0: none)")
     parser.add_argument("--init-from", default=None, help="continue training this saved policy (default: a fresh "
                         "policy from the model's first LLM layer)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling and the initialisation (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the sampling and the initialisation (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=_run_train_cacovid)
@@ -123,7 +135,8 @@ def _run_train_cacovid(args) -> int:
     )
     command = _command("cacovid")
     metrics = train_cacovid(args.out, model_path=args.model, train_examples=args.train_examples, settings=settings,
-                            val_examples=args.val_examples, threads=args.threads, init_from=args.init_from, progress=not args.quiet, command=command)
+                            val_examples=args.val_examples, threads=args.threads, init_from=args.init_from,
+                            progress=not args.quiet, command=command)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -145,16 +158,23 @@ def add_train_cgrpo_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="reference checkpoint to start from (default: the shipped one)")
     parser.add_argument("--train-examples", type=int, default=1200, help="training prompts (default 1200)")
     parser.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
-    parser.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step over all processes (default 8)")
-    parser.add_argument("--num-generations", type=int, default=32, help="rollouts per prompt, G (default 32: with 8, most groups of the one-letter answers were all right or all wrong and the testbed student did not improve)")
+    parser.add_argument("--prompts-per-step", type=int, default=8,
+                        help="prompts per step over all processes (default 8)")
+    parser.add_argument("--num-generations", type=int, default=32, help="rollouts per prompt, G (default 32: with 8, "
+                        "most groups of the one-letter answers were all right or all wrong and the testbed student did "
+                        "not improve)")
     parser.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default %(default)s)")
     parser.add_argument("--beta", type=float, default=0.04, help="KL coefficient to the initial model (default 0.04)")
     parser.add_argument("--epsilon", type=float, default=0.2, help="surrogate clipping range (default 0.2)")
     parser.add_argument("--alpha", type=float, default=1.0, help="compression reward scale (default 1.0)")
-    parser.add_argument("--tau", type=float, default=0.6, help="retention threshold of the compression reward (default 0.6)")
-    parser.add_argument("--temperature", type=float, default=1.5, help="rollout sampling temperature (default 1.5: at 1.0 the testbed student's entropy collapsed within ~100 steps and most groups had no reward spread)")
+    parser.add_argument("--tau", type=float, default=0.6,
+                        help="retention threshold of the compression reward (default 0.6)")
+    parser.add_argument("--temperature", type=float, default=1.5, help="rollout sampling temperature (default 1.5: at "
+                        "1.0 the testbed student's entropy collapsed within ~100 steps and most groups had no reward "
+                        "spread)")
     parser.add_argument("--format-weight", type=float, default=0.0, help="weight of the format reward (default 0: off)")
-    parser.add_argument("--budget-tokens", type=int, default=None, help="MarcPress token budget (default: one frame's tokens)")
+    parser.add_argument("--budget-tokens", type=int, default=None,
+                        help="MarcPress token budget (default: one frame's tokens)")
     parser.add_argument("--top-k", type=int, default=3, help="clips MarcPress retrieves (default 3; 0: no retrieval)")
     parser.add_argument("--teacher-samples", type=int, default=8, help="teacher rollouts per prompt (default 8)")
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters on the LLM (merged when saving)")
@@ -182,7 +202,8 @@ def _run_train_cgrpo(args) -> int:
         beta=args.beta, epsilon=args.epsilon, alpha=args.alpha, tau=args.tau, temperature=args.temperature,
         format_weight=args.format_weight, budget_tokens=args.budget_tokens, top_k=args.top_k or None,
         teacher_samples=args.teacher_samples, lora=args.lora, lora_rank=args.lora_rank,
-        test_examples=args.test_examples, seed=args.seed, threads=args.threads, progress=not args.quiet, command=command,
+        test_examples=args.test_examples, seed=args.seed, threads=args.threads, progress=not args.quiet,
+        command=command,
     )
     test = metrics.get("test")
     if test:

@@ -114,7 +114,8 @@ class EncodedBatch:
     video_output: object
 
 
-def encode(model, processor, examples, batch_size: int, progress: bool = True, vision_stats: bool = False) -> list[EncodedBatch]:
+def encode(model, processor, examples, batch_size: int, progress: bool = True,
+           vision_stats: bool = False) -> list[EncodedBatch]:
     """Run the processor and the vision encoder once per batch; pixels are dropped afterwards. With `vision_stats`,
     the default vision layer's attention statistics are recorded too (presses with `needs_vision_stats`)."""
     adapter = get_adapter(model)
@@ -212,7 +213,8 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_bench(model, processor, examples, press_names, retentions, batch_size: int = 32, progress: bool = True) -> list[dict]:
+def run_bench(model, processor, examples, press_names, retentions, batch_size: int = 32,
+              progress: bool = True) -> list[dict]:
     """Rows for the full-token model and for every (press, retention); see the module docstring."""
     for name in press_names:
         if name not in bench_names():
@@ -231,7 +233,8 @@ def run_bench(model, processor, examples, press_names, retentions, batch_size: i
     return rows
 
 
-FAMILY_SHORT = {"brief_event": "brief", "static": "static", "small_detail": "detail", "order": "order", "counting": "count", "query": "query"}
+FAMILY_SHORT = {"brief_event": "brief", "static": "static", "small_detail": "detail", "order": "order",
+                "counting": "count", "query": "query"}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -283,7 +286,8 @@ def press_styles(names: list[str]) -> dict[str, dict]:
 
     palette = matplotlib.colormaps["tab20"].colors
     order = [*range(0, 20, 2), *range(1, 20, 2)]  # 10 dark shades, then the 10 light ones
-    return {name: {"color": palette[order[i % 20]], "marker": _MARKERS[i % len(_MARKERS)]} for i, name in enumerate(names)}
+    return {name: {"color": palette[order[i % 20]], "marker": _MARKERS[i % len(_MARKERS)]}
+            for i, name in enumerate(names)}
 
 
 def figure(rows: list[dict]):
@@ -301,7 +305,8 @@ def figure(rows: list[dict]):
     for ax, key, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "evidence_recall", "evidence recall")):
         for name in names:
             points = sorted((r["effective_retention"], r[key]) for r in rows if r["press"] == name)
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=name, markersize=5, linewidth=1.2, **styles[name])
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=name, markersize=5, linewidth=1.2,
+                    **styles[name])
         ax.axhline(full[key], color="black", linestyle="--", linewidth=1, label="all tokens")
         ax.set_xscale("log")
         ticks = [0.05, 0.1, 0.15, 0.25, 0.5, 1.0]

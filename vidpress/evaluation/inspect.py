@@ -52,7 +52,8 @@ def draw(frames: np.ndarray, tokens: VideoTokens, selection: Selection, path, ti
     bars = fig.add_subplot(grid[rows, :])
     shares = keep.reshape(T, -1).mean(1)
     bars.bar(range(T), shares, color="tab:blue")
-    bars.axhline(selection.retention, color="black", linestyle="--", linewidth=1, label=f"overall {selection.retention:.3f}")
+    bars.axhline(selection.retention, color="black", linestyle="--", linewidth=1,
+                 label=f"overall {selection.retention:.3f}")
     bars.set_xlabel("temporal token group")
     bars.set_ylabel("share kept")
     bars.set_xticks(range(T))

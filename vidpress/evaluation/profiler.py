@@ -154,7 +154,8 @@ class _StepClock(LogitsProcessor):
 def _decode_ms_per_token(generate, tokens: int, device: torch.device) -> float:
     """Median ms between consecutive generation steps over `tokens` new tokens (EOS suppressed until then)."""
     clock = _StepClock(device)
-    generate(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, logits_processor=LogitsProcessorList([clock]))
+    generate(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+             logits_processor=LogitsProcessorList([clock]))
     gaps = [(b - a) * 1000 for a, b in zip(clock.stamps, clock.stamps[1:])]
     return statistics.median(gaps)
 
@@ -170,7 +171,8 @@ def profile(model, inputs: dict, press, repeats: int = 3, decode_tokens: int = 1
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1; got {repeats}")
     if decode_tokens < 2:
-        raise ValueError(f"decode_tokens must be at least 2 (decode time is the gap between steps); got {decode_tokens}")
+        raise ValueError("decode_tokens must be at least 2 (decode time is the gap between steps); "
+                         f"got {decode_tokens}")
     adapter = get_adapter(model)
     if not adapter.has_video(inputs):
         raise ValueError("the inputs hold no video (pixel_values_videos); build them with the model's processor")
@@ -369,6 +371,7 @@ def format_retrieval(costs: RetrievalCosts, top_k: int, embedder: str) -> str:
     for label, a, b, fmt in rows:
         ratio = f"{a / b:.2f}x" if a and b else "-"
         lines.append(f"{label:30} {fmt.format(a):>12} {fmt.format(b):>12} {ratio:>8}")
-    lines.append(f"retrieval step: index {costs.index_ms:.1f} ms, {costs.index_flops / 1e9:.3f} GFLOPs (once per video); "
-                 f"query {costs.query_ms:.1f} ms, {costs.query_flops / 1e9:.3f} GFLOPs (per question)")
+    lines.append(f"retrieval step: index {costs.index_ms:.1f} ms, {costs.index_flops / 1e9:.3f} GFLOPs "
+                 f"(once per video); query {costs.query_ms:.1f} ms, {costs.query_flops / 1e9:.3f} GFLOPs "
+                 "(per question)")
     return "\n".join(lines)

@@ -50,7 +50,8 @@ def _corpus() -> list[str]:
     questions = [q for q in QUESTIONS.values() if "{" not in q]
     questions += [QUESTIONS["query"].format(shape=shape) for shape in FLASH_SHAPES]
     questions += [QUESTIONS["query_position"].format(quadrant=q) for q in QUADRANTS]
-    return ["You are a helpful assistant. system user assistant"] + [f"{q} {colours}. {counts}. Answer with the letter." for q in questions] * 3
+    return (["You are a helpful assistant. system user assistant"]
+            + [f"{q} {colours}. {counts}. Answer with the letter." for q in questions] * 3)
 
 
 def build_untrained(seed: int = 0):

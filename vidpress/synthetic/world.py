@@ -19,9 +19,10 @@ query          four flashes (one per quadrant) in the four answer colours and fo
 
 Shortcuts are removed on purpose: every clip holds one static distractor shape in each answer colour, so
 "which colours appear anywhere" says nothing; static and small_detail clips also show a flash of a random
-colour, and query clips show four flashes in the four colours, so "the colour of any flash" says nothing either. A flash is visible in exactly one frame of each temporal
-pair it touches (a 2-frame flash spans frames 2t+1 and 2t+2), so it is distinguishable from a static shape
-inside one temporal patch, the unit a Qwen-VL style vision tower sees. Every flash lies inside one 28x28 cell.
+colour, and query clips show four flashes in the four colours, so "the colour of any flash" says nothing either.
+A flash is visible in exactly one frame of each temporal pair it touches (a 2-frame flash spans frames 2t+1 and
+2t+2), so it is distinguishable from a static shape inside one temporal patch, the unit a Qwen-VL style vision
+tower sees. Every flash lies inside one 28x28 cell.
 
     examples = make_split("test", 600)            # example i of a split is always the same
     keeps = [press.select(tokens).keep_indices for tokens in ...]
@@ -349,7 +350,8 @@ class _Scene:
         base = rng.integers(8, 40, size=(1, 1, 3), dtype=np.int16)
         texture = base + rng.integers(0, 14, size=(c.size, c.size, 3), dtype=np.int16)
         if c.noise:
-            video = texture[None] + rng.integers(-c.noise, c.noise + 1, size=(c.frames, c.size, c.size, 3), dtype=np.int8)
+            video = texture[None] + rng.integers(-c.noise, c.noise + 1, size=(c.frames, c.size, c.size, 3),
+                                                 dtype=np.int8)
             video = np.clip(video, 0, 255).astype(np.uint8)
         else:
             video = np.repeat(texture[None].astype(np.uint8), c.frames, axis=0)

@@ -109,7 +109,8 @@ class CaCoVIDSettings:
     seed: int = 0
 
     def __post_init__(self):
-        if self.group < 1 + self.diversity_rollouts + self.frame_rollouts or min(self.diversity_rollouts, self.frame_rollouts) < 0:
+        if (self.group < 1 + self.diversity_rollouts + self.frame_rollouts
+                or min(self.diversity_rollouts, self.frame_rollouts) < 0):
             raise ValueError(
                 f"group ({self.group}) must exceed diversity_rollouts + frame_rollouts "
                 f"({self.diversity_rollouts} + {self.frame_rollouts}, each >= 0) by at least one token-mode rollout"
@@ -122,7 +123,8 @@ class CaCoVIDSettings:
         if not 0 <= self.hard < self.easy <= 1:
             raise ValueError(f"need 0 <= hard < easy <= 1; got hard={self.hard!r}, easy={self.easy!r}")
         if not 0 < self.frame_fraction <= 1 or not self.frame_prob_cap >= 1:
-            raise ValueError(f"need 0 < frame_fraction <= 1 and frame_prob_cap >= 1; got {self.frame_fraction!r}, {self.frame_prob_cap!r}")
+            raise ValueError("need 0 < frame_fraction <= 1 and frame_prob_cap >= 1; "
+                             f"got {self.frame_fraction!r}, {self.frame_prob_cap!r}")
         if self.rounds < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError("rounds, batch_size and epochs must be >= 1")
         if not self.score_l2 >= 0:
@@ -147,7 +149,8 @@ def density_peak_scores(features: torch.Tensor, neighbours: int = 5) -> torch.Te
     density = torch.exp(-dist.topk(k + 1, largest=False).values[:, 1:].pow(2).mean(-1))
     index = torch.arange(T * M, device=features.device)
     # j is denser than i (ties: the lower index counts as denser, so exactly one token has no denser one)
-    denser = (density[None, :] > density[:, None]) | ((density[None, :] == density[:, None]) & (index[None, :] < index[:, None]))
+    denser = (density[None, :] > density[:, None]) | (
+        (density[None, :] == density[:, None]) & (index[None, :] < index[:, None]))
     delta = dist.masked_fill(~denser, math.inf).min(-1).values
     delta = torch.where(torch.isinf(delta), dist.max(-1).values, delta)
     return (density * delta).view(T, M)
@@ -190,7 +193,8 @@ def group_cap(n_groups: int) -> float:
     return max(min(2.0 / n_groups, 0.9), 0.1)
 
 
-def grouped_token_sample(scores: torch.Tensor, rate: float, generator: torch.Generator, group_factor: float = 2.0) -> torch.Tensor:
+def grouped_token_sample(scores: torch.Tensor, rate: float, generator: torch.Generator,
+                         group_factor: float = 2.0) -> torch.Tensor:
     """Token-mode combination, keep mask [T, M] with exactly k = max(1, round(rate * M)) tokens per frame.
 
     Per frame: softmax the token scores, sort the tokens by probability, cut the ranking into
@@ -231,7 +235,8 @@ def frame_mode_sample(frame_scores: torch.Tensor, features: torch.Tensor, total:
         frames = torch.sort(frame_scores.float().cpu(), descending=True, stable=True).indices[:n_frames]
     else:
         probs = torch.softmax(frame_scores.double().cpu(), dim=0).clamp_min(1e-12)
-        frames = torch.multinomial(water_fill(probs, min(1.0, prob_cap / T)), n_frames, replacement=False, generator=generator)
+        frames = torch.multinomial(water_fill(probs, min(1.0, prob_cap / T)), n_frames, replacement=False,
+                                   generator=generator)
     frames = frames.sort().values
     picked = torch.zeros(T, dtype=torch.bool)
     picked[frames] = True
@@ -399,7 +404,8 @@ def optimise_policy(policy, samples: list[PolicySample], reward: Callable, setti
     batches = []
     for _ in range(settings.epochs):
         perm = torch.randperm(len(samples), generator=order_rng).tolist()
-        batches += [perm[i : i + settings.batch_size] for i in range(0, len(perm) - settings.batch_size + 1, settings.batch_size)]
+        batches += [perm[i : i + settings.batch_size]
+                    for i in range(0, len(perm) - settings.batch_size + 1, settings.batch_size)]
     topk = settings.diversity_rollouts  # index of token-mode rollout 0 in a round
     history = []
     ema = {}
@@ -435,10 +441,12 @@ def optimise_policy(policy, samples: list[PolicySample], reward: Callable, setti
             for i, memory in enumerate(memories):
                 keep = torch.cat(memory.masks)  # [G * rounds so far, T * M]
                 modes = torch.cat(memory.modes).to(keep.device)
-                advantages = mode_advantages(torch.cat(memory.rewards), torch.cat(memory.modes)).to(new_tokens[i].device)
+                advantages = mode_advantages(torch.cat(memory.rewards),
+                                             torch.cat(memory.modes)).to(new_tokens[i].device)
                 token = modes == TOKEN
                 token_objective = clipped_surrogate(
-                    keep_log_probs(new_tokens[i].flatten(), keep[token]), keep_log_probs(old_tokens[i].flatten(), keep[token]),
+                    keep_log_probs(new_tokens[i].flatten(), keep[token]),
+                    keep_log_probs(old_tokens[i].flatten(), keep[token]),
                     advantages[token], balanced_weights(keep[token]), settings.clip_low, settings.clip_high)
                 frame = modes == FRAME
                 frame_objective = frame_surrogate(new_frames[i], old_frames[i], torch.cat(memory.frames)[frame],
@@ -446,7 +454,8 @@ def optimise_policy(policy, samples: list[PolicySample], reward: Callable, setti
                                                   ) if frame.any() else new_frames[i].sum() * 0.0
                 loss = loss - (token_objective + settings.frame_loss_weight * frame_objective) / len(batch)
                 if settings.score_l2:
-                    loss = loss + settings.score_l2 * (new_tokens[i].pow(2).mean() + new_frames[i].pow(2).mean()) / len(batch)
+                    loss = loss + settings.score_l2 * (new_tokens[i].pow(2).mean()
+                                                       + new_frames[i].pow(2).mean()) / len(batch)
                 # The mode head is not trained; a zero term keeps its parameters in the graph for DDP.
                 loss = loss + 0.0 * new_modes[i].sum()
             optimizer.zero_grad(set_to_none=True)
@@ -519,7 +528,8 @@ class VLMReward:
 
 
 @torch.no_grad()
-def encode_samples(model, processor, examples, batch_size: int = 32, progress: bool = True, desc: str = "encoding videos") -> list[PolicySample]:
+def encode_samples(model, processor, examples, batch_size: int = 32, progress: bool = True,
+                   desc: str = "encoding videos") -> list[PolicySample]:
     """Encode each example's video once (processor + the model's vision encoder) and keep what training needs:
     the frame tokens, the question's Query (as the adapter builds it for presses), diversity scores, and per sample
     its unpadded text inputs and encoder-output entries for the reward. Examples need .video, .question, .answer."""
@@ -544,7 +554,8 @@ def encode_samples(model, processor, examples, batch_size: int = 32, progress: b
         # the policy sees the whole prompt with the VLM's own position ids (as the press gets them from the adapter)
         position_ids = adapter.full_position_ids(inputs, inputs["attention_mask"], for_generate=False)
         slots = (inputs["input_ids"] == adapter.video_token_id) & real
-        sequence_keys = {k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == (B, L)}
+        sequence_keys = {k for k, v in inputs.items()
+                         if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == (B, L)}
         for i, example in enumerate(chunk):
             own = {}
             for name, value in inputs.items():
@@ -598,7 +609,8 @@ def train_cacovid(out_dir, *, model_path=None, train_examples: int = 2000, setti
         policy.check_width(model.config.get_text_config().hidden_size)
     else:
         policy = CaCoVIDPolicy.from_vlm(model).to(accelerator.device)
-    history = optimise_policy(policy, samples, VLMReward(model, letter_token_ids(processor)), settings, accelerator, progress)
+    history = optimise_policy(policy, samples, VLMReward(model, letter_token_ids(processor)), settings, accelerator,
+                              progress)
     train_seconds = time.time() - start
     metrics = {
         "settings": asdict(settings),
@@ -617,7 +629,8 @@ def train_cacovid(out_dir, *, model_path=None, train_examples: int = 2000, setti
         out_dir = Path(out_dir)
         policy.save_pretrained(out_dir)
         if val_examples:
-            metrics["val"] = _validate(model, processor, policy, make_split("val", val_examples), val_retentions, progress)
+            metrics["val"] = _validate(model, processor, policy, make_split("val", val_examples), val_retentions,
+                                       progress)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _write_model_card(out_dir, metrics, command)
     accelerator.wait_for_everyone()
@@ -633,7 +646,8 @@ def _curve(history: list[dict], points: int = 10) -> list[dict]:
     for a in range(0, len(history), size):
         part = history[a : a + size]
         curve.append({"steps": f"{part[0]['step']}-{part[-1]['step']}",
-                      **{k: round(sum(r.get(k, 0.0) for r in part) / len(part), 4) for k in ("reward", "topk_accuracy", "frame_reward", "rate")}})
+                      **{k: round(sum(r.get(k, 0.0) for r in part) / len(part), 4)
+                         for k in ("reward", "topk_accuracy", "frame_reward", "rate")}})
     return curve
 
 
@@ -661,25 +675,29 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
     ]
     training = [
         "## Training",
-        f"- {metrics['train_examples']} synthetic `train` examples, {metrics['steps']} steps of {s['batch_size']} samples x "
-        f"{s['rounds']} rollout rounds x G={s['group']} combinations ({s['diversity_rollouts']} diversity, "
-        f"{s['group'] - s['diversity_rollouts'] - s['frame_rollouts']} token mode, {s['frame_rollouts']} frame mode),",
-        f"  sampling rate from {s['rate_start']:g} in [{s['rate_range'][0]:g}, {s['rate_range'][1]:g}] (halved / doubled at accumulated "
-        f"token-mode accuracy >= {s['easy']:g} / <= {s['hard']:g}), clip {s['clip_low']:g}/{s['clip_high']:g}, "
+        f"- {metrics['train_examples']} synthetic `train` examples, {metrics['steps']} steps of {s['batch_size']} "
+        f"samples x {s['rounds']} rollout rounds x G={s['group']} combinations ({s['diversity_rollouts']} diversity, "
+        f"{s['group'] - s['diversity_rollouts'] - s['frame_rollouts']} token mode, {s['frame_rollouts']} frame "
+        "mode),",
+        f"  sampling rate from {s['rate_start']:g} in [{s['rate_range'][0]:g}, {s['rate_range'][1]:g}] (halved / "
+        f"doubled at accumulated token-mode accuracy >= {s['easy']:g} / <= {s['hard']:g}), clip "
+        f"{s['clip_low']:g}/{s['clip_high']:g}, "
         f"AdamW lr {s['lr']:g}, grad clip {s['grad_clip']:g}, seed {s['seed']}.",
         *([f"- Continued from the policy in `{metrics['init_from']}`."] if metrics.get("init_from") else []),
-        f"- {metrics['processes']} process(es), {metrics['threads']} CPU thread(s); encoding {metrics['encode_seconds']:.0f} s, "
-        f"total {metrics['train_seconds'] / 60:.1f} min.",
+        f"- {metrics['processes']} process(es), {metrics['threads']} CPU thread(s); encoding "
+        f"{metrics['encode_seconds']:.0f} s, total {metrics['train_seconds'] / 60:.1f} min.",
     ]
     curve = [
         "## Reward curve (mean over slices of the steps)",
         "",
-        "reward = share of all rollouts answered right; top-k acc = the deterministic top-k rollout's accuracy (round 0);",
+        "reward = share of all rollouts answered right; top-k acc = the deterministic top-k rollout's accuracy "
+        "(round 0);",
         "frame = share of frame-mode rollouts answered right.",
         "",
         "| steps | reward | top-k acc | frame | rate |",
         "|---|---|---|---|---|",
-        *[f"| {c['steps']} | {c['reward']:.3f} | {c['topk_accuracy']:.3f} | {c.get('frame_reward', 0.0):.3f} | {c['rate']:.3f} |" for c in metrics["curve"]],
+        *[f"| {c['steps']} | {c['reward']:.3f} | {c['topk_accuracy']:.3f} | {c.get('frame_reward', 0.0):.3f} | "
+          f"{c['rate']:.3f} |" for c in metrics["curve"]],
     ]
     results = [curve]
     if metrics.get("val"):

@@ -34,7 +34,7 @@ from vidpress.training.model_card import write_model_card
 logger = logging.getLogger("vidpress")
 
 __all__ = [
-    "CGRPOTrainer",
+    "CGRPOTrainer",  # noqa: F822 - provided lazily by the module __getattr__ (builds on TRL at first use)
     "VideoFeatures",
     "accuracy_reward",
     "compression_reward",
@@ -64,7 +64,8 @@ def format_reward(completions, choices, **_) -> list[float]:
     return [float(_answer_text(c) in str(ch).split(",")) for c, ch in zip(completions, choices, strict=True)]
 
 
-def compression_reward(correct: torch.Tensor, teacher: torch.Tensor, group_size: int, alpha: float, tau: float = 0.6) -> torch.Tensor:
+def compression_reward(correct: torch.Tensor, teacher: torch.Tensor, group_size: int, alpha: float,
+                       tau: float = 0.6) -> torch.Tensor:
     """C-GRPO's compression reward of every rollout: 1[correct] * alpha * max(0, eta - tau).
 
     correct [B] in {0, 1} and teacher [B] (the teacher's accuracy on each rollout's prompt), B = groups x group_size
@@ -130,8 +131,8 @@ def _hf_model(model):
 
 @torch.no_grad()
 def teacher_accuracy(model, tokenizer, videos: VideoFeatures, rows: list[dict], num_samples: int = 8,
-                     max_new_tokens: int = 2, temperature: float = 1.0, batch_size: int = 32, press: Press | None = None,
-                     progress: bool = True) -> list[float]:
+                     max_new_tokens: int = 2, temperature: float = 1.0, batch_size: int = 32,
+                     press: Press | None = None, progress: bool = True) -> list[float]:
     """Accuracy of `num_samples` sampled rollouts per row (dict with "prompt", "video", "answer"), with the full
     video (press None: the C-GRPO teacher) or through `press`. Computed once, before training, to cache in the
     dataset column "teacher_accuracy"."""
@@ -143,7 +144,8 @@ def teacher_accuracy(model, tokenizer, videos: VideoFeatures, rows: list[dict], 
     for start in tqdm(range(0, len(rows), batch_size), desc="teacher accuracy (full video)", disable=not progress):
         chunk = rows[start : start + batch_size]
         enc = tokenizer([r["prompt"] for r in chunk], return_tensors="pt", padding=True, padding_side="left")
-        inputs = {"input_ids": enc["input_ids"].to(model.device), "attention_mask": enc["attention_mask"].to(model.device)}
+        inputs = {"input_ids": enc["input_ids"].to(model.device),
+                  "attention_mask": enc["attention_mask"].to(model.device)}
         inputs.update(videos.model_inputs([r["video"] for r in chunk], inputs["input_ids"], model))
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                       num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
@@ -241,7 +243,8 @@ def _build_class():
         # -- generation with the pressed video --------------------------------------------------------
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
             if self.use_vllm or self.use_transformers_continuous_batching:
-                raise ValueError("C-GRPO generates with transformers' generate (vLLM cannot take pre-computed video features)")
+                raise ValueError("C-GRPO generates with transformers' generate "
+                                 "(vLLM cannot take pre-computed video features)")
             from trl.trainer.utils import pad
 
             device = self.accelerator.device
@@ -253,7 +256,8 @@ def _build_class():
             # TRL's context turns gradient checkpointing off (it would disable the KV cache) and gathers sharded weights
             with torch.no_grad(), unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                generation_kwargs=self.generation_kwargs, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as unwrapped:
                 hf = _hf_model(unwrapped)
                 inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -265,7 +269,8 @@ def _build_class():
             completion_ids = sequences[:, pressed_inputs["input_ids"].shape[1] :]
             # everything after the first EOS is dropped, as GRPOTrainer does
             is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device))
-            length = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.full_like(is_eos[:, 0], completion_ids.shape[1], dtype=torch.long))
+            length = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1,
+                                 torch.full_like(is_eos[:, 0], completion_ids.shape[1], dtype=torch.long))
             return [c[:n].tolist() for c, n in zip(completion_ids.cpu(), length.cpu())], None
 
         # -- log-probs of the completions with the pressed video ---------------------------------------
@@ -330,7 +335,8 @@ def synthetic_data(model, processor, split: str, num_examples: int, progress: bo
     from vidpress.training.reference import _cache, _video_grid
 
     config = WorldConfig()
-    data = _cache(model, split, np.arange(num_examples), config, progress, f"encoding {split} videos (vision tower, once)")
+    data = _cache(model, split, np.arange(num_examples), config, progress,
+                  f"encoding {split} videos (vision tower, once)")
     n = data.features.shape[1]
     tokenizer = processor.tokenizer
     texts: dict[str, str] = {}
@@ -338,7 +344,8 @@ def synthetic_data(model, processor, split: str, num_examples: int, progress: bo
     for i, (question, answer, family) in enumerate(zip(data.questions, data.answers, data.families)):
         if question not in texts:
             texts[question] = placeholder_text(processor, question, n)
-        rows.append({"prompt": texts[question], "video": i, "answer": LETTERS[answer], "choices": ",".join(LETTERS), "family": family})
+        rows.append({"prompt": texts[question], "video": i, "answer": LETTERS[answer], "choices": ",".join(LETTERS),
+                     "family": family})
     videos = VideoFeatures(
         features=list(data.features),
         grids=_video_grid(len(rows), config),
@@ -410,7 +417,8 @@ def train_cgrpo(
     out_dir = Path(out_dir)
     total = prompts_per_step * num_generations
     if total % state.num_processes:
-        raise ValueError(f"prompts_per_step x num_generations = {total} rollouts must split evenly over {state.num_processes} processes")
+        raise ValueError(f"prompts_per_step x num_generations = {total} rollouts must split evenly over "
+                         f"{state.num_processes} processes")
     start = time.time()
     torch.manual_seed(seed)
     model, processor = load_reference(model_path)
@@ -495,7 +503,8 @@ def train_cgrpo(
     processor.save_pretrained(out_dir)
     if test_examples:
         initial, _ = load_reference(model_path)
-        metrics["test"] = evaluate_students({"marc": initial, "marc + C-GRPO": student}, processor, press, test_examples, progress)
+        metrics["test"] = evaluate_students({"marc": initial, "marc + C-GRPO": student}, processor, press,
+                                            test_examples, progress)
     metrics["total_seconds"] = round(time.time() - start, 1)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _write_model_card(out_dir, metrics, command)
@@ -508,7 +517,8 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
     intro = [
         "The synthetic reference model (`vidpress/synthetic/reference_model`) trained with C-GRPO",
         "(`vidpress.training.cgrpo`) to answer from MarcPress-compressed video: retrieval of the top"
-        f" {metrics['top_k']} clips by the question's own text embeddings, then the parameter-free temporal merge down to {budget} tokens",
+        f" {metrics['top_k']} clips by the question's own text embeddings, then the parameter-free temporal merge "
+        f"down to {budget} tokens",
         "(16 of 128 video tokens = 12.5% with the default budget). Vision tower frozen (shared with the reference",
         "model, so `vidpress bench` encodes each video once); the language side is trained.",
     ]
@@ -517,13 +527,15 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
         f"- GRPO on the student's rollouts (letter + `<|im_end|>`), {metrics['num_generations']} per prompt, "
         f"{metrics['prompts_per_step']} prompts per step, {metrics['steps']} steps, lr {metrics['learning_rate']:g}, "
         f"temperature {metrics['temperature']:g}.",
-        f"- Reward: accuracy (+ format x{metrics['format_weight']:g}) + 1[correct] * {metrics['alpha']:g} * max(0, eta - {metrics['tau']:g}),",
+        f"- Reward: accuracy (+ format x{metrics['format_weight']:g}) + 1[correct] * {metrics['alpha']:g} * "
+        f"max(0, eta - {metrics['tau']:g}),",
         "  eta = student group accuracy / teacher accuracy (teacher = the same model on all 128 tokens, cached before",
         f"  training; mean teacher accuracy on the train prompts {metrics['teacher_train_accuracy']:.3f}).",
-        f"- Clipped surrogate (epsilon {metrics['epsilon']:g}) + KL to the initial model (beta {metrics['beta']:g}), TRL GRPOTrainer"
-        f" ({'LoRA, merged' if metrics['lora'] else 'full LLM weights'}).",
-        f"- First {metrics['train_examples']:,} examples of the `train` split; seed {metrics['seed']}, {metrics['processes']} process(es) x "
-        f"{metrics['threads']} thread(s); teacher cache {metrics['teacher_seconds']:.0f} s, training {metrics['train_seconds']:.0f} s.",
+        f"- Clipped surrogate (epsilon {metrics['epsilon']:g}) + KL to the initial model (beta {metrics['beta']:g}), "
+        f"TRL GRPOTrainer ({'LoRA, merged' if metrics['lora'] else 'full LLM weights'}).",
+        f"- First {metrics['train_examples']:,} examples of the `train` split; seed {metrics['seed']}, "
+        f"{metrics['processes']} process(es) x {metrics['threads']} thread(s); teacher cache "
+        f"{metrics['teacher_seconds']:.0f} s, training {metrics['train_seconds']:.0f} s.",
     ]
     results = []
     test = metrics.get("test")
@@ -539,7 +551,8 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
                   "marc + C-GRPO": "MarcPress on this student"}
         for name, r in test.items():
             table.append(
-                f"| {labels.get(name, name)} | {r['visual_tokens']:.1f} | {r['effective_retention']:.3f} | **{r['accuracy']:.3f}** | "
+                f"| {labels.get(name, name)} | {r['visual_tokens']:.1f} | {r['effective_retention']:.3f} | "
+                f"**{r['accuracy']:.3f}** | "
                 + " | ".join(f"{r['accuracy_by_family'][f]:.3f}" for f in families) + " |"
             )
         results.append(table)

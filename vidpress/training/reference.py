@@ -158,7 +158,8 @@ def _examples(split: str, indices, config: WorldConfig) -> list[Example]:
     """Examples `indices` of `split`, as make_split draws them (one at a time, in any order)."""
     from vidpress.synthetic.world import _SPLIT_BASE, make_example
 
-    return [make_example(QUESTION_FAMILIES[i % len(QUESTION_FAMILIES)], _SPLIT_BASE[split] + int(i), config) for i in indices]
+    return [make_example(QUESTION_FAMILIES[i % len(QUESTION_FAMILIES)], _SPLIT_BASE[split] + int(i), config)
+            for i in indices]
 
 
 def _train_vision(model, config, train_examples, steps, batch_size, lr, positive_weight, seed, progress):
@@ -273,7 +274,8 @@ def _lm_batch(model, prompts: _Prompts, data: _Cached, rows, config, letters, dr
             if not keep.any():
                 keep[int(drop.integers(n))] = True
             plans.append(keep.nonzero().squeeze(1))
-        inputs, _ = get_adapter(model).press_inputs(PlannedPress(retention=0.5, plans=plans), inputs, for_generate=False)
+        inputs, _ = get_adapter(model).press_inputs(PlannedPress(retention=0.5, plans=plans), inputs,
+                                                    for_generate=False)
     targets = torch.tensor([[letters[data.answers[r]], prompts.end_id] for r in rows])
     return inputs, targets
 
@@ -380,7 +382,8 @@ def train_reference(
     torch.manual_seed(seed)
     if stage1_steps:
         metrics.update(
-            _train_vision(model, config, train_examples, stage1_steps, batch_size, stage1_lr, positive_weight, seed, progress)
+            _train_vision(model, config, train_examples, stage1_steps, batch_size, stage1_lr, positive_weight, seed,
+                          progress)
         )
     metrics["stage1_seconds"] = round(time.time() - start, 1)
     t1 = time.time()
@@ -393,7 +396,8 @@ def train_reference(
     t2 = time.time()
     torch.manual_seed(seed + 1)
     metrics.update(
-        _train_language(model, processor, data, val, config, stage2_steps, batch_size, stage2_lr, drop_share, seed, progress)
+        _train_language(model, processor, data, val, config, stage2_steps, batch_size, stage2_lr, drop_share, seed,
+                        progress)
     )
     metrics["stage2_seconds"] = round(time.time() - t2, 1)
     metrics["train_seconds"] = round(time.time() - start, 1)
@@ -454,10 +458,12 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
     ]
     recipe = [
         "## Training recipe",
-        f"1. Vision tower alone, {metrics['stage1_steps']} steps x {metrics['batch_size']} clips, AdamW lr {metrics['stage1_lr']:g} (cosine),",
+        f"1. Vision tower alone, {metrics['stage1_steps']} steps x {metrics['batch_size']} clips, AdamW lr "
+        f"{metrics['stage1_lr']:g} (cosine),",
         "   dense per-merged-token labels from the renderer (colour of the flash / large shape / tiny square in the",
         "   token, distractor colours present) through linear heads after an RMS norm, positives weighted x10.",
-        f"2. Vision frozen; language side from scratch, {metrics['stage2_steps']} steps x {metrics['batch_size']}, AdamW lr {metrics['stage2_lr']:g}",
+        f"2. Vision frozen; language side from scratch, {metrics['stage2_steps']} steps x {metrics['batch_size']}, "
+        f"AdamW lr {metrics['stage2_lr']:g}",
         "   (cosine), cross-entropy on the answer letter and the `<|im_end|>` after it; in 25% of the steps each",
         "   video keeps its evidence and flash tokens plus a random 5-50% of the rest (kept tokens keep their M-RoPE",
         "   positions).",
@@ -476,8 +482,9 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
             if metrics.get("stage1_token_readout")
             else []
         ),
-        f"- Seed {metrics['seed']}, {metrics['threads']} CPU threads. Time: stage 1 {metrics['stage1_seconds']:.0f} s, feature cache "
-        f"{metrics['cache_seconds']:.0f} s, stage 2 {metrics['stage2_seconds']:.0f} s; total {metrics['train_seconds'] / 60:.1f} min.",
+        f"- Seed {metrics['seed']}, {metrics['threads']} CPU threads. Time: stage 1 {metrics['stage1_seconds']:.0f} s, "
+        f"feature cache {metrics['cache_seconds']:.0f} s, stage 2 {metrics['stage2_seconds']:.0f} s; total "
+        f"{metrics['train_seconds'] / 60:.1f} min.",
     ]
     results = []
     test = metrics.get("test")
