@@ -28,12 +28,12 @@ ALLOWED = {
     "serving": {"presses", "models", "types", "_compat"},
     "loading": {"presses", "models", "testing", "inputs", "video", "types"},
     "timing": {"presses", "models", "inputs", "video", "types"},
-    "evaluation": {"loading", "timing", "synthetic", "presses", "models", "retrieval", "serving", "inputs", "video", "testing",
-                   "types", "_compat"},
-    "training": {"evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs", "video", "testing",
-                 "types"},
-    "cli": {"training", "evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs", "video",
-            "testing", "types", "_compat"},
+    "evaluation": {"loading", "timing", "synthetic", "presses", "models", "retrieval", "serving", "inputs", "video",
+                   "testing", "types", "_compat"},
+    "training": {"evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs", "video",
+                 "testing", "types"},
+    "cli": {"training", "evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs",
+            "video", "testing", "types", "_compat"},
     "__main__": {"cli"},
     "__init__": {"presses", "types", "_compat"},  # the package's public names
 }

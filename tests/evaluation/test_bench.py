@@ -23,7 +23,8 @@ def test_run_bench_rows(reference, tmp_path):
     model, processor = reference
     examples = make_split("test", 12)
     rows = run_bench(model, processor, examples, ["vidcom2", "random", "fastv"], [0.25], batch_size=6, progress=False)
-    assert [(r["press"], r["retention"]) for r in rows] == [("none", 1.0), ("vidcom2", 0.25), ("random", 0.25), ("fastv", 0.25)]
+    assert [(r["press"], r["retention"]) for r in rows] == [("none", 1.0), ("vidcom2", 0.25), ("random", 0.25),
+                                                            ("fastv", 0.25)]
     for row in rows:
         assert KEYS <= set(row)
         assert set(row["accuracy_by_family"]) == set(QUESTION_FAMILIES)
@@ -43,7 +44,8 @@ def test_run_bench_rows(reference, tmp_path):
 
 
 def test_bench_command(tmp_path, capsys):
-    code = main(["bench", "--presses", "uniform", "--retentions", "0.5", "--limit", "6", "--out", str(tmp_path), "--quiet"])
+    code = main(["bench", "--presses", "uniform", "--retentions", "0.5", "--limit", "6", "--out", str(tmp_path),
+                 "--quiet"])
     assert code == 0
     out = capsys.readouterr().out
     assert "uniform" in out and (tmp_path / "results.json").exists()
@@ -106,8 +108,8 @@ def test_accuracy_plot_styles_and_legend_outside_the_data():
     for ax in fig.axes:
         lines = [line for line in ax.get_lines() if line.get_label() in names]
         assert [line.get_label() for line in lines] == names
-        styles = {(line.get_color() if isinstance(line.get_color(), str) else tuple(line.get_color()), line.get_marker())
-                  for line in lines}
+        styles = {(line.get_color() if isinstance(line.get_color(), str) else tuple(line.get_color()),
+                   line.get_marker()) for line in lines}
         assert len({s[0] for s in styles}) == len(names) and len({s[1] for s in styles}) == len(names)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()

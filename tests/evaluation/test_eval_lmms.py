@@ -45,7 +45,8 @@ def test_lmms_eval_runs_a_task_with_a_pressed_model(lmms_eval, tiny_model, tiny_
     )
     scores = results["results"]["vidpress_tiny_mc"]
     assert 0.0 <= scores["accuracy,none"] <= 1.0
-    assert len(retentions) == 3 and all(r < 0.5 for r in retentions)  # every answer was pressed (0.25 + one token per frame)
+    # every answer was pressed (0.25 + one token per frame)
+    assert len(retentions) == 3 and all(r < 0.5 for r in retentions)
 
 
 def test_lmms_eval_model_args_are_checked(lmms_eval, tiny_model, tiny_cache):

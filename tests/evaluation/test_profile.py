@@ -24,7 +24,8 @@ def test_profile_measures_both_sides(tiny_model):
     assert full.press_ms == 0 and full.press_flops == 0 and pressed.press_ms > 0
     assert full.vision_ms == pressed.vision_ms and full.vision_flops == pressed.vision_flops > 0
     # Fewer tokens, fewer prefill FLOPs: the linear layers scale with the sequence length.
-    assert 1.5 < full.llm_prefill_flops / pressed.llm_prefill_flops < full.sequence_length / pressed.sequence_length + 0.5
+    flops_ratio = full.llm_prefill_flops / pressed.llm_prefill_flops
+    assert 1.5 < flops_ratio < full.sequence_length / pressed.sequence_length + 0.5
     times = (full.llm_prefill_ms, pressed.llm_prefill_ms, full.decode_ms_per_token, pressed.decode_ms_per_token)
     assert all(t > 0 for t in times)
     assert result.sequence_ratio == pytest.approx(full.sequence_length / pressed.sequence_length)
@@ -80,5 +81,6 @@ def test_scaled_down_checkpoints_and_their_processors():
 
 def test_a_model_too_large_for_memory_is_refused_before_allocating(monkeypatch):
     monkeypatch.setattr(checkpoints, "_available_ram", lambda: 2**30)
-    with pytest.raises(ValueError, match=r"qwen2.5-vl-3b with 36 decoder layers needs 14.0 GiB .* 1.0 GiB are available"):
+    with pytest.raises(ValueError,
+                       match=r"qwen2.5-vl-3b with 36 decoder layers needs 14.0 GiB .* 1.0 GiB are available"):
         checkpoints.build("qwen2.5-vl-3b")

@@ -24,7 +24,8 @@ def random_policy(model, seed=0):
 def video_and_query(D, T=8, M=16, L=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     side = math.isqrt(M)
-    return VideoTokens(torch.randn(T, M, D, generator=g), (T, side, side)), Query(torch.arange(L), torch.randn(L, D, generator=g))
+    return (VideoTokens(torch.randn(T, M, D, generator=g), (T, side, side)),
+            Query(torch.arange(L), torch.randn(L, D, generator=g)))
 
 
 # --- the policy --------------------------------------------------------------------------------------------
@@ -39,7 +40,8 @@ def test_policy_is_bidirectional_and_batched_equals_single(tiny_model):
     # the video comes first in the sequence: only a bidirectional layer lets the last question token change it
     assert not torch.allclose(policy.score(tokens, changed)[0], scores)
     short, short_query = video_and_query(policy.hidden_size, T=4, L=3, seed=1)
-    batched_scores, batched_frames, modes = policy([tokens.features, short.features], [tokens.grid, short.grid], [query, short_query])
+    batched_scores, batched_frames, modes = policy([tokens.features, short.features], [tokens.grid, short.grid],
+                                                   [query, short_query])
     assert modes[0].shape == (2,)
     assert torch.allclose(batched_scores[0], scores, atol=1e-5) and torch.allclose(batched_frames[0], frames, atol=1e-5)
     assert torch.allclose(batched_scores[1], policy.score(short, short_query)[0], atol=1e-5)
@@ -91,7 +93,8 @@ def test_a_state_dict_with_the_documented_names_loads(tiny_model, tmp_path):
     bad["token_head.4.weight"] = torch.zeros(3, 3)
     del bad["norm.weight"]
     save_file(bad, tmp_path / "model.safetensors")
-    with pytest.raises(ValueError, match=r"missing \(1\): norm.weight.*mis-shaped \(1\): token_head.4.weight: \(3, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"missing \(1\): norm.weight.*mis-shaped \(1\): token_head.4.weight: \(3, 3\)"):
         CaCoVIDPolicy.from_pretrained(tmp_path)
     config = {**CaCoVIDPolicy.from_vlm(model).config, "head_hidden_size": 64}
     (tmp_path / "cacovid_config.json").write_text(json.dumps(config, default=str))
@@ -122,7 +125,8 @@ def test_policy_sees_the_whole_prompt_with_the_vlm_positions(tiny_model, family,
     used[(ids == adapter.video_token_id).nonzero().squeeze(1)[tokens.num_tokens :]] = False  # LLaVA-OV's newline row
     assert offset == query.video_offset and torch.equal(positions, full.reshape(-1, ids.numel())[:, used])
     embeddings = model.get_input_embeddings()(ids)
-    assert torch.allclose(x[:offset], embeddings[:offset]) and torch.allclose(x[offset + tokens.num_tokens :], embeddings[used][offset + tokens.num_tokens :])
+    after = offset + tokens.num_tokens
+    assert torch.allclose(x[:offset], embeddings[:offset]) and torch.allclose(x[after:], embeddings[used][after:])
     # a text token before the video changes the scores: the policy reads the system text too
     changed = type(query)(query.token_ids, query.embeddings.clone(), position_ids=query.position_ids,
                           video_position_ids=query.video_position_ids, video_offset=query.video_offset)
@@ -196,7 +200,8 @@ def test_released_allocation_split_by_largest_remainder():
     # small budgets keep their top part: R = 0.05 of 8 x 16 tokens -> budget 6, top part floor(3.2) = 3 tokens
     scores = torch.zeros(8, 16)
     scores[torch.arange(8), torch.arange(8) + 3] = 1.0  # each frame's best token: 3, 4, ..., 10
-    small = released_allocation(scores, torch.tensor([3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), budget=6, retention=0.05)
+    small = released_allocation(scores, torch.tensor([3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), budget=6,
+                                retention=0.05)
     assert small.sum() == 6 and small[0, 3] and small[1, 4] and small[2, 5]
     flat = released_allocation(token_scores, torch.zeros(4), budget=8, retention=0.5)
     assert flat.sum() == 8  # all-zero frame logits: uniform shares, no division by zero

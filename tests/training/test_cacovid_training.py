@@ -67,14 +67,16 @@ def test_water_fill_caps_and_redistributes_recursively():
     # the first redistribution pushes the second entry over the cap: it is capped too, the rest goes to the third
     p = water_fill(torch.tensor([0.6, 0.35, 0.05]), 0.4)
     assert torch.allclose(p, torch.tensor([0.4, 0.4, 0.2], dtype=torch.float64))
-    assert torch.allclose(water_fill(torch.tensor([1.0, 0.0, 0.0]), 0.5), torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64))
+    expected = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    assert torch.allclose(water_fill(torch.tensor([1.0, 0.0, 0.0]), 0.5), expected)
     assert torch.equal(water_fill(torch.tensor([1.0]), 0.9), torch.tensor([1.0], dtype=torch.float64))
     assert [group_cap(n) for n in (1, 2, 4, 10, 25)] == [0.9, 0.9, 0.5, 0.2, 0.1]
 
 
 def test_grouped_sampling_caps_the_best_group():
     M = 16
-    scores = torch.linspace(8, 0, M)[None]  # one frame; ranking = index order; group 0 (tokens 0-1) holds 0.66 of the mass
+    # one frame; ranking = index order; group 0 (tokens 0-1) holds 0.66 of the mass
+    scores = torch.linspace(8, 0, M)[None]
     g = torch.Generator().manual_seed(0)
     # rate 1/16: k = 1, n_g = 8 groups of 2, cap 2 / 8 = 0.25 on the best group
     first = sum(int(grouped_token_sample(scores, 1 / 16, g)[0, :2].any()) for _ in range(400))
@@ -212,7 +214,8 @@ def test_rate_follows_accumulated_token_mode_accuracy_in_training(tiny_model, va
 def test_settings_defaults_are_the_released_ones():
     s = CaCoVIDSettings()
     assert (s.group, s.diversity_rollouts, s.frame_rollouts, s.rounds) == (32, 1, 8, 5)
-    assert (s.frame_fraction, s.frame_prob_cap, s.clip_low, s.clip_high, s.lr, s.grad_clip) == (0.125, 3.0, 0.2, 0.28, 1e-6, 5.0)
+    released = (0.125, 3.0, 0.2, 0.28, 1e-6, 5.0)
+    assert (s.frame_fraction, s.frame_prob_cap, s.clip_low, s.clip_high, s.lr, s.grad_clip) == released
 
 
 # --- the optimisation ---------------------------------------------------------------------------------------
@@ -227,8 +230,8 @@ def one_token_task(D, n, seed):
         features = torch.randn(4, 16, D, generator=g)
         answer = int(torch.randint(64, (), generator=g))
         features.view(64, D)[answer] += direction
-        samples.append(PolicySample(VideoTokens(features, (4, 4, 4)), Query(torch.arange(5), torch.randn(5, D, generator=g)),
-                                    data={"answer_token": answer}))
+        query = Query(torch.arange(5), torch.randn(5, D, generator=g))
+        samples.append(PolicySample(VideoTokens(features, (4, 4, 4)), query, data={"answer_token": answer}))
     return samples
 
 
@@ -238,7 +241,8 @@ def keeps_answer(batch, masks):
 
 def top1_accuracy(policy, samples):
     with torch.no_grad():
-        scores, _, _ = policy([s.tokens.features for s in samples], [s.tokens.grid for s in samples], [s.query for s in samples])
+        scores, _, _ = policy([s.tokens.features for s in samples], [s.tokens.grid for s in samples],
+                              [s.query for s in samples])
     return sum(int(sc.flatten().argmax()) == s.data["answer_token"] for sc, s in zip(scores, samples)) / len(samples)
 
 
@@ -258,13 +262,14 @@ def test_training_improves_reward_on_a_one_token_task(tiny_model):
 
 def test_training_is_reproducible(tiny_model):
     model = tiny_model("qwen2_vl")[0]
-    settings = CaCoVIDSettings(group=4, diversity_rollouts=1, frame_rollouts=1, rounds=2, rate_start=0.1, rate_range=(0.05, 0.25),
-                               batch_size=2, lr=1e-3)
+    settings = CaCoVIDSettings(group=4, diversity_rollouts=1, frame_rollouts=1, rounds=2, rate_start=0.1,
+                               rate_range=(0.05, 0.25), batch_size=2, lr=1e-3)
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
         policy = CaCoVIDPolicy.from_vlm(model)
-        history = optimise_policy(policy, one_token_task(policy.hidden_size, 8, seed=3), keeps_answer, settings, progress=False)
+        history = optimise_policy(policy, one_token_task(policy.hidden_size, 8, seed=3), keeps_answer, settings,
+                                  progress=False)
         runs.append((history, policy.state_dict()))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())
@@ -312,7 +317,8 @@ def test_accelerate_two_processes_train(tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vidpress",
                "train", "cacovid", "--out", str(tmp_path / "policy"), "--train-examples", "4", "--group", "4",
-               "--frame-rollouts", "1", "--rounds", "2", "--batch-size", "1", "--val-examples", "0", "--threads", "1", "--quiet"]
+               "--frame-rollouts", "1", "--rounds", "2", "--batch-size", "1", "--val-examples", "0", "--threads", "1",
+               "--quiet"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     policy = CaCoVIDPolicy.from_pretrained(tmp_path / "policy")
@@ -346,8 +352,10 @@ def test_clipped_surrogate_stays_finite_for_saturated_probabilities():
 
 def score_scale(policy, samples):
     with torch.no_grad():
-        tokens, frames, _ = policy([s.tokens.features for s in samples], [s.tokens.grid for s in samples], [s.query for s in samples])
-    return float(torch.cat([t.flatten() for t in tokens]).pow(2).mean() + torch.cat([f.flatten() for f in frames]).pow(2).mean())
+        tokens, frames, _ = policy([s.tokens.features for s in samples], [s.tokens.grid for s in samples],
+                                   [s.query for s in samples])
+    token_l2 = torch.cat([t.flatten() for t in tokens]).pow(2).mean()
+    return float(token_l2 + torch.cat([f.flatten() for f in frames]).pow(2).mean())
 
 
 def test_score_l2_keeps_the_logits_small_and_is_off_by_default(tiny_model):

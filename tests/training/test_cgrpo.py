@@ -141,7 +141,8 @@ def test_log_probs_match_a_direct_pressed_forward(trainer):
         with torch.no_grad(), apply_press(MarcPress(), model):
             logits = model(**one).logits[0].float() / trainer.temperature
         k = len(completions[r])
-        expected = torch.log_softmax(logits[-k - 1 : -1], -1).gather(1, torch.tensor(completions[r])[:, None]).squeeze(1)
+        log_probs = torch.log_softmax(logits[-k - 1 : -1], -1)
+        expected = log_probs.gather(1, torch.tensor(completions[r])[:, None]).squeeze(1)
         torch.testing.assert_close(logps[r, :k], expected, rtol=1e-4, atol=1e-4)
         assert n > 0
 
@@ -157,7 +158,8 @@ def test_rejects_unsupported_family_and_missing_columns(tiny_model):
         CGRPOTrainer(model, MarcPress(), videos, train_dataset=Dataset.from_list([{"prompt": "x"}]))
     model, processor = tiny_model("qwen2_5_vl")
     with pytest.raises(ValueError, match="teacher_accuracy"):
-        CGRPOTrainer(model, MarcPress(), videos, train_dataset=Dataset.from_list([{"prompt": "x", "video": 0, "answer": "A"}]))
+        CGRPOTrainer(model, MarcPress(), videos,
+                     train_dataset=Dataset.from_list([{"prompt": "x", "video": 0, "answer": "A"}]))
 
 
 # --- accelerate, 2 CPU processes ---------------------------------------------------------------------
@@ -180,8 +182,9 @@ def test_accelerate_two_processes_train_and_change_the_llm(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "CUDA_VISIBLE_DEVICES": ""}
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
         "-m", "vidpress", "train", "cgrpo", "--out", str(out), "--train-examples", "8", "--steps", "3",
         "--prompts-per-step", "4", "--num-generations", "4", "--temperature", "2.0", "--lr", "1e-3",
         "--test-examples", "0", "--threads", "1", "--quiet",
