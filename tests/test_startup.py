@@ -32,6 +32,7 @@ def test_start_up_hook_is_lazy():
     assert run_python(code, VIDPRESS_NO_TORCHVISION_FIX="1").stdout.split() == ["False", "False", "False"]
 
 
+@pytest.mark.slow
 def test_transformers_model_class_before_vidpress():
     # The order the README's snippet would fail in without the hook: the Qwen-VL class (and a processor) first.
     code = ("from transformers import AutoVideoProcessor, Qwen2_5_VLForConditionalGeneration\n"

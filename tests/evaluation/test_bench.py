@@ -19,6 +19,7 @@ def reference():
     return load_reference()
 
 
+@pytest.mark.slow
 def test_run_bench_rows(reference, tmp_path):
     model, processor = reference
     examples = make_split("test", 12)

@@ -61,6 +61,7 @@ def test_eval_bad_input_is_a_clear_error(model_dir, tmp_path, capsys, argv, mess
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_shards_over_two_processes_with_accelerate(model_dir, tmp_path):
     pytest.importorskip("accelerate")
     data, count = WRITERS["mvbench"](tmp_path / "mvbench")

@@ -16,6 +16,7 @@ def lmms_eval(monkeypatch):
     return pytest.importorskip("lmms_eval")
 
 
+@pytest.mark.slow
 def test_lmms_eval_runs_a_task_with_a_pressed_model(lmms_eval, tiny_model, tiny_cache, tmp_path, monkeypatch):
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.models import get_model

@@ -17,6 +17,9 @@ from transformers.generation.streamers import BaseStreamer
 from vidpress.presses import FastVPress, VidCom2Press
 from vidpress.testing import FAMILIES, make_inputs, tiny_model_and_processor, tiny_video
 
+# ~200 generate calls over 5 families: the longest module of the suite (`-m "not slow"` skips it).
+pytestmark = pytest.mark.slow
+
 NEW = 4
 QUESTIONS = ["What happens?", "Which colour is the square that moves fastest in the video?"]
 MODES = {

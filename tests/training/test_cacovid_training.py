@@ -246,6 +246,7 @@ def top1_accuracy(policy, samples):
     return sum(int(sc.flatten().argmax()) == s.data["answer_token"] for sc, s in zip(scores, samples)) / len(samples)
 
 
+@pytest.mark.slow
 def test_training_improves_reward_on_a_one_token_task(tiny_model):
     torch.manual_seed(0)
     policy = CaCoVIDPolicy.from_vlm(tiny_model("qwen2_5_vl")[0])
@@ -309,6 +310,7 @@ def test_vlm_reward_matches_the_pressed_model():
             assert float(answer == example.answer) == float(value)
 
 
+@pytest.mark.slow
 def test_accelerate_two_processes_train(tmp_path):
     """Two data-parallel CPU processes (accelerate's torchrun launcher; on a machine without GPUs accelerate falls
     back to gloo on CPU. `--cpu` alone would start one process unless an MPI hostfile is given) run a tiny training
@@ -358,6 +360,7 @@ def score_scale(policy, samples):
     return float(token_l2 + torch.cat([f.flatten() for f in frames]).pow(2).mean())
 
 
+@pytest.mark.slow
 def test_score_l2_keeps_the_logits_small_and_is_off_by_default(tiny_model):
     assert CaCoVIDSettings().score_l2 == 0.0
     with pytest.raises(ValueError, match="score_l2"):

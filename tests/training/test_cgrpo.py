@@ -171,6 +171,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_accelerate_two_processes_train_and_change_the_llm(tmp_path):
     from safetensors.torch import load_file
 
