@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import transformers
 
-from vidpress.testing.family import PATCH, TEXT, Family
-from vidpress.testing.qwen2_vl import (
-    CHAT_TEMPLATE,
-    SPECIALS,
-    TOKEN_NAMES,
-    mrope_text_config,
-    qwen_processor,
-    token_ids,
-    video_processor,
-)
+from vidpress.testing.family import PATCH, TEXT
+from vidpress.testing.qwen2_vl import mrope_text_config, qwen_family, token_ids
 
 
 def _config(tokenizer, text=None) -> transformers.Qwen2_5_VLConfig:
@@ -35,16 +27,4 @@ def _config(tokenizer, text=None) -> transformers.Qwen2_5_VLConfig:
     )
 
 
-def _processor(tokenizer) -> transformers.Qwen2_5_VLProcessor:
-    return qwen_processor(transformers.Qwen2_5_VLProcessor, tokenizer, CHAT_TEMPLATE, video_processor())
-
-
-FAMILY = Family(
-    model_class="Qwen2_5_VLForConditionalGeneration",
-    specials=SPECIALS,
-    token_names=TOKEN_NAMES,
-    chat_template=CHAT_TEMPLATE,
-    token_ids=token_ids,
-    config=_config,
-    processor=_processor,
-)
+FAMILY = qwen_family("Qwen2_5_VLForConditionalGeneration", _config, transformers.Qwen2_5_VLProcessor)

@@ -85,16 +85,16 @@ def _config(tokenizer, text=None) -> transformers.Qwen2VLConfig:
     )
 
 
-def _processor(tokenizer) -> transformers.Qwen2VLProcessor:
-    return qwen_processor(transformers.Qwen2VLProcessor, tokenizer, CHAT_TEMPLATE, video_processor())
+def qwen_family(model_class: str, config, processor_class=None, processor=None,
+                chat_template: str = CHAT_TEMPLATE) -> Family:
+    """A Qwen-VL family record: Qwen's special tokens, names and token ids, `chat_template`, the model's `config`
+    builder, and its processor: `processor(tokenizer)`, or `processor_class` with Qwen2-VL's video processor."""
+    if processor is None:
+        def processor(tokenizer):
+            return qwen_processor(processor_class, tokenizer, chat_template, video_processor())
+
+    return Family(model_class=model_class, specials=SPECIALS, token_names=TOKEN_NAMES, chat_template=chat_template,
+                  token_ids=token_ids, config=config, processor=processor)
 
 
-FAMILY = Family(
-    model_class="Qwen2VLForConditionalGeneration",
-    specials=SPECIALS,
-    token_names=TOKEN_NAMES,
-    chat_template=CHAT_TEMPLATE,
-    token_ids=token_ids,
-    config=_config,
-    processor=_processor,
-)
+FAMILY = qwen_family("Qwen2VLForConditionalGeneration", _config, transformers.Qwen2VLProcessor)

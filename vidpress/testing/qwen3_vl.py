@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import transformers
 
-from vidpress.testing.family import PATCH, TEXT, Family, text_config
-from vidpress.testing.qwen2_vl import QWEN_TEMPLATE, SPECIALS, TOKEN_NAMES, qwen_processor, token_ids
+from vidpress.testing.family import PATCH, TEXT, text_config
+from vidpress.testing.qwen2_vl import QWEN_TEMPLATE, qwen_family, qwen_processor, token_ids
 
 CHAT_TEMPLATE = "{% set default_system = false %}" + QWEN_TEMPLATE
 
@@ -51,12 +51,4 @@ def _processor(tokenizer) -> transformers.Qwen3VLProcessor:
     return qwen_processor(transformers.Qwen3VLProcessor, tokenizer, CHAT_TEMPLATE, video, **mean_std)
 
 
-FAMILY = Family(
-    model_class="Qwen3VLForConditionalGeneration",
-    specials=SPECIALS,
-    token_names=TOKEN_NAMES,
-    chat_template=CHAT_TEMPLATE,
-    token_ids=token_ids,
-    config=_config,
-    processor=_processor,
-)
+FAMILY = qwen_family("Qwen3VLForConditionalGeneration", _config, processor=_processor, chat_template=CHAT_TEMPLATE)
