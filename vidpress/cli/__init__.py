@@ -189,7 +189,6 @@ def cmd_inspect(args) -> int:
     from vidpress.evaluation.inspect import draw
     from vidpress.inputs import video_inputs
     from vidpress.loading import build_press
-    from vidpress.models import get_adapter
     from vidpress.timing import frame_budgets
 
     press = build_press(args.press, args.retention, args.policy)
@@ -198,13 +197,11 @@ def cmd_inspect(args) -> int:
     model, processor = load_bench_model(args.model, args.device)
     check_layer_press(press, model, args)
     inputs = dict(video_inputs(processor, decoded, args.question).to(model.device))
-    if press.acts_in_llm:  # the selection happens between decoder layers: run the prefill
-        with torch.no_grad(), press(model) as pressed:
-            model(**inputs)
-        report = pressed.last_report
-    else:
-        press.post_init_from_model(model)  # what `press(model)` does on entry: e.g. load a trained policy
-        _, report = get_adapter(model).press_inputs(press, inputs, for_generate=False)
+    # One prefill under the press: presses acting inside the LLM select between its layers, so every press is
+    # applied the way a user applies it (which also loads a learned press's policy).
+    with torch.no_grad(), press(model) as pressed:
+        model(**inputs, logits_to_keep=1)
+    report = pressed.last_report
     selection, tokens = report.selections[0], report.videos[0]
     title = f"{args.press} at retention {args.retention:g} on {video_path.name}: "
     if report.layer_tokens:
