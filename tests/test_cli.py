@@ -112,12 +112,12 @@ def test_train_without_the_train_extra_names_it(monkeypatch, tmp_path, capsys):
 
 
 def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
-    import vidpress.cli as cli
+    import vidpress.cli.generate as generate
 
     def broken(args):
         raise RuntimeError("something\nbroke")
 
-    monkeypatch.setattr(cli, "cmd_generate", broken)
+    monkeypatch.setattr(generate, "run", broken)
     assert main(["generate"]) == 1
     assert "RuntimeError: something broke" in one_line_error(capsys)
     with pytest.raises(RuntimeError):  # -v shows the traceback

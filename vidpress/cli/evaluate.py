@@ -1,0 +1,77 @@
+"""`vidpress eval`: score a pressed model on a video-QA benchmark read from a local folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vidpress.cli.common import policy_option, runtime_options
+
+
+def add_parser(subparsers) -> None:
+    from vidpress import presses
+    from vidpress.evaluation.benchmarks import BENCHMARKS
+
+    command = subparsers.add_parser(
+        "eval",
+        help="score a pressed model on a video-QA benchmark read from a local folder",
+        description="Answer the multiple-choice questions of MVBench, Video-MME, MLVU or LongVideoBench with a "
+        "press applied, using each benchmark's published annotation layout, frame sampling, prompt and answer "
+        "scoring; print accuracy overall and per category. Every answer is saved as it is produced, so a rerun "
+        "with the same --out resumes. Shard over processes with `accelerate launch -m vidpress eval ...`.",
+    )
+    command.add_argument("--model", required=True, help="local model directory (from save_pretrained)")
+    command.add_argument("--bench", required=True, choices=list(BENCHMARKS), help="benchmark")
+    command.add_argument("--data", required=True, help="the benchmark's local folder, in its published layout")
+    command.add_argument("--press", default="vidcom2", choices=["none", *presses.available()],
+                         help="press name, or none for all tokens (default: %(default)s)")
+    command.add_argument("--retention", type=float, default=0.25,
+                         help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    policy_option(command)
+    command.add_argument("--num-frames", type=int, default=16, help="frames sampled per video (default: %(default)s)")
+    command.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: %(default)s)")
+    command.add_argument("--limit", type=int, help="evaluate only the first N questions")
+    command.add_argument("--skip-missing", action="store_true",
+                         help="skip questions whose video (or task file) is missing")
+    command.add_argument("--out", help="results folder (default: eval-results/<bench>/<model>-<press>-<retention>-"
+                         "<frames>f); a rerun with the same settings resumes there, other settings are refused")
+    command.add_argument("--overwrite", action="store_true",
+                         help="discard the results already in --out and start over")
+    runtime_options(command, dtype="auto")
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+    command.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from vidpress.evaluation import benchmarks, runner
+    from vidpress.loading import build_press, load_model
+
+    benchmark = benchmarks.get(args.bench)
+    press = None if args.press == "none" else build_press(args.press, args.retention, args.policy)
+    for name in ("num_frames", "max_new_tokens", "limit"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    samples = benchmark.load(Path(args.data), skip_missing=args.skip_missing)[: args.limit]
+    if not samples:
+        raise ValueError(f"--data {args.data}: no {args.bench} question has its video there")
+    shard = runner.Shard(args.device)
+    retention = 1.0 if press is None else args.retention
+    settings = runner.run_settings(
+        benchmark=args.bench, model=args.model, data=args.data, press=press, press_name=args.press,
+        policy=args.policy, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
+        attn=args.attn)
+    out = Path(args.out or f"eval-results/{args.bench}/{Path(args.model).name}-{args.press}-{retention:g}-"
+               f"{args.num_frames}f")
+    # Every process checks, before the model loads: a refused resume costs nothing and no process is left waiting.
+    runner.check_run_settings(out, settings, overwrite=args.overwrite, write=False)
+    model, processor = load_model(args.model, args.attn, shard.device or args.device, args.dtype)
+    if shard.is_main:
+        print(f"{args.bench}: {len(samples)} questions from {args.data}; press {args.press}"
+              f"{'' if press is None else f' at retention {retention:g}'}; {args.num_frames} frames; "
+              f"{shard.world} process(es); results in {out}")
+    summary = runner.run(model, processor, benchmark, samples, press, out, settings, shard, num_frames=args.num_frames,
+                         max_new_tokens=args.max_new_tokens, progress=not args.quiet, overwrite=args.overwrite)
+    if summary is not None:
+        print(runner.format_summary(summary))
+        print(f"wrote {out / 'results.json'} (per-question answers in {out / 'samples'})")
+    return 0

@@ -1,0 +1,126 @@
+"""`vidpress profile`: what a press saves, per stage: time, memory, tokens and FLOPs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vidpress.cli.common import check_retrieve, make_retriever, policy_option, retrieve_options, runtime_options
+
+
+def add_parser(subparsers) -> None:
+    from vidpress import presses
+    from vidpress.evaluation.checkpoints import NAMES
+
+    command = subparsers.add_parser(
+        "profile",
+        help="measure what a press saves: per-stage time, memory, tokens and FLOPs",
+        description="Time the vision encoder, the press, the LLM prefill and decoding, and measure peak memory, "
+        "visual tokens, sequence length and FLOPs, with all tokens and with the press, for one video. Without "
+        "--model it builds a random-weight model from a real checkpoint's published config (--config), optionally "
+        "with fewer layers, and feeds it synthetic frames through the real processor.",
+    )
+    command.add_argument("--config", default="tiny", choices=list(NAMES),
+                         help="published architecture to build with random weights (default: %(default)s)")
+    command.add_argument("--model", help="a local model directory instead of --config")
+    command.add_argument("--layers", type=int, help="LLM decoder layers to keep (default: all, as published)")
+    command.add_argument("--vision-layers", type=int, help="vision encoder blocks to keep (default: all, as published)")
+    command.add_argument("--frames", type=int, default=16, help="video frames (default: %(default)s)")
+    command.add_argument("--resolution", type=int, default=448, help="side of the square synthetic frames in px, "
+                         "before the processor's resizing (default: %(default)s)")
+    command.add_argument("--video", help="profile on this video file instead of synthetic frames")
+    command.add_argument("--question", default="What happens in this video?", help="the prompt's question")
+    command.add_argument("--press", default="vidcom2", choices=presses.available(),
+                         help="press name (default: %(default)s)")
+    command.add_argument("--retention", type=float, default=0.25,
+                         help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    policy_option(command)
+    command.add_argument("--repeats", type=int, default=3,
+                         help="timed runs per stage, after one warm-up (default: %(default)s)")
+    command.add_argument("--decode-tokens", type=int, default=16,
+                         help="tokens generated to time decoding (default: %(default)s)")
+    runtime_options(command, dtype="float32")
+    command.add_argument("--json", help="write {\"full\": {...}, \"pressed\": {...}} (and \"retrieval\") to this file")
+    retrieve_options(command, "also report the vision encoder's frames, time and FLOPs with all frames and with only "
+                      "the frames of the top-K event clips (MARC's retrieval), and the retrieval step's own cost")
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+    command.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import dataclasses
+    import json
+
+    import numpy as np
+    import torch
+
+    from vidpress import video
+    from vidpress.evaluation import checkpoints
+    from vidpress.evaluation.profiler import format_profile, format_retrieval, profile, profile_retrieval
+    from vidpress.inputs import build_inputs, video_inputs
+    from vidpress.loading import build_press, load_model
+    from vidpress.testing import tiny_video
+
+    press = build_press(args.press, args.retention, args.policy)
+    for name in ("frames", "resolution", "repeats", "decode_tokens"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
+    if args.model and (args.layers is not None or args.vision_layers is not None):
+        raise ValueError("--layers / --vision-layers scale a --config's random model; they do not apply to --model")
+    check_retrieve(args)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    if args.model:
+        model, processor = load_model(args.model, args.attn, args.device, args.dtype)
+        described = f"model {args.model}"
+    else:
+        print(f"building a random-weight {args.config} ...", flush=True)
+        model, processor = checkpoints.build(args.config, layers=args.layers, vision_layers=args.vision_layers,
+                                             dtype=dtype, device=args.device, attn_implementation=args.attn)
+        text, vision = model.config.get_text_config(), model.config.vision_config
+        depth = getattr(vision, "depth", None) or vision.num_hidden_layers
+        described = (f"random-weight {args.config}: {text.num_hidden_layers} decoder layers, {depth} vision blocks, "
+                     f"{sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters")
+    if args.video:
+        decoded = video.load(args.video, num_frames=args.frames)
+        inputs = video_inputs(processor, decoded, args.question)
+        source = f"{args.video}: {args.frames} frames of {decoded.frames.shape[2]}x{decoded.frames.shape[1]}"
+        frames, indexed, frame_indices, fps = decoded.frames, args.video, decoded.frame_indices, decoded.fps
+    else:
+        # Synthetic frames (moving squares) of --resolution px squared go through the real processor. For
+        # --retrieve the video is a series of 4-frame scenes (a new random scene each), so it has events to retrieve.
+        if args.retrieve is None:
+            frames = tiny_video(args.frames, args.resolution, args.resolution)
+        else:
+            scenes = range(-(-args.frames // 4))
+            frames = np.concatenate([tiny_video(4, args.resolution, args.resolution, seed=s)
+                                     for s in scenes])[: args.frames]
+        inputs = build_inputs(processor, [args.question], [[frames]])
+        source = f"synthetic video: {args.frames} frames of {args.resolution}x{args.resolution}"
+        source += "" if args.retrieve is None else " in scenes of 4 frames"
+        indexed, frame_indices, fps = None, None, 2.0  # the frames themselves are indexed
+    print(f"{described}\n{source}; press {args.press} at retention {args.retention:g}; {args.device}, {args.dtype}, "
+          f"{args.attn} attention, {torch.get_num_threads()} threads", flush=True)
+    result = profile(model, inputs, press, repeats=args.repeats, decode_tokens=args.decode_tokens,
+                     progress=not args.quiet)
+    print(format_profile(result))
+    retrieval = None
+    if args.retrieve is not None:
+        retriever, embedder = make_retriever(args, model, processor)
+        retrieval = profile_retrieval(model, processor, retriever, frames, args.question, video=indexed,
+                                      frame_indices=frame_indices, fps=fps, repeats=args.repeats,
+                                      progress=not args.quiet)
+        print(format_retrieval(retrieval, args.retrieve, embedder))
+    if args.json:
+        setup = {"config": None if args.model else args.config, "model": args.model, "layers": args.layers,
+                 "vision_layers": args.vision_layers, "frames": args.frames,
+                 "resolution": None if args.video else args.resolution, "video": args.video, "press": args.press,
+                 "retention": args.retention, "device": str(model.device),
+                 "dtype": args.dtype, "attn": args.attn, "repeats": args.repeats, "threads": torch.get_num_threads(),
+                 "retrieve": args.retrieve, "embedder": args.embedder}
+        data = result.to_json(setup)
+        if retrieval is not None:
+            data["retrieval"] = {**dataclasses.asdict(retrieval), "setup": setup}
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2))
+        print(f"wrote {path}")
+    return 0
