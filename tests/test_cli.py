@@ -45,7 +45,7 @@ def test_learned_press_needs_and_loads_a_policy(tmp_path, capsys):
     assert main(["inspect", "--press", "cacovid", "--policy", str(tmp_path / "nope")]) == 2
     assert "is not a directory" in capsys.readouterr().err
     out = tmp_path / "kept.png"
-    from vidpress.evaluation.bench import CACOVID_REFERENCE_DIR
+    from vidpress.evaluation.testbed import CACOVID_REFERENCE_DIR
 
     assert main(["inspect", "--press", "cacovid", "--policy", str(CACOVID_REFERENCE_DIR),
                  "--retention", "0.1", "--out", str(out)]) == 0

@@ -3,6 +3,7 @@ and with the kept ones) and the tokens kept per frame."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -81,3 +82,17 @@ def frame_budgets(selection, tokens):
         return selection.frame_budgets
     frames = selection.keep_indices.cpu() // tokens.tokens_per_frame
     return torch.bincount(frames, minlength=tokens.num_frames)
+
+
+def load_warning() -> str | None:
+    """A one-line warning when the machine's 1-minute load average exceeds its core count (timings taken now are
+    slowed and spread by other work), else None."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this OS
+        return None
+    cores = os.cpu_count() or 1
+    if load <= cores:
+        return None
+    return (f"warning: load average {load:.1f} exceeds the {cores} cores: other work is running, so the timings "
+            "are slower and noisier than on an idle machine")

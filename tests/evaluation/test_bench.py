@@ -6,7 +6,7 @@ import json
 import pytest
 
 from vidpress.cli import main
-from vidpress.evaluation.bench import format_table, run_bench, write_results
+from vidpress.evaluation.testbed import format_table, run_bench, write_results
 from vidpress.synthetic import QUESTION_FAMILIES, make_split
 from vidpress.synthetic.reference import load_reference
 
@@ -73,7 +73,7 @@ def test_inspect_draws_the_kept_tokens(tmp_path, capsys):
 
 
 def test_bench_on_another_model_skips_the_reference_checkpoints_by_default():
-    from vidpress.evaluation.bench import BENCH_ROWS, bench_names, checkpoint_free_names
+    from vidpress.evaluation.testbed import BENCH_ROWS, bench_names, checkpoint_free_names
 
     names = checkpoint_free_names()
     assert "cacovid" in bench_names() and "marc-cgrpo" in bench_names()
@@ -81,7 +81,7 @@ def test_bench_on_another_model_skips_the_reference_checkpoints_by_default():
 
 
 def test_bench_out_is_checked_before_the_run_and_never_overwritten_silently(tmp_path, capsys, monkeypatch):
-    import vidpress.evaluation.bench as bench
+    import vidpress.evaluation.testbed as bench
 
     (tmp_path / "results.json").write_text("[]")
     monkeypatch.setattr(bench, "load_bench_model", lambda *a: pytest.fail("the run started"))
@@ -98,7 +98,7 @@ def test_bench_out_is_checked_before_the_run_and_never_overwritten_silently(tmp_
 
 
 def test_accuracy_plot_styles_and_legend_outside_the_data():
-    from vidpress.evaluation.bench import FULL, bench_names, figure
+    from vidpress.evaluation.testbed import FULL, bench_names, figure
 
     names = bench_names()
     rows = [{"press": FULL, "retention": 1.0, "effective_retention": 1.0, "accuracy": 0.9, "evidence_recall": 1.0,

@@ -84,7 +84,7 @@ def test_eval_records_its_settings_and_refuses_other_ones(model_dir, tmp_path, c
     import shutil
 
     from vidpress.evaluation import runner
-    from vidpress.evaluation.bench import CACOVID_REFERENCE_DIR
+    from vidpress.evaluation.testbed import CACOVID_REFERENCE_DIR
 
     data, count = WRITERS["mlvu"](tmp_path / "mlvu")
     out = tmp_path / "run"

@@ -236,7 +236,7 @@ def test_fast_patchify_matches_the_processor(reference):
 
 @pytest.mark.slow
 def test_shipped_reference_model_answers_the_test_slice(reference):
-    from vidpress.evaluation.bench import evaluate_settings
+    from vidpress.evaluation.testbed import evaluate_settings
     from vidpress.synthetic.reference import letter_token_ids
 
     model, processor = reference

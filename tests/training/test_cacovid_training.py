@@ -332,7 +332,7 @@ def test_accelerate_two_processes_train(tmp_path):
 
 
 def test_bench_row_runs_the_shipped_reference_policy():
-    from vidpress.evaluation.bench import bench_names, build_row, run_bench
+    from vidpress.evaluation.testbed import bench_names, build_row, run_bench
     from vidpress.synthetic import make_split
     from vidpress.synthetic.reference import load_reference
 

@@ -23,7 +23,7 @@ def run(args) -> int:
     import torch
 
     from vidpress import video
-    from vidpress.evaluation.bench import load_bench_model
+    from vidpress.evaluation.testbed import load_bench_model
     from vidpress.evaluation.inspect import draw
     from vidpress.inputs import video_inputs
     from vidpress.loading import build_press

@@ -88,7 +88,8 @@ def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None,
     return 4 * batch * heads * length_q * key_shape[-2] * dim
 
 
-def _flop_counter() -> FlopCounterMode:
+def flop_counter() -> FlopCounterMode:
+    """A FLOP counter that also counts the CPU SDPA kernel (as Q K^T and P V)."""
     # torch's counter knows the CUDA attention kernels but not the CPU one SDPA dispatches to.
     cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     return FlopCounterMode(display=False, custom_mapping={cpu_attention: _attention_flops})
@@ -108,7 +109,7 @@ class _Stage:
 
     @contextlib.contextmanager
     def warmup(self):
-        with _flop_counter() as counter:
+        with flop_counter() as counter:
             yield
         self.flops = counter.get_total_flops()
 

@@ -652,7 +652,7 @@ def _curve(history: list[dict], points: int = 10) -> list[dict]:
 
 
 def _validate(model, processor, policy, examples, retentions, progress) -> dict:
-    from vidpress.evaluation.bench import evaluate_settings
+    from vidpress.evaluation.testbed import evaluate_settings
     from vidpress.presses.cacovid import CaCoVIDPress
 
     settings = {f"{r:g}": CaCoVIDPress(policy=policy, retention=r) for r in retentions}

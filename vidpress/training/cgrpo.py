@@ -360,7 +360,7 @@ def evaluate_students(models: dict, processor, press: Press, test_examples: int,
     """Bench rows (accuracy overall and per family, effective retention) on the first `test_examples` synthetic test
     examples: the first model with all tokens, then every model with `press`. models: name -> model; all share the
     first one's vision tower (videos are encoded once)."""
-    from vidpress.evaluation.bench import evaluate_settings
+    from vidpress.evaluation.testbed import evaluate_settings
     from vidpress.synthetic import make_split
 
     first = next(iter(models.values()))

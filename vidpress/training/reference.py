@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidpress.evaluation.bench import encode, evaluate, evaluate_settings
+from vidpress.evaluation.testbed import encode, evaluate, evaluate_settings
 from vidpress.inputs import left_pad, placeholder_text
 from vidpress.models import get_adapter
 from vidpress.presses.planned import PlannedPress
