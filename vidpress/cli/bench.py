@@ -33,8 +33,8 @@ def add_parser(subparsers) -> None:
     )
     command.add_argument("--presses", help="comma-separated press names (default: all registered presses and the "
                          "learned rows cacovid, marc-cgrpo; with --model, the presses that need no trained checkpoint)")
-    command.add_argument("--retentions", help=f"comma-separated retentions in (0, 1] (default: {listed(QUICK_RETENTIONS)}"
-                         f"; with --full: {listed(DEFAULT_RETENTIONS)})")
+    command.add_argument("--retentions", help="comma-separated retentions in (0, 1] (default: "
+                         f"{listed(QUICK_RETENTIONS)}; with --full: {listed(DEFAULT_RETENTIONS)})")
     command.add_argument("--full", action="store_true", help=f"the full grid: the first {FULL_EXAMPLES} test "
                          f"examples at {listed(DEFAULT_RETENTIONS)} (about 7 minutes on 2 idle cores)")
     command.add_argument("--model", help="local model directory (default: the shipped reference model)")

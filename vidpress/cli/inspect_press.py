@@ -23,8 +23,8 @@ def run(args) -> int:
     import torch
 
     from vidpress import video
-    from vidpress.evaluation.testbed import load_bench_model
     from vidpress.evaluation.inspect import draw
+    from vidpress.evaluation.testbed import load_bench_model
     from vidpress.inputs import video_inputs
     from vidpress.loading import build_press
     from vidpress.timing import frame_budgets

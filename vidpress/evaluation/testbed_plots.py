@@ -91,9 +91,15 @@ def figure(rows: list[dict]):
         ax.grid(alpha=0.3)
     axes[0].set_title(f"accuracy, 95% intervals ({full['examples']} test examples)")
     axes[1].set_title("evidence recall (model-free)")
-    handles, labels = axes[0].get_legend_handles_labels()
+    handles, labels = _presses_first(*axes[0].get_legend_handles_labels(), names)
     fig.legend(handles, labels, loc="outside right center", fontsize=8, title="press")
     return fig
+
+
+def _presses_first(handles, labels, names):
+    """Legend entries in press order, then the reference lines (all tokens, chance, the floor ring)."""
+    order = sorted(range(len(labels)), key=lambda i: (0, names.index(labels[i])) if labels[i] in names else (1, i))
+    return [handles[i] for i in order], [labels[i] for i in order]
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -191,7 +191,8 @@ def paired_tests(results: dict) -> list[dict]:
         same = [k for k in keys if k[1] == retention]
         for i, a in enumerate(same):
             for b in same[i + 1 :]:
-                tests.append({"kind": "same_retention", **mcnemar(correct(a), correct(b), (label(a), label(b))).to_json()})
+                test = mcnemar(correct(a), correct(b), (label(a), label(b)))
+                tests.append({"kind": "same_retention", **test.to_json()})
     return tests
 
 
@@ -227,8 +228,8 @@ def format_table(rows: list[dict]) -> str:
         low, high = r["accuracy_ci"]
         p = r.get("p_vs_full")
         lines.append(
-            [r["press"], f"{r['retention']:.2f}", f"{r['effective_retention']:.3f}{mark}", f"{r['evidence_recall']:.3f}",
-             f"{r['accuracy']:.3f}", f"{low:.3f}-{high:.3f}", f"{100 * r['relative_accuracy']:.1f}",
+            [r["press"], f"{r['retention']:.2f}", f"{r['effective_retention']:.3f}{mark}",
+             f"{r['evidence_recall']:.3f}", f"{r['accuracy']:.3f}", f"{low:.3f}-{high:.3f}", f"{100 * r['relative_accuracy']:.1f}",
              "-" if p is None else _p(p)]
             + [f"{r['accuracy_by_family'].get(f, float('nan')):.2f}" for f in families]
             + [f"{r['visual_tokens']:.1f}", f"{r['prefill_ms']:.2f}", peak]
@@ -237,8 +238,8 @@ def format_table(rows: list[dict]) -> str:
     table = "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
     counts = sorted(set(rows[0].get("examples_by_family", {}).values()))
     per_family = "-".join(str(c) for c in (counts[:1] + counts[-1:] if len(counts) > 1 else counts))
-    notes = [f"{rows[0]['examples']} examples ({per_family} per family): acc 95% CI = Wilson interval; p vs none = exact McNemar "
-             "test on the same examples; per-family intervals are in results.json / results.csv"]
+    notes = [f"{rows[0]['examples']} examples ({per_family} per family): acc 95% CI = Wilson interval; "
+             "p vs none = exact McNemar test on the same examples; per-family intervals are in results.json / results.csv"]
     if floors_seen:
         notes.append("'=' after eff R: the press is at its floor there (it cannot keep fewer tokens on this model), "
                      "so the row repeats its first row at the floor")
