@@ -229,8 +229,8 @@ def format_table(rows: list[dict]) -> str:
         p = r.get("p_vs_full")
         lines.append(
             [r["press"], f"{r['retention']:.2f}", f"{r['effective_retention']:.3f}{mark}",
-             f"{r['evidence_recall']:.3f}", f"{r['accuracy']:.3f}", f"{low:.3f}-{high:.3f}", f"{100 * r['relative_accuracy']:.1f}",
-             "-" if p is None else _p(p)]
+             f"{r['evidence_recall']:.3f}", f"{r['accuracy']:.3f}", f"{low:.3f}-{high:.3f}",
+             f"{100 * r['relative_accuracy']:.1f}", "-" if p is None else _p(p)]
             + [f"{r['accuracy_by_family'].get(f, float('nan')):.2f}" for f in families]
             + [f"{r['visual_tokens']:.1f}", f"{r['prefill_ms']:.2f}", peak]
         )
@@ -239,7 +239,7 @@ def format_table(rows: list[dict]) -> str:
     counts = sorted(set(rows[0].get("examples_by_family", {}).values()))
     per_family = "-".join(str(c) for c in (counts[:1] + counts[-1:] if len(counts) > 1 else counts))
     notes = [f"{rows[0]['examples']} examples ({per_family} per family): acc 95% CI = Wilson interval; "
-             "p vs none = exact McNemar test on the same examples; per-family intervals are in results.json / results.csv"]
+             "p vs none = exact McNemar test on the same examples; per-family intervals in results.json / .csv"]
     if floors_seen:
         notes.append("'=' after eff R: the press is at its floor there (it cannot keep fewer tokens on this model), "
                      "so the row repeats its first row at the floor")
