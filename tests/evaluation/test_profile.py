@@ -29,6 +29,26 @@ def test_profile_measures_both_sides(tiny_model):
     times = (full.llm_prefill_ms, pressed.llm_prefill_ms, full.decode_ms_per_token, pressed.decode_ms_per_token)
     assert all(t > 0 for t in times)
     assert result.sequence_ratio == pytest.approx(full.sequence_length / pressed.sequence_length)
+    assert result.prefill_speedups == [pytest.approx(full.llm_prefill_ms / pressed.llm_prefill_ms)]
+
+
+def test_speedup_is_the_median_of_interleaved_pairs_so_one_slow_run_cannot_make_it():
+    from vidpress.evaluation.profiler import Profile
+
+    result = Profile(full=None, pressed=None, prefill_speedups=[2.0, 35.4, 2.2, 1.9, 2.1])
+    assert result.prefill_speedup == 2.1
+
+
+def test_load_warning_when_the_load_average_exceeds_the_cores(monkeypatch):
+    import os
+
+    from vidpress.timing import load_warning
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (8.5, 6.0, 4.0))
+    assert load_warning().startswith("warning: load average 8.5 exceeds the 2 cores")
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert load_warning() is None
 
 
 def test_profile_cli_writes_full_and_pressed(tmp_path, capsys):
@@ -38,8 +58,9 @@ def test_profile_cli_writes_full_and_pressed(tmp_path, capsys):
     assert main(argv) == 0
     assert "LLM prefill speed-up" in capsys.readouterr().out
     data = json.loads(path.read_text())
-    assert set(data) == {"full", "pressed"}
-    for side in data.values():
+    assert set(data) == {"full", "pressed", "prefill_speedup", "prefill_speedups"}
+    assert len(data["prefill_speedups"]) == 1 and data["prefill_speedup"] == data["prefill_speedups"][0]
+    for side in (data["full"], data["pressed"]):
         assert FIELDS <= set(side) and side["setup"]["config"] == "tiny" and side["setup"]["frames"] == 4
     assert data["pressed"]["visual_tokens"] < data["full"]["visual_tokens"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from vidpress.cli.common import (
@@ -41,7 +42,7 @@ def run(args) -> int:
     from vidpress import video
     from vidpress.inputs import video_inputs
     from vidpress.loading import DEMO_FAMILY, build_press, load_model
-    from vidpress.timing import frame_budgets, time_prefill
+    from vidpress.timing import frame_budgets, load_warning, time_prefill
 
     press = build_press(args.press, args.retention, args.policy)
     check_retrieve(args)
@@ -62,6 +63,9 @@ def run(args) -> int:
     with torch.no_grad(), press(model) as pressed:
         output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
         report = pressed.last_report
+    warning = load_warning()
+    if warning:
+        print(warning, file=sys.stderr)
     timing = time_prefill(model, inputs, press, repeats=args.repeats)
 
     answer = processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0]
