@@ -16,10 +16,21 @@ def test_generate_prints_the_report(tiny_model, tiny_cache, capsys):
     assert int(after) < int(before)
 
 
-def test_generate_default_uses_the_labelled_demo_model(monkeypatch, tmp_path, capsys):
+def test_generate_defaults_to_the_reference_model_and_runs_the_demo_on_request(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("VIDPRESS_CACHE", str(tmp_path))
     assert main(["generate", "--num-frames", "4", "--max-new-tokens", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "the shipped reference model" in out and "random-weight" not in out
+    assert main(["generate", "--model", "demo", "--num-frames", "4", "--max-new-tokens", "2", "--repeats", "1"]) == 0
     assert "random-weight demo model" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    import vidpress
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"vidpress {vidpress.__version__}"
 
 
 @pytest.mark.parametrize(
@@ -80,7 +91,7 @@ def test_inspect_in_llm_press(tmp_path, capsys):
 
 
 def test_fastv_on_the_demo_model_explains_its_layer_floor(capsys):
-    assert main(["generate", "--press", "fastv", "--num-frames", "4"]) == 2
+    assert main(["generate", "--model", "demo", "--press", "fastv", "--num-frames", "4"]) == 2
     err = one_line_error(capsys)
     assert "2 layers" in err and "--model vidpress/synthetic/reference_model (4 layers)" in err
 
@@ -108,7 +119,7 @@ def test_train_without_the_train_extra_names_it(monkeypatch, tmp_path, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
     assert main(["train", "cgrpo", "--out", str(tmp_path)]) == 2
-    assert 'needs trl from the [train] extra: pip install "vidpress[train]"' in one_line_error(capsys)
+    assert 'needs trl from the [train] extra: pip install -c constraints.txt -e ".[train]"' in one_line_error(capsys)
 
 
 def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
@@ -129,4 +140,4 @@ def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
 
     monkeypatch.setattr(train, "_run_train_cgrpo", missing)
     assert main(["train", "cgrpo", "--out", "x"]) == 2
-    assert 'needs the peft package: pip install "vidpress[train]"' in one_line_error(capsys)
+    assert 'needs the peft package: pip install -c constraints.txt -e ".[train]"' in one_line_error(capsys)

@@ -6,12 +6,14 @@ import argparse
 import logging
 import sys
 
+from vidpress import __version__
 from vidpress.cli import bench, evaluate, generate, inspect_press, profiling
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="vidpress", description="Visual-token compression for Video LLMs.")
     top.add_argument("-v", "--verbose", action="store_true", help="log what the presses do")
+    top.add_argument("--version", action="version", version=f"vidpress {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     for command in (generate, bench, inspect_press, evaluate, profiling):  # the order of `vidpress --help`
         command.add_parser(sub)
@@ -49,6 +51,11 @@ def check_device(device: str) -> str:
     return device
 
 
+def install_hint(extra: str) -> str:
+    """How to install an extra, in the README's form: from the source folder, torch pinned by constraints.txt."""
+    return f'pip install -c constraints.txt -e ".[{extra}]" (in the vidpress source folder)'
+
+
 def _check_train_extra(args) -> None:
     import importlib.util
 
@@ -58,7 +65,7 @@ def _check_train_extra(args) -> None:
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise ValueError(f"vidpress train {args.trainer} needs {', '.join(missing)} from the [train] extra: "
-                         'pip install "vidpress[train]"')
+                         f"{install_hint('train')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as error:  # an optional dependency: name the extra that installs it
         package = (error.name or "").split(".")[0]
         extra = EXTRA_OF.get(package)
-        hint = f': pip install "vidpress[{extra}]"' if extra else ""
+        hint = f": {install_hint(extra)}" if extra else ""
         print(f"error: vidpress {args.command} needs the {package or error} package{hint}", file=sys.stderr)
         return 2
     except Exception as error:  # anything else still gets one line; -v shows where it came from

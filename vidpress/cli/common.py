@@ -25,7 +25,7 @@ def check_layer_press(press, model, args, demo: bool = False) -> None:
     except ValueError as error:
         hint = ""
         if demo:
-            hint = ("; the demo model is tiny: pass --model with a deeper one, e.g. the shipped reference model "
+            hint = ("; the demo model is tiny: leave out --model for the shipped reference model "
                     "--model vidpress/synthetic/reference_model (4 layers)")
         raise ValueError(f"--press {args.press} drops tokens between LLM layers and does not fit this model's {layers} "
                          f"layers ({error}){hint}") from None

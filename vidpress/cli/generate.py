@@ -21,10 +21,12 @@ def add_parser(subparsers) -> None:
         "generate",
         help="answer a question about a video with a press applied",
         description="Answer a question about a video with a press applied; prints the answer, visual tokens "
-        "before/after, per-frame budgets and prefill time with and without the press. Without --model and "
-        "--video it runs the bundled random-weight demo model on the bundled sample video.",
+        "before/after, per-frame budgets and prefill time with and without the press. Without --model it runs the "
+        "shipped reference model (a tiny Qwen2.5-VL trained on the synthetic world: real clips get answers that mean "
+        "nothing); --model demo runs a random-weight demo model instead. Without --video: the bundled sample clip.",
     )
-    video_press_options(command, "the bundled random-weight demo model")
+    video_press_options(command, "the shipped reference model, vidpress/synthetic/reference_model; 'demo': a "
+                        "random-weight tiny model")
     command.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: %(default)s)")
     command.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"],
                          help="attention implementation")
@@ -42,16 +44,21 @@ def run(args) -> int:
     from vidpress import video
     from vidpress.inputs import video_inputs
     from vidpress.loading import DEMO_FAMILY, build_press, load_model
+    from vidpress.synthetic.reference import REFERENCE_DIR
     from vidpress.timing import frame_budgets, load_warning, time_prefill
 
     press = build_press(args.press, args.retention, args.policy)
     check_retrieve(args)
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
-    model, processor = load_model(args.model, args.attn, args.device, args.dtype)
-    check_layer_press(press, model, args, demo=args.model is None)
-    if args.model is None:
+    demo = args.model == "demo"
+    model_dir = None if demo else args.model or REFERENCE_DIR
+    model, processor = load_model(model_dir, args.attn, args.device, args.dtype)
+    check_layer_press(press, model, args, demo=demo)
+    if demo:
         print(f"model: random-weight demo model ({DEMO_FAMILY}, tiny, untrained: its answer is noise)")
+    elif args.model is None:
+        print(f"model: the shipped reference model ({REFERENCE_DIR}; trained on the synthetic world only)")
     else:
         print(f"model: {args.model}")
     print(f"video: {video_path} ({len(decoded.frames)} frames of {decoded.total_frames}, {decoded.duration:.1f}s)")
