@@ -102,6 +102,22 @@ def test_longvideobench_unparsable_answer_is_a_seeded_random_option():
     lvb = benchmarks.get("longvideobench")
     picks = {lvb.extract("no idea", sample) for _ in range(3)}
     assert len(picks) == 1 and picks <= {"A", "B", "C"}
+    assert not lvb.parsed("no idea", sample) and lvb.parsed("B", sample)
+
+
+def test_summaries_count_answers_without_an_option_letter():
+    from vidpress.evaluation.runner import format_summary
+
+    records = [
+        {"correct": False, "categories": {"duration": "short"}, "prediction": None, "parsed": False},
+        {"correct": True, "categories": {"duration": "short"}, "prediction": "A", "parsed": True},
+        {"correct": False, "categories": {"duration": "short"}, "prediction": None},  # a record from before "parsed"
+        {"correct": False, "categories": {"duration": "short"}, "prediction": None, "error": "unreadable"},
+    ]
+    summary = benchmarks.get("videomme").summarize(records)
+    assert summary["unparsed"] == 2 and summary["errors"] == 1
+    summary["effective_retention"] = 1.0
+    assert "2 answers without an option letter counted wrong" in format_summary(summary)
 
 
 def test_summaries_by_category_and_mlvu_m_avg():

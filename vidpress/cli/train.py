@@ -112,7 +112,8 @@ def add_train_cacovid_parser(subparsers) -> argparse.ArgumentParser:
                         help="gradient-norm clip (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs,
                         help="passes over the train examples (default %(default)s)")
-    parser.add_argument("--val-examples", type=int, default=240, help="val examples scored after training (0: none)")
+    parser.add_argument("--val-examples", type=int, default=240, help="val examples scored after training, with a "
+                        "progress bar (default %(default)s; 0: none)")
     parser.add_argument("--init-from", default=None, help="continue training this saved policy (default: a fresh "
                         "policy from the model's first LLM layer)")
     parser.add_argument("--seed", type=int, default=0,

@@ -163,6 +163,7 @@ def answer(model, processor, benchmark: Benchmark, sample: Sample, press, num_fr
         **record,
         "response": response,
         "prediction": benchmark.extract(response, sample),
+        "parsed": benchmark.parsed(response, sample),
         "correct": benchmark.is_correct(response, sample),
         "visual_tokens": visual,
         "kept_tokens": kept,
@@ -207,6 +208,8 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"{summary['benchmark']}: accuracy {_pct(summary['accuracy'])} over {summary['samples']} questions"
         + (f" ({summary['errors']} unreadable videos counted wrong)" if summary["errors"] else "")
+        + (f" ({summary['unparsed']} answers without an option letter counted wrong)" if summary.get("unparsed")
+           else "")
         + f"; effective retention {summary['effective_retention']:.3f}"
     ]
     if "m_avg" in summary:

@@ -284,12 +284,13 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 def evaluate_settings(model, processor, examples, settings: dict, batch_size: int = 32, progress: bool = True) -> dict:
     """`evaluate` of several settings on the same examples, the videos encoded once with `model`: settings maps a
     name to a press (None: all tokens) or to (press, model) for a model sharing `model`'s vision tower.
-    Returns {name: row}."""
+    Returns {name: row}. progress: bars over the encoding and over the settings."""
     settings = {name: s if isinstance(s, tuple) else (s, model) for name, s in settings.items()}
     vision_stats = any(press is not None and press.needs_vision_stats for press, _ in settings.values())
     batches = encode(model, processor, examples, batch_size, progress, vision_stats)
     letter_ids = letter_token_ids(processor)
-    return {name: evaluate(row_model, batches, press, letter_ids) for name, (press, row_model) in settings.items()}
+    bar = tqdm(settings.items(), desc="evaluating settings", disable=not progress)
+    return {name: evaluate(row_model, batches, press, letter_ids) for name, (press, row_model) in bar}
 
 
 def _applied(press, model):

@@ -657,7 +657,7 @@ def _validate(model, processor, policy, examples, retentions, progress) -> dict:
 
     settings = {f"{r:g}": CaCoVIDPress(policy=policy, retention=r) for r in retentions}
     result = {}
-    for name, row in evaluate_settings(model, processor, examples, settings, progress=False).items():
+    for name, row in evaluate_settings(model, processor, examples, settings, progress=progress).items():
         result[name] = {"accuracy": round(row["accuracy"], 4), "evidence_recall": round(row["evidence_recall"], 4),
                         "effective_retention": round(row["effective_retention"], 4)}
         if progress:

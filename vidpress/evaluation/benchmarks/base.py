@@ -75,6 +75,10 @@ class Benchmark:
     def is_correct(self, response: str, sample: Sample) -> bool:
         return self.extract(response, sample) == sample.answer
 
+    def parsed(self, response: str, sample: Sample) -> bool:
+        """True when the benchmark's rule finds an option letter in the response (`summarize` counts the others)."""
+        return self.extract(response, sample) is not None
+
     def frames(self, sample: Sample, num_frames: int) -> DecodedVideo:
         """Decode the sample's frames with the benchmark's sampling rule. VideoDecodeError when unreadable."""
         return decode_indices(sample.video, lambda total, fps: self.frame_indices(sample, total, fps, num_frames))
@@ -83,6 +87,9 @@ class Benchmark:
         """Accuracy overall and per category from per-sample records ({"correct", "categories", ...})."""
         summary = {"benchmark": self.name, "samples": len(records), "accuracy": _accuracy(records)}
         summary["errors"] = sum(1 for r in records if r.get("error"))
+        # answers in which the benchmark's rule finds no option letter (scored wrong, as the benchmarks do)
+        summary["unparsed"] = sum(1 for r in records
+                                  if not r.get("error") and not r.get("parsed", r.get("prediction", "") is not None))
         summary["by"] = {}
         for key in self.categories:
             groups: dict[str, list[dict]] = {}

@@ -72,3 +72,6 @@ class LongVideoBench(Benchmark):
             # The authors assign a random option when parsing fails; seeded by the question so scores reproduce.
             return random.Random(sample.id).choice(LETTERS[: len(sample.options)])
         return letter
+
+    def parsed(self, response, sample):
+        return _letter_after_prefixes(response, "ABCDE") is not None
