@@ -38,3 +38,11 @@ def test_readme_snippet_on_a_tiny_saved_model(tmp_path, capsys):
     exec(code.replace("path = REFERENCE_DIR", f"path = {str(folder)!r}"), {})
     before, after = (int(n) for n in capsys.readouterr().out.strip().splitlines()[-1].split(" -> "))
     assert 0 < after < before
+
+
+def test_the_press_guide_table_is_generated_from_the_registry():
+    """README's "Which press should I use?" table equals scripts/press_guide.py's output: a press merged later
+    shows up by re-running the script (this test names the command when the table is stale)."""
+    done = subprocess.run([sys.executable, str(README.parent / "scripts" / "press_guide.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
