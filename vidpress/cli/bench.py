@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -49,8 +50,12 @@ def add_parser(subparsers) -> None:
                          "--overwrite")
     command.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     command.add_argument("--batch-size", type=int, default=32, help="examples per forward (default: %(default)s)")
-    command.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s: the "
-                         "reference model's ops are too small to gain from more, and waiting threads stall under load)")
+    command.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                         help="processes running rows side by side, one torch thread each (default: %(default)s, "
+                         "up to 2 cores)")
+    command.add_argument("--threads", type=int, default=1, help="torch intra-op threads, with --workers 1 (default: "
+                         "%(default)s: the reference model's ops are too small to gain from more, and waiting threads "
+                         "stall under load)")
     command.add_argument("--device", default=default_device(), help="torch device (default: %(default)s)")
     command.add_argument("--quiet", action="store_true", help="no progress bars")
     command.set_defaults(run=run)
@@ -104,10 +109,12 @@ def run(args) -> int:
         retentions = parse_retentions(args.retentions)
     else:
         retentions = list(testbed.DEFAULT_RETENTIONS if args.full else testbed.QUICK_RETENTIONS)
-    for option in ("limit", "batch_size", "threads"):
+    for option in ("limit", "batch_size", "threads", "workers"):
         value = getattr(args, option)
         if value is not None and value <= 0:
             raise ValueError(f"--{option.replace('_', '-')} must be a positive integer; got {value}")
+    if args.threads > 1 and args.workers > 1:
+        raise ValueError(f"--threads {args.threads} needs --workers 1 (each worker runs one torch thread)")
     if args.model is not None and not Path(args.model).is_dir():
         raise ValueError(f"--model {args.model}: no such model folder")
     return run_checked(args, names, retentions)
@@ -142,6 +149,7 @@ def run_checked(args, names: list[str], retentions: list[float]) -> int:
     done = store.open(settings, args.overwrite)
     torch.set_num_threads(args.threads)
     meta = run_metadata(model_dir, args.split, len(indices), seed, args.device)
+    meta["workers"] = args.workers
     meta["load_average_start"] = load_average()
     warning = load_warning()
     if warning:
@@ -155,7 +163,7 @@ def run_checked(args, names: list[str], retentions: list[float]) -> int:
     total = 1 + len(names) * len(retentions)
     try:
         results = testbed.run_grid(model, processor, examples, names, retentions, batch_size=args.batch_size,
-                                   progress=not args.quiet, done=done, on_row=store.append)
+                                   progress=not args.quiet, done=done, on_row=store.append, workers=args.workers)
     except KeyboardInterrupt:
         kept = len(store.done_keys())
         print(f"interrupted: {kept} of {total} rows kept in {args.out}; run the same command to resume",

@@ -330,48 +330,105 @@ def floor_of(press, model, batches: list[EncodedBatch]) -> float:
 
 
 def run_grid(model, processor, examples, press_names, retentions, batch_size: int = 32, progress: bool = True,
-             done: dict | None = None, on_row: Callable[[dict, list[dict]], None] | None = None) -> dict:
+             done: dict | None = None, on_row: Callable[[dict, list[dict]], None] | None = None,
+             workers: int = 1) -> dict:
     """{(press, retention): (row, records)} for the full-token model and every (press, retention), in run order.
 
     done: rows already measured, in the same form (a resumed run); they are not run again. on_row(row, records)
-    is called as each new row finishes. records: one dict per example (`evaluate_outcome`, plus press and
-    retention). A press asked for less than its floor runs at the first such retention; the others copy it.
+    is called as each new row finishes (in the order they finish). records: one dict per example
+    (`evaluate_outcome`, plus press and retention). A press asked for less than its floor runs at the first such
+    retention; the others copy it. workers > 1: the rows run in that many forked processes of one torch thread
+    each (the videos are encoded once, here, before the fork); the answers do not depend on it.
     """
     check_names(press_names)
     configs = settings_of(press_names, retentions)
     results = {c: done[c] for c in configs if done and c in done}
     todo = [c for c in configs if c not in results]
-    if todo:
-        letter_ids = letter_token_ids(processor)
-        vision_stats = any(press_class(name).needs_vision_stats for name, _ in todo if name != FULL)
-        batches = encode(model, processor, examples, batch_size, progress, vision_stats)
-        bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="presses x retentions",
-                   disable=not progress)
-        for name, retention in todo:
-            bar.set_postfix_str(f"{name} {retention:g}")
-            if name == FULL:
-                press, row_model, floor = None, model, 0.0
-            else:
-                press, row_model = build_row(name, retention, model)
-                floor = floor_of(press, row_model, batches)
-            at_floor = retention < floor
-            twin = next(((name, r) for r in retentions if r < floor and (name, r) in results), None)
-            if at_floor and twin is not None:
-                row, records = dict(results[twin][0]), [dict(r) for r in results[twin][1]]
-            else:
-                outcome = evaluate_outcome(row_model, batches, press, letter_ids)
-                row, records = outcome.row, outcome.records
-            row = {"press": name, "retention": retention,
-                   **{k: v for k, v in row.items() if k not in ("press", "retention")}, "floor": floor,
-                   "at_floor": at_floor}
-            for record in records:
-                record["press"], record["retention"] = name, retention
-            results[(name, retention)] = (row, records)
-            if on_row is not None:
-                on_row(row, records)
-            bar.update()
-        bar.close()
+    if not todo:
+        return {c: results[c] for c in configs}
+    letter_ids = letter_token_ids(processor)
+    vision_stats = any(press_class(name).needs_vision_stats for name, _ in todo if name != FULL)
+    batches = encode(model, processor, examples, batch_size, progress, vision_stats)
+    floors = {}
+    for name in dict.fromkeys(name for name, _ in todo):
+        if name == FULL:
+            floors[name] = 0.0
+        else:
+            press, row_model = build_row(name, max(retentions), model)
+            floors[name] = floor_of(press, row_model, batches)
+    copies = {}  # a row at its press's floor -> the row it copies
+    for name, retention in todo:
+        below = [r for r in retentions if r < floors[name]]
+        if retention in below:
+            source = next(((name, r) for r in below if (name, r) in results), (name, below[0]))
+            if source != (name, retention):
+                copies[(name, retention)] = source
+    runs = [c for c in todo if c not in copies]
+    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="presses x retentions",
+               disable=not progress)
+
+    def finish(key, row, records):
+        name, retention = key
+        row = {"press": name, "retention": retention,
+               **{k: v for k, v in row.items() if k not in ("press", "retention")},
+               "floor": floors[name], "at_floor": retention < floors[name]}
+        records = [{**r, "press": name, "retention": retention} for r in records]
+        results[key] = (row, records)
+        if on_row is not None:
+            on_row(row, records)
+        bar.update()
+        for copy, source in list(copies.items()):
+            if source in results:
+                del copies[copy]
+                finish(copy, results[source][0], results[source][1])
+
+    for key in [c for c, source in copies.items() if source in results]:  # copies of rows done before
+        if key in copies:
+            finish(key, *results[copies.pop(key)])
+    for key, (row, records) in _run_rows(model, batches, letter_ids, runs, workers):
+        bar.set_postfix_str(f"{key[0]} {key[1]:g}")
+        finish(key, row, records)
+    bar.close()
     return {c: results[c] for c in configs}
+
+
+# The state a forked worker of `_run_rows` reads (set just before the fork; never pickled).
+_WORKER_STATE: dict = {}
+
+
+def _run_row(key):
+    """One row's outcome: (key, (row, records)); in a worker or in this process."""
+    name, retention = key
+    model, batches, letter_ids = _WORKER_STATE["model"], _WORKER_STATE["batches"], _WORKER_STATE["letter_ids"]
+    press, row_model = (None, model) if name == FULL else build_row(name, retention, model)
+    outcome = evaluate_outcome(row_model, batches, press, letter_ids)
+    return key, (outcome.row, outcome.records)
+
+
+def _init_worker() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
+    torch.set_num_threads(1)
+
+
+def _run_rows(model, batches, letter_ids, keys, workers: int):
+    """Yield (key, (row, records)) for every key, from `workers` forked processes or (workers == 1) here."""
+    _WORKER_STATE.update(model=model, batches=batches, letter_ids=letter_ids)
+    try:
+        if workers <= 1 or len(keys) <= 1:
+            for key in keys:
+                yield _run_row(key)
+            return
+        import multiprocessing
+
+        if torch.get_num_threads() > 1:
+            raise ValueError("forked workers need this process at one torch thread (a fork after a multi-threaded "
+                             "OpenMP region can hang); call torch.set_num_threads(1) first or use workers=1")
+        with multiprocessing.get_context("fork").Pool(min(workers, len(keys)), initializer=_init_worker) as pool:
+            yield from pool.imap_unordered(_run_row, keys)
+    finally:
+        _WORKER_STATE.clear()
 
 
 def run_bench(model, processor, examples, press_names, retentions, batch_size: int = 32,
