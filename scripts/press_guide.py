@@ -46,7 +46,12 @@ def rows() -> list[list[str]]:
     from vidpress.serving.vllm import refusal_reason
 
     overhead = json.loads(OVERHEAD.read_text()) if OVERHEAD.exists() else {"select_ms": {}}
-    shape = "x".join(str(n) for n in overhead.get("setup", {}).get("features", []))
+    setup = overhead.get("setup", {})
+    shape = "x".join(str(n) for n in setup.get("features", []))
+    if shape:
+        load = max(overhead.get("load_average", [0]))
+        shape += (f", median of {setup.get('repeats')}, {setup.get('threads')} thread, load average {load} on "
+                  f"{setup.get('cores')} cores")
     out = []
     for name in presses.available():
         cls = presses.PRESSES[name]
@@ -69,7 +74,7 @@ def rows() -> list[list[str]]:
 def render() -> str:
     table, shape = rows()
     header = ["press", "training", "query-aware", "acts on", "attention implementations",
-              f"selection cost ([{shape or 'T, M, D'}] features, 1 call)", f"minimum retention ({FRAMES} frames, "
+              f"selection cost ({shape or 'not measured'})", f"minimum retention ({FRAMES} frames, "
               f"{LAYERS} LLM layers)", "vLLM plugin"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
