@@ -154,14 +154,14 @@ def run_checked(args, names: list[str], retentions: list[float]) -> int:
     warning = load_warning()
     if warning:
         print(warning, file=sys.stderr)
-    model, processor = testbed.load_bench_model(args.model, args.device)
-    examples = testbed.examples_at(args.split, indices)
-    subset = ("the first" if seed is None else f"a stratified subset (seed {seed}) of") + f" {len(examples)}"
-    print(f"model: {args.model or 'the shipped reference model'}; {subset} {args.split} examples; "
-          f"presses {', '.join(names)}; retentions {', '.join(f'{r:g}' for r in retentions)}"
-          + (f"; resuming after {len(done)} finished rows" if done else ""), flush=True)
     total = 1 + len(names) * len(retentions)
     try:
+        model, processor = testbed.load_bench_model(args.model, args.device)
+        examples = testbed.examples_at(args.split, indices)
+        subset = ("the first" if seed is None else f"a stratified subset (seed {seed}) of") + f" {len(examples)}"
+        print(f"model: {args.model or 'the shipped reference model'}; {subset} {args.split} examples; "
+              f"presses {', '.join(names)}; retentions {', '.join(f'{r:g}' for r in retentions)}"
+              + (f"; resuming after {len(done)} finished rows" if done else ""), flush=True)
         results = testbed.run_grid(model, processor, examples, names, retentions, batch_size=args.batch_size,
                                    progress=not args.quiet, done=done, on_row=store.append, workers=args.workers)
     except KeyboardInterrupt:
