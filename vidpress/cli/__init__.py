@@ -6,14 +6,19 @@ import argparse
 import logging
 import sys
 
-from vidpress import __version__
 from vidpress.cli import bench, evaluate, generate, inspect_press, profiling
+
+
+def _version() -> str:
+    import vidpress  # the package root holds the version
+
+    return vidpress.__version__
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="vidpress", description="Visual-token compression for Video LLMs.")
     top.add_argument("-v", "--verbose", action="store_true", help="log what the presses do")
-    top.add_argument("--version", action="version", version=f"vidpress {__version__}")
+    top.add_argument("--version", action="version", version=f"vidpress {_version()}")
     sub = top.add_subparsers(dest="command", required=True)
     for command in (generate, bench, inspect_press, evaluate, profiling):  # the order of `vidpress --help`
         command.add_parser(sub)
