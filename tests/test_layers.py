@@ -12,28 +12,29 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "vidpress"
 
 # Each unit (a top-level module or subpackage of vidpress) and the units it may import. Read bottom-up: the base
-# (types, video, inputs, testing), the library (models, retrieval, presses, synthetic, serving), the helpers the
+# (types, files, video, inputs, testing), the library (models, retrieval, presses, synthetic, serving), the helpers the
 # front ends share (loading: models and presses by name; timing: prefill with and without a press), then
 # evaluation, training and the command line on top.
 ALLOWED = {
     "types": set(),
+    "files": set(),
     "_compat": set(),
     "video": {"types", "_compat"},
     "inputs": {"video", "types"},
     "testing": {"inputs", "video", "types", "_compat"},
     "models": {"types"},
-    "retrieval": {"models", "video", "types"},
-    "presses": {"retrieval", "models", "types"},
+    "retrieval": {"models", "video", "files", "types"},
+    "presses": {"retrieval", "models", "files", "types"},
     "synthetic": {"testing", "inputs", "video", "types"},
     "serving": {"presses", "models", "types", "_compat"},
     "loading": {"presses", "models", "testing", "inputs", "video", "types"},
     "timing": {"presses", "models", "inputs", "video", "types"},
     "evaluation": {"loading", "timing", "synthetic", "presses", "models", "retrieval", "serving", "inputs", "video",
-                   "testing", "types", "_compat"},
+                   "testing", "files", "types", "_compat"},
     "training": {"evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs", "video",
-                 "testing", "types"},
+                 "testing", "files", "types"},
     "cli": {"training", "evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs",
-            "video", "testing", "types", "_compat"},
+            "video", "testing", "files", "types", "_compat"},
     "__main__": {"cli"},
     "__init__": {"presses", "types", "_compat"},  # the package's public names
 }

@@ -193,6 +193,41 @@ def test_index_bad_input(tmp_path):
         ClipIndex.load(tmp_path)
 
 
+def _without(meta: dict, key: str) -> str:
+    return json.dumps({k: v for k, v in meta.items() if k != key})
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda meta: _without(meta, "dim"), r"missing field\(s\) dim"),
+    (lambda meta: _without(meta, "ranges"), r"missing field\(s\) ranges"),
+    (lambda meta: json.dumps({**meta, "dim": "8"}), "dim must be a positive integer"),
+    (lambda meta: json.dumps({**meta, "ranges": [[0, 1], "x"]}), r"frame ranges must be \(start, end\) pairs"),
+    (lambda meta: json.dumps([meta]), "must be a JSON object; the file holds a JSON array"),
+    (lambda meta: "{broken", r"not valid JSON \(.* at line 1 column 2"),
+    (lambda meta: "", "is empty"),
+])
+def test_index_load_names_the_broken_file_and_the_problem(tmp_path, edit, message):
+    index = ClipIndex(8, "torch")
+    index.add(torch.randn(2, 8), [(0, 1), (1, 2)])
+    index.save(tmp_path)
+    path = tmp_path / index_module.META_FILE
+    path.write_text(edit(json.loads(path.read_text())))
+    with pytest.raises(ValueError, match=message) as caught:
+        ClipIndex.load(tmp_path)
+    assert str(path) in str(caught.value)
+
+
+def test_index_load_names_truncated_embeddings(tmp_path):
+    index = ClipIndex(8, "torch")
+    index.add(torch.randn(2, 8), [(0, 1), (1, 2)])
+    index.save(tmp_path)
+    path = tmp_path / index_module.EMBEDDINGS_FILE
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match="not a complete safetensors file") as caught:
+        ClipIndex.load(tmp_path)
+    assert str(path) in str(caught.value)
+
+
 # ----------------------------------------------------------------------------------------------- retrieval
 
 
