@@ -136,7 +136,11 @@ def load(
         raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    path = os.fspath(path)
+    if isinstance(path, (bytes, bytearray, memoryview)) or not isinstance(path, (str, os.PathLike)):
+        what = f"{len(path)} bytes" if isinstance(path, (bytes, bytearray, memoryview)) else type(path).__name__
+        raise ValueError(f"load takes the path of a video file (str or os.PathLike); got {what} (to decode video "
+                         "data held in memory, write it to a file first)")
+    path = os.fsdecode(path)
     if not os.path.exists(path):
         raise VideoDecodeError(f"{path}: no such file")
     if not os.path.isfile(path):
