@@ -27,7 +27,7 @@ ALLOWED = {
     "presses": {"retrieval", "models", "files", "types"},
     "synthetic": {"testing", "inputs", "video", "types"},
     "serving": {"presses", "models", "types", "_compat"},
-    "loading": {"presses", "models", "testing", "inputs", "video", "types"},
+    "loading": {"presses", "models", "testing", "inputs", "video", "files", "types"},
     "timing": {"presses", "models", "inputs", "video", "types"},
     "evaluation": {"loading", "timing", "synthetic", "presses", "models", "retrieval", "serving", "inputs", "video",
                    "testing", "files", "types", "_compat"},

@@ -58,5 +58,23 @@ def load_safetensors(path, what: str, device: str = "cpu") -> dict:
     try:
         return load_file(path, device=str(device))
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path}: cannot read the {what} ({error}); it is not a complete safetensors file "
-                         "(truncated or another format): copy or save it again") from None
+        raise _not_safetensors(path, what, error) from None
+
+
+def weights_error(folder, error: Exception) -> ValueError:
+    """The error for a model `folder` whose weights failed to load with `error` (a SafetensorError): it names the
+    first *.safetensors file there that is not complete (transformers' own message names none)."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as broken:
+            return _not_safetensors(path, "model weights", broken)
+    return ValueError(f"{folder}: cannot read the model weights ({error})")
+
+
+def _not_safetensors(path, what: str, error: Exception) -> ValueError:
+    return ValueError(f"{path}: cannot read the {what} ({error}); it is not a complete safetensors file (truncated "
+                      "or another format): copy or save it again")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vidpress.cli.common import (
+    check_at_least,
     check_layer_press,
     check_retrieve,
     floor_note,
@@ -43,6 +44,7 @@ def run(args) -> int:
     from vidpress.loading import DEMO_FAMILY, build_press, load_model
     from vidpress.timing import frame_budgets, time_prefill
 
+    check_at_least(args, 1, "num_frames", "max_new_tokens", "repeats")
     press = build_press(args.press, args.retention, args.policy)
     check_retrieve(args)
     video_path = Path(args.video) if args.video else video.sample_video()

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vidpress.cli.common import check_retrieve, make_retriever, policy_option, retrieve_options, runtime_options
+from vidpress.cli.common import (
+    check_at_least,
+    check_layer_press,
+    check_retrieve,
+    make_retriever,
+    policy_option,
+    retrieve_options,
+    runtime_options,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -61,15 +69,16 @@ def run(args) -> int:
     from vidpress.testing import tiny_video
 
     press = build_press(args.press, args.retention, args.policy)
-    for name in ("frames", "resolution", "repeats", "decode_tokens"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
+    check_at_least(args, 1, "frames", "resolution", "repeats", "decode_tokens")
     if args.model and (args.layers is not None or args.vision_layers is not None):
         raise ValueError("--layers / --vision-layers scale a --config's random model; they do not apply to --model")
     check_retrieve(args)
+    if not args.model:  # the depth is known before the model is built: check a press acting inside the LLM now
+        check_layer_press(press, checkpoints.depths(args.config, args.layers, args.vision_layers)[0], args)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     if args.model:
         model, processor = load_model(args.model, args.attn, args.device, args.dtype)
+        check_layer_press(press, model, args)
         described = f"model {args.model}"
     else:
         print(f"building a random-weight {args.config} ...", flush=True)

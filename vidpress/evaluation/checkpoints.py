@@ -93,7 +93,17 @@ CHECKPOINTS: dict[str, Checkpoint] = {
     ),
 }
 TINY = "tiny"  # vidpress.testing's tiny random Qwen2.5-VL (text 128 wide, 2 layers; vision 64 wide, 2 blocks)
+TINY_DEPTHS = (2, 2)
 NAMES = (*CHECKPOINTS, TINY)
+
+
+def depths(name: str, layers: int | None = None, vision_layers: int | None = None) -> tuple[int, int]:
+    """(LLM decoder layers, vision blocks) that `build(name, layers=..., vision_layers=...)` gives, checked before
+    anything is built: ValueError for an unknown name or a depth outside [1, published depth]."""
+    if name not in NAMES:
+        raise ValueError(f"unknown config {name!r}; accepted: {', '.join(NAMES)}")
+    published = TINY_DEPTHS if name == TINY else (CHECKPOINTS[name].layers, CHECKPOINTS[name].vision_layers)
+    return _depth(layers, published[0], "layers"), _depth(vision_layers, published[1], "vision-layers")
 
 
 def build(name: str, *, layers: int | None = None, vision_layers: int | None = None, dtype=torch.float32,
@@ -105,19 +115,17 @@ def build(name: str, *, layers: int | None = None, vision_layers: int | None = N
     """
     from vidpress import testing  # (imported here: it loads transformers' processors, which the CLI parser need not)
 
-    if name not in NAMES:
-        raise ValueError(f"unknown config {name!r}; accepted: {', '.join(NAMES)}")
+    text_layers, vision_blocks = depths(name, layers, vision_layers)
     if name == TINY:
-        text = {"num_hidden_layers": _depth(layers, 2, "layers")} if layers is not None else None
-        vision = {"depth": _depth(vision_layers, 2, "vision-layers")} if vision_layers is not None else None
+        text = {"num_hidden_layers": text_layers} if layers is not None else None
+        vision = {"depth": vision_blocks} if vision_layers is not None else None
         with torch.device(device):
             model, processor = testing.tiny_model_and_processor("qwen2_5_vl", text_config=text, vision_config=vision)
         model.set_attn_implementation(attn_implementation)
         return model.to(dtype).eval(), processor
     checkpoint = CHECKPOINTS[name]
     tokenizer = testing.train_tokenizer(checkpoint.family)
-    config = _config(checkpoint, tokenizer, _depth(layers, checkpoint.layers, "layers"),
-                     _depth(vision_layers, checkpoint.vision_layers, "vision-layers"))
+    config = _config(checkpoint, tokenizer, text_layers, vision_blocks)
     model_class = getattr(transformers, testing.MODEL_CLASSES[checkpoint.family])
     if torch.device(device).type != "meta":
         _check_fits(name, model_class, config, dtype, torch.device(device))
