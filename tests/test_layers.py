@@ -1,7 +1,8 @@
 """The package's layering: imports run one way (cli -> training -> evaluation -> the library -> its base).
 
 Every `import` / `from ... import` of a vidpress module, also the ones inside functions, is checked against the
-layer table below; a new module must be placed in it (the test names any module it does not know).
+layer table below; a new module must be placed in it (the test names any module it does not know). A name with a
+leading underscore stays inside its module: what another module needs is public (or lives with its user).
 """
 
 import ast
@@ -18,25 +19,25 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vidpress"
 ALLOWED = {
     "types": set(),
     "files": set(),
-    "_compat": set(),
-    "video": {"types", "_compat"},
+    "compat": set(),
+    "video": {"types", "compat"},
     "inputs": {"video", "types"},
-    "testing": {"inputs", "video", "types", "_compat"},
+    "testing": {"inputs", "video", "types", "compat"},
     "models": {"types"},
     "retrieval": {"models", "video", "files", "types"},
     "presses": {"retrieval", "models", "files", "types"},
     "synthetic": {"testing", "inputs", "video", "types"},
-    "serving": {"presses", "models", "types", "_compat"},
+    "serving": {"presses", "models", "types", "compat"},
     "loading": {"presses", "models", "testing", "inputs", "video", "files", "types"},
     "timing": {"presses", "models", "inputs", "video", "types"},
     "evaluation": {"loading", "timing", "synthetic", "presses", "models", "retrieval", "serving", "inputs", "video",
-                   "testing", "files", "types", "_compat"},
+                   "testing", "files", "types", "compat"},
     "training": {"evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs", "video",
                  "testing", "files", "types"},
     "cli": {"training", "evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs",
-            "video", "testing", "files", "types", "_compat"},
+            "video", "testing", "files", "types", "compat"},
     "__main__": {"cli"},
-    "__init__": {"presses", "types", "_compat"},  # the package's public names
+    "__init__": {"presses", "types", "compat"},  # the package's public names
 }
 
 
@@ -87,3 +88,60 @@ def test_imports_run_one_way(path):
              if _unit(module) not in ALLOWED[unit] | {unit} and module != "vidpress"]
     assert not wrong, f"{path.relative_to(PACKAGE)} ({unit}) may import only {sorted(ALLOWED[unit])}; it imports " + \
         "; ".join(wrong)
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _private_uses(path: Path) -> list[str]:
+    """'line N: module._name' for every private name of another vidpress module that the file imports
+    (`from vidpress.x import _y`) or reaches through an imported module (`x._y`)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    modules, found = {}, []  # local name -> the vidpress module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                module = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                  + ([node.module] if node.module else []))
+            if module != "vidpress" and not module.startswith("vidpress."):
+                continue
+            for alias in node.names:
+                if _is_module(f"{module}.{alias.name}"):
+                    modules[alias.asname or alias.name] = f"{module}.{alias.name}"
+                    if _private(alias.name):
+                        found.append(f"line {node.lineno}: module {module}.{alias.name}")
+                elif _private(alias.name) and module != me:
+                    found.append(f"line {node.lineno}: {module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("vidpress"):
+                    if any(_private(part) for part in alias.name.split(".")):
+                        found.append(f"line {node.lineno}: module {alias.name}")
+                    modules[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else "vidpress"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            chain, value = [], node.value
+            while isinstance(value, ast.Attribute):
+                chain.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name) and value.id in modules:
+                owner = ".".join([modules[value.id], *reversed(chain)])
+                if _is_module(owner) and owner != me:
+                    found.append(f"line {node.lineno}: {owner}.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_private_names_stay_in_their_module(path):
+    used = _private_uses(path)
+    assert not used, f"{path.relative_to(PACKAGE)} uses private names of other modules (make them public or move " \
+        "them): " + "; ".join(used)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from vidpress.cli.common import (
-    check_at_least,
     check_layer_press,
     check_retrieve,
     make_retriever,
@@ -69,7 +68,9 @@ def run(args) -> int:
     from vidpress.testing import tiny_video
 
     press = build_press(args.press, args.retention, args.policy)
-    check_at_least(args, 1, "frames", "resolution", "repeats", "decode_tokens")
+    for name in ("frames", "resolution", "repeats", "decode_tokens"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
     if args.model and (args.layers is not None or args.vision_layers is not None):
         raise ValueError("--layers / --vision-layers scale a --config's random model; they do not apply to --model")
     check_retrieve(args)

@@ -332,10 +332,10 @@ def synthetic_data(model, processor, split: str, num_examples: int, progress: bo
     from vidpress.inputs import placeholder_text
     from vidpress.synthetic.reference import FPS
     from vidpress.synthetic.world import LETTERS, WorldConfig
-    from vidpress.training.reference import _cache, _video_grid
+    from vidpress.training.reference import cache_split, video_grid
 
     config = WorldConfig()
-    data = _cache(model, split, np.arange(num_examples), config, progress,
+    data = cache_split(model, split, np.arange(num_examples), config, progress,
                   f"encoding {split} videos (vision tower, once)")
     n = data.features.shape[1]
     tokenizer = processor.tokenizer
@@ -348,7 +348,7 @@ def synthetic_data(model, processor, split: str, num_examples: int, progress: bo
                      "family": family})
     videos = VideoFeatures(
         features=list(data.features),
-        grids=_video_grid(len(rows), config),
+        grids=video_grid(len(rows), config),
         seconds_per_grid=torch.full((len(rows),), config.temporal_patch / FPS),
     )
     if tokenizer.pad_token_id is None:
