@@ -13,29 +13,30 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "vidpress"
 
 # Each unit (a top-level module or subpackage of vidpress) and the units it may import. Read bottom-up: the base
-# (types, files, video, inputs, testing), the library (models, retrieval, presses, synthetic, serving), the helpers the
+# (types, files, video, inputs, tiny), the library (models, retrieval, presses, synthetic, serving), the helpers the
 # front ends share (loading: models and presses by name; timing: prefill with and without a press), then
-# evaluation, training and the command line on top.
+# evaluation, training and the command line on top. `testing` (test support) is imported by tests only.
 ALLOWED = {
     "types": set(),
     "files": set(),
     "compat": set(),
     "video": {"types", "compat"},
     "inputs": {"video", "types"},
-    "testing": {"inputs", "video", "types", "compat"},
+    "tiny": set(),
+    "testing": {"tiny", "inputs", "video", "types", "compat"},
     "models": {"types"},
     "retrieval": {"models", "video", "files", "types"},
     "presses": {"retrieval", "models", "files", "types"},
-    "synthetic": {"testing", "inputs", "video", "types"},
+    "synthetic": {"tiny", "inputs", "video", "types"},
     "serving": {"presses", "models", "types", "compat"},
-    "loading": {"presses", "models", "testing", "inputs", "video", "files", "types"},
+    "loading": {"presses", "models", "tiny", "inputs", "video", "files", "types"},
     "timing": {"presses", "models", "inputs", "video", "types"},
     "evaluation": {"loading", "timing", "synthetic", "presses", "models", "retrieval", "serving", "inputs", "video",
-                   "testing", "files", "types", "compat"},
+                   "tiny", "files", "types", "compat"},
     "training": {"evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs", "video",
-                 "testing", "files", "types"},
+                 "tiny", "files", "types"},
     "cli": {"training", "evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs",
-            "video", "testing", "files", "types", "compat"},
+            "video", "tiny", "files", "types", "compat"},
     "__main__": {"cli"},
     "__init__": {"presses", "types", "compat"},  # the package's public names
 }
@@ -79,6 +80,14 @@ FILES = sorted(PACKAGE.rglob("*.py"))
 def test_every_unit_is_placed():
     units = {_unit(_module_name(path)) for path in FILES}
     assert not units - set(ALLOWED), f"place these in ALLOWED (what may they import?): {sorted(units - set(ALLOWED))}"
+
+
+def test_production_code_does_not_import_the_test_support():
+    users = sorted(unit for unit, allowed in ALLOWED.items() if "testing" in allowed)
+    assert not users, f"only tests import vidpress.testing; what the product needs belongs in vidpress.tiny: {users}"
+    imports = [f"{path.relative_to(PACKAGE)} line {line}" for path in FILES if _unit(_module_name(path)) != "testing"
+               for line, module in _imports(path) if _unit(module) == "testing"]
+    assert not imports, "production modules import vidpress.testing: " + "; ".join(imports)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))

@@ -21,7 +21,7 @@ def load_model(path: str | None, attn: str = "sdpa", device: str = "cpu", dtype:
     from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vidpress.testing import load_tiny
+    from vidpress.tiny import load_tiny
 
     torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
                    "float16": torch.float16}[dtype]

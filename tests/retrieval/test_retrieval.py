@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_dual_encoders import build_tiny_dual_encoder
 
 from vidpress import video
 from vidpress.cli import main
@@ -20,7 +21,6 @@ from vidpress.retrieval import (
     VLMEmbedder,
 )
 from vidpress.retrieval import index as index_module
-from vidpress.retrieval.tiny import build_tiny_dual_encoder
 from vidpress.testing import FAMILIES, tiny_video
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "dark red": (140, 10, 20)}

@@ -24,7 +24,7 @@ def run(args) -> int:
 
     from vidpress import video
     from vidpress.evaluation.bench import load_bench_model
-    from vidpress.evaluation.inspect import draw
+    from vidpress.evaluation.drawing import draw
     from vidpress.inputs import video_inputs
     from vidpress.loading import build_press
     from vidpress.timing import frame_budgets

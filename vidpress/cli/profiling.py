@@ -65,7 +65,7 @@ def run(args) -> int:
     from vidpress.evaluation.profiler import format_profile, format_retrieval, profile, profile_retrieval
     from vidpress.inputs import build_inputs, video_inputs
     from vidpress.loading import build_press, load_model
-    from vidpress.testing import tiny_video
+    from vidpress.tiny import tiny_video
 
     press = build_press(args.press, args.retention, args.policy)
     for name in ("frames", "resolution", "repeats", "decode_tokens"):
