@@ -2,9 +2,11 @@
 
 A small policy (one decoder layer copied from the VLM's first LLM layer, run without a causal mask over the whole
 prompt: system text, video, question) scores every token and every frame; it is trained by combinatorial policy
-optimisation against the frozen VLM (`vidpress.training.cacovid`). At inference (the released allocation, METHODS.md
-"Released rules" 3) the frame head splits the top-scored part of the budget over frames, each frame takes its top
-tokens by token score, and an evenly spaced, frame-blind fill over all remaining tokens completes the budget.
+optimisation against the frozen VLM (`vidpress.training.cacovid`). At inference (the allocation of the authors'
+release, e.g. the checkpoint moraleyc/CaCoVID_LLaVA-OneVision with imp_ratio 0.5 and frame shares clipped to
+[0.5/T, 1.5/T]; see `released_allocation`) the frame head splits the top-scored part of the budget over frames, each
+frame takes its top tokens by token score, and an evenly spaced, frame-blind fill over all remaining tokens completes
+the budget.
 """
 
 from __future__ import annotations
