@@ -42,7 +42,7 @@ class VidCom2Press(ScorePress):
 
     def __post_init__(self):
         super().__post_init__()
-        check_number("tau", self.tau, "a number > 0 (softmax temperature)", lambda v: v > 0)
+        check_number("tau", self.tau, "> 0 (a number: the softmax temperature)", lambda v: v > 0)
         accepted = "a non-empty list of positive kernel bandwidths"
         values = [] if isinstance(self.alphas, str) or not isinstance(self.alphas, Iterable) else list(self.alphas)
         if not values:
