@@ -29,7 +29,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import vidpress  # noqa: E402,F401  (torchvision fix before vLLM imports it)
-from vidpress.serving.vllm import register  # noqa: E402
+from vidpress.serving.vllm import register_plugin  # noqa: E402
 from vidpress.testing import tiny_model_and_processor, tiny_video  # noqa: E402
 
 TEXT = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
@@ -121,7 +121,7 @@ def main(argv=None):
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
-    register()  # in-process engine: the entry point would do the same
+    register_plugin()  # in-process engine: the entry point would do the same
     # The stock class too, as a class: vLLM inspects lazily registered classes in a fresh interpreter that cannot
     # import this machine's CUDA torchvision wheel (docs/vllm.md); on a normal install this line changes nothing.
     from vllm import ModelRegistry

@@ -1,6 +1,7 @@
 """Straightforward per-frame-loop implementations of press rules, to check the vectorised ones against.
 
-Written directly from ../shared/METHODS.md §1, one frame at a time, the way the rule reads.
+Written directly from VidCom²'s rule (arXiv 2505.14454; `VidCom2Press`'s docstring), one frame at a time, the way
+the rule reads.
 """
 
 import torch

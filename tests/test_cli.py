@@ -141,3 +141,60 @@ def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
     monkeypatch.setattr(train, "_run_train_cgrpo", missing)
     assert main(["train", "cgrpo", "--out", "x"]) == 2
     assert 'needs the peft package: pip install -c constraints.txt -e ".[train]"' in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--repeats", "0"], "--repeats must be a positive integer; got 0"),
+    (["generate", "--max-new-tokens", "0"], "--max-new-tokens must be a positive integer; got 0"),
+    (["profile", "--repeats", "0"], "--repeats must be a positive integer; got 0"),
+    (["profile", "--press", "fastv", "--layers", "1"],
+     "--press fastv drops tokens between LLM layers and does not fit this model's 1 layers"),
+    (["inspect", "--out", "dir.mp4"], "--out dir.mp4: pass the path of a .png file"),
+    (["inspect", "--num-frames", "0"], "--num-frames must be a positive integer; got 0"),
+    (["train", "reference", "--train-examples", "0"], "--train-examples must be a positive integer; got 0"),
+    (["train", "reference", "--batch-size", "0"], "--batch-size must be a positive integer; got 0"),
+    (["train", "reference", "--stage2-steps", "-1"], "--stage2-steps must be an integer >= 0; got -1"),
+    (["train", "reference", "--test-examples", "-1"], "--test-examples must be an integer >= 0; got -1"),
+    (["train", "cacovid", "--train-examples", "0"], "--train-examples must be a positive integer; got 0"),
+    (["train", "cacovid", "--rounds", "0"], "--rounds must be a positive integer; got 0"),
+    (["train", "cacovid", "--val-examples", "-2"], "--val-examples must be an integer >= 0; got -2"),
+    (["train", "cgrpo", "--steps", "0"], "--steps must be a positive integer; got 0"),
+    (["train", "cgrpo", "--num-generations", "1"], "--num-generations must be an integer >= 2"),
+])
+def test_bad_options_are_one_line_errors_before_any_work(argv, message, capsys, monkeypatch, tmp_path):
+    from vidpress import loading
+    from vidpress.evaluation import checkpoints, testbed
+    from vidpress.training import cacovid, reference
+
+    def started(*args, **kwargs):
+        pytest.fail("the command started its work before checking its options")
+
+    for module, name in [(loading, "load_model"), (testbed, "load_bench_model"), (checkpoints, "build"),
+                         (reference, "train_reference"), (cacovid, "train_cacovid")]:
+        monkeypatch.setattr(module, name, started)
+    if argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_broken_files_are_named_in_one_line(tmp_path, capsys):
+    import json
+    import shutil
+
+    from vidpress.evaluation.testbed import CACOVID_REFERENCE_DIR
+    from vidpress.synthetic.reference import REFERENCE_DIR
+
+    policy = shutil.copytree(CACOVID_REFERENCE_DIR, tmp_path / "policy")
+    config = json.loads((policy / "cacovid_config.json").read_text())
+    del config["hidden_size"]
+    (policy / "cacovid_config.json").write_text(json.dumps(config))
+    assert main(["generate", "--press", "cacovid", "--policy", str(policy), "--num-frames", "4"]) == 2
+    assert f"{policy / 'cacovid_config.json'}: missing field(s) hidden_size" in one_line_error(capsys)
+
+    model = shutil.copytree(REFERENCE_DIR, tmp_path / "model")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    assert main(["generate", "--model", str(model), "--num-frames", "4"]) == 2
+    error = one_line_error(capsys)
+    assert f"{weights}: cannot read the model weights" in error and "not a complete safetensors file" in error

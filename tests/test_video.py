@@ -286,6 +286,15 @@ def test_bad_arguments(kwargs, named):
     assert not isinstance(caught.value, VideoDecodeError)
 
 
+@pytest.mark.parametrize("path, named", [(b"\x00\x00\x00 ftypisom", "got 12 bytes"), (None, "got NoneType"),
+                                         (3, "got int")])
+def test_load_takes_a_path_and_says_so(path, named):
+    with pytest.raises(ValueError, match=rf"path of a video file \(str or os.PathLike\); {named}"):
+        load(path, 4)
+    with pytest.raises(ValueError, match="got 5 bytes"):  # a path given as bytes: refused the same way
+        load(b"a.mp4", 4)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

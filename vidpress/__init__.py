@@ -5,7 +5,7 @@
         out = model.generate(**inputs, max_new_tokens=32)
 """
 
-from vidpress._compat import ensure_torchvision_importable
+from vidpress.compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vidpress import presses
+from vidpress.files import weights_error
 from vidpress.presses import PRESSES
 from vidpress.types import check_retention
 
@@ -17,9 +18,10 @@ def load_model(path: str | None, attn: str = "sdpa", device: str = "cpu", dtype:
     `path` is None. attn: attention implementation; dtype: "auto" (the checkpoint's own), "float32", "bfloat16"
     or "float16"."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vidpress.testing import load_tiny
+    from vidpress.tiny import load_tiny
 
     torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
                    "float16": torch.float16}[dtype]
@@ -28,8 +30,11 @@ def load_model(path: str | None, attn: str = "sdpa", device: str = "cpu", dtype:
         return model.to(device), processor
     if not Path(path).is_dir():
         raise ValueError(f"--model {path!r} is not a directory; pass a local model folder (from save_pretrained)")
-    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn,
-                                                        dtype=torch_dtype).to(device).eval()
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn, dtype=torch_dtype)
+    except SafetensorError as error:
+        raise weights_error(path, error) from None
+    model = model.to(device).eval()
     return model, AutoProcessor.from_pretrained(path)
 
 

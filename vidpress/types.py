@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,13 +34,17 @@ class VideoTokens:
             raise ValueError(f"features must be a tensor [T, M, D] (3 dims); got {shape}")
         if not self.features.is_floating_point():
             raise ValueError(f"features must be a floating-point tensor; got dtype {self.features.dtype}")
+        if self.features.is_meta:
+            raise ValueError("features are on the meta device (shapes without values); presses need real values: "
+                             "load the model's weights (not on device 'meta') before pressing")
         T, M, _ = self.features.shape
         if T == 0 or M == 0:
             raise ValueError("features must hold at least one frame and one token per frame; "
                              f"got shape {tuple(self.features.shape)}")
-        grid = tuple(int(g) for g in self.grid)
-        if len(grid) != 3 or grid[0] != T or grid[1] * grid[2] != M:
-            raise ValueError(f"grid must be (t, h, w) with t == T={T} and h * w == M={M}; got {self.grid}")
+        grid = _grid(self.grid)
+        if grid is None or grid[0] != T or grid[1] * grid[2] != M:
+            raise ValueError(f"grid must be three integers (t, h, w) >= 1 with t == T={T} and h * w == M={M}; "
+                             f"got {self.grid!r}")
         self.grid = grid
         if self.timestamps is not None and self.timestamps.shape != (T,):
             raise ValueError(f"timestamps must have shape [T]=[{T}]; got {tuple(self.timestamps.shape)}")
@@ -63,6 +69,15 @@ class VideoTokens:
         # A sum is non-finite whenever an element is (or, rarely, on overflow): one cheap pass decides.
         if not torch.isfinite(self.features.sum()) and not torch.isfinite(self.features).all():
             raise ValueError("features contain NaN or Inf values; presses accept finite features only")
+
+
+def _grid(grid) -> tuple[int, int, int] | None:
+    """(t, h, w) as ints when `grid` is three integers >= 1 (ints, numpy or 0-dim integer tensors); else None."""
+    try:
+        sizes = tuple(operator.index(g) for g in grid if not isinstance(g, (bool, np.bool_)))
+    except TypeError:
+        return None
+    return sizes if len(sizes) == 3 == len(grid) and min(sizes) >= 1 else None
 
 
 @dataclass
@@ -140,4 +155,15 @@ def check_retention(retention: float) -> float:
         raise ValueError(f"retention must be a number in (0, 1]; got {retention!r}") from None
     if not (0.0 < value <= 1.0) or math.isnan(value):
         raise ValueError(f"retention must be in (0, 1] (1.0 keeps every token); got {retention!r}")
+    return value
+
+
+def check_number(name: str, value, accepted: str, within=lambda v: True, integer: bool = False):
+    """Validate a numeric knob: a real number (an integer with integer=True), not a bool or NaN, for which
+    `within(value)` holds. The error names the knob, the value and what is `accepted` ("a number > 0").
+    Returns the value unchanged."""
+    kind = numbers.Integral if integer else numbers.Real
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, kind) or math.isnan(value)
+            or not within(value)):
+        raise ValueError(f"{name} must be {accepted}; got {value!r}")
     return value

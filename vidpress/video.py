@@ -136,7 +136,11 @@ def load(
         raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    path = os.fspath(path)
+    if isinstance(path, (bytes, bytearray, memoryview)) or not isinstance(path, (str, os.PathLike)):
+        what = f"{len(path)} bytes" if isinstance(path, (bytes, bytearray, memoryview)) else type(path).__name__
+        raise ValueError(f"load takes the path of a video file (str or os.PathLike); got {what} (to decode video "
+                         "data held in memory, write it to a file first)")
+    path = os.fsdecode(path)
     if not os.path.exists(path):
         raise VideoDecodeError(f"{path}: no such file")
     if not os.path.isfile(path):
@@ -195,7 +199,7 @@ def _check_max_frames(indices: np.ndarray, max_frames, path) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- PyAV
 
 
-def _open_pyav(path: str):
+def open_pyav(path: str):
     """Open `path` with PyAV and return (container, first video stream); VideoDecodeError if impossible."""
     import av
 
@@ -214,7 +218,7 @@ def _open_pyav(path: str):
     return container, container.streams.video[0]
 
 
-def _is_data_packet(packet) -> bool:
+def is_data_packet(packet) -> bool:
     # PyAV ends demuxing with one empty, timestamp-less packet per stream that only flushes the decoder.
     return packet.size > 0 or packet.dts is not None
 
@@ -223,7 +227,7 @@ def probe_pyav(path: str) -> tuple[float, int]:
     """(frame rate, frame count) of the first video stream; the count is the container's, or its packet count."""
     import av
 
-    container, stream = _open_pyav(path)
+    container, stream = open_pyav(path)
     with container:
         rate = stream.average_rate or stream.guessed_rate
         if not rate:
@@ -232,7 +236,7 @@ def probe_pyav(path: str) -> tuple[float, int]:
         if total <= 0:
             # Formats such as Matroska/WebM store no frame count; demuxing reads packets without decoding them.
             try:
-                total = sum(1 for packet in container.demux(stream) if _is_data_packet(packet))
+                total = sum(1 for packet in container.demux(stream) if is_data_packet(packet))
             except av.FFmpegError as error:
                 raise VideoDecodeError(f"{path}: cannot read the video stream ({error})") from error
     return float(rate), total
@@ -265,7 +269,7 @@ def decode_pyav(path: str, indices: np.ndarray, listed: int, rate: float) -> tup
     """
     import av
 
-    container, stream = _open_pyav(path)
+    container, stream = open_pyav(path)
     wanted = indices.tolist()
     frames: np.ndarray | None = None
     turns = 0
@@ -280,7 +284,7 @@ def decode_pyav(path: str, indices: np.ndarray, listed: int, rate: float) -> tup
             for packet in container.demux(stream):
                 if packet.is_corrupt:
                     raise VideoDecodeError(f"{path}: corrupt or truncated data after {decoded} decoded frames")
-                packets += _is_data_packet(packet)
+                packets += is_data_packet(packet)
                 for frame in packet.decode():
                     if origin is None and frame.time is not None:
                         origin = frame.time
@@ -311,10 +315,10 @@ def frame_times_pyav(path: str) -> np.ndarray | None:
     from the packets without decoding; None when a packet carries no timestamp."""
     import av
 
-    container, stream = _open_pyav(path)
+    container, stream = open_pyav(path)
     with container:
         try:
-            stamps = [packet.pts for packet in container.demux(stream) if _is_data_packet(packet)]
+            stamps = [packet.pts for packet in container.demux(stream) if is_data_packet(packet)]
         except av.FFmpegError as error:
             raise VideoDecodeError(f"{path}: cannot read the video stream ({error})") from error
         if not stamps or any(pts is None for pts in stamps):

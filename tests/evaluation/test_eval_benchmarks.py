@@ -21,7 +21,7 @@ def layouts(tmp_path_factory):
 @pytest.mark.parametrize("name", list(WRITERS))
 def test_loader_reads_the_published_layout(layouts, name):
     root, count = layouts[name]
-    bench = benchmarks.get(name)
+    bench = benchmarks.get_benchmark(name)
     samples = bench.load(root)
     assert len(samples) == count
     assert len({s.id for s in samples}) == count
@@ -37,25 +37,25 @@ def test_loader_reads_the_published_layout(layouts, name):
 
 def test_mvbench_details(layouts):
     root, _ = layouts["mvbench"]
-    samples = {s.categories["task"]: s for s in benchmarks.get("mvbench").load(root)}
+    samples = {s.categories["task"]: s for s in benchmarks.get_benchmark("mvbench").load(root)}
     assert samples["Action Sequence"].clip == (0.5, 1.5) and samples["Action Antonym"].clip is None
     assert samples["Action Sequence"].video == root / "video/star/Charades_v1_480/clip0.mp4"
     # Bounded clip of a 16-frame 8 fps video: frames 4..12, four segments of 2, middles at 5, 7, 9, 11.
-    assert benchmarks.get("mvbench").frames(samples["Action Sequence"], 4).frame_indices == [5, 7, 9, 11]
+    assert benchmarks.get_benchmark("mvbench").frames(samples["Action Sequence"], 4).frame_indices == [5, 7, 9, 11]
     episodic = samples["Episodic Reasoning"]
     assert episodic.video.is_dir()
-    video = benchmarks.get("mvbench").frames(episodic, 3)
+    video = benchmarks.get_benchmark("mvbench").frames(episodic, 3)
     # The 1 s clip of 3 fps frames spans files 2..4; three segments of 2/3 frame fall on files 2, 3, 3.
     assert video.frames.shape == (3, 48, 64, 3) and video.fps == 3.0 and video.frame_indices == [1, 2, 2]
     assert (video.frames[1] == video.frames[2]).all() and not (video.frames[0] == video.frames[1]).all()
 
 
 def test_videomme_and_lvb_details(layouts):
-    samples = benchmarks.get("videomme").load(layouts["videomme"][0])
+    samples = benchmarks.get_benchmark("videomme").load(layouts["videomme"][0])
     assert [s.answer for s in samples] == ["A", "B", "C"]
     assert samples[0].options[0] == "One." and samples[2].categories["duration"] == "medium"
-    assert "A. One.\nB. Two." in benchmarks.get("videomme").prompt(samples[0])
-    lvb = benchmarks.get("longvideobench").load(layouts["longvideobench"][0])
+    assert "A. One.\nB. Two." in benchmarks.get_benchmark("videomme").prompt(samples[0])
+    lvb = benchmarks.get_benchmark("longvideobench").load(layouts["longvideobench"][0])
     assert [s.answer for s in lvb] == ["A", "B", "C"]
     assert lvb[2].categories == {"duration_group": "60", "question_category": "S2E"}
 
@@ -66,11 +66,11 @@ def test_sampling_rules():
     # Frame folders count from 1; indices come back 0-based into the sorted files.
     assert segment_middles(30, 3.0, 3, clip=(2.0, 8.0), first_index=1).tolist() == [8, 14, 20]
     assert segment_middles(5, 25.0, 8).tolist() == [0, 0, 1, 2, 2, 2, 3, 4]  # short videos repeat frames
-    lvb = benchmarks.get("longvideobench")
+    lvb = benchmarks.get_benchmark("longvideobench")
     sample = Sample("x", None, "q", ["a", "b"], "A", duration=10.0)
     assert lvb.frame_indices(sample, 250, 25.0, 64).tolist() == list(range(0, 250, 25))  # one frame per second
     assert lvb.frame_indices(sample, 250, 25.0, 5).tolist() == [0, 50, 100, 150, 200]
-    assert benchmarks.get("videomme").frame_indices(sample, 101, 25.0, 5).tolist() == [0, 25, 50, 75, 100]
+    assert benchmarks.get_benchmark("videomme").frame_indices(sample, 101, 25.0, 5).tolist() == [0, 25, 50, 75, 100]
 
 
 @pytest.mark.parametrize(
@@ -94,12 +94,12 @@ def test_sampling_rules():
 )
 def test_answer_scoring_follows_the_authors(name, response, answer, correct):
     sample = Sample("q1", None, "q", ["a", "b", "c", "d"], answer)
-    assert benchmarks.get(name).is_correct(response, sample) is correct
+    assert benchmarks.get_benchmark(name).is_correct(response, sample) is correct
 
 
 def test_longvideobench_unparsable_answer_is_a_seeded_random_option():
     sample = Sample("q7", None, "q", ["a", "b", "c"], "A")
-    lvb = benchmarks.get("longvideobench")
+    lvb = benchmarks.get_benchmark("longvideobench")
     picks = {lvb.extract("no idea", sample) for _ in range(3)}
     assert len(picks) == 1 and picks <= {"A", "B", "C"}
     assert not lvb.parsed("no idea", sample) and lvb.parsed("B", sample)
@@ -114,7 +114,7 @@ def test_summaries_count_answers_without_an_option_letter():
         {"correct": False, "categories": {"duration": "short"}, "prediction": None},  # a record from before "parsed"
         {"correct": False, "categories": {"duration": "short"}, "prediction": None, "error": "unreadable"},
     ]
-    summary = benchmarks.get("videomme").summarize(records)
+    summary = benchmarks.get_benchmark("videomme").summarize(records)
     assert summary["unparsed"] == 2 and summary["errors"] == 1
     summary["effective_retention"] = 1.0
     assert "2 answers without an option letter counted wrong" in format_summary(summary)
@@ -126,7 +126,7 @@ def test_summaries_by_category_and_mlvu_m_avg():
         {"correct": False, "categories": {"task": "count"}},
         {"correct": True, "categories": {"task": "ego"}, "error": None},
     ]
-    summary = benchmarks.get("mlvu").summarize(records)
+    summary = benchmarks.get_benchmark("mlvu").summarize(records)
     assert summary["accuracy"] == pytest.approx(2 / 3)
     assert summary["by"]["task"]["count"] == {"accuracy": 0.5, "samples": 2}
     assert summary["m_avg"] == pytest.approx(0.75)  # mean over tasks, not over questions
@@ -142,36 +142,36 @@ def test_missing_annotation_is_named(tmp_path, name, annotation):
     root, _ = WRITERS[name](tmp_path)
     (root / annotation).unlink()
     with pytest.raises(ValueError, match=annotation.split("/")[-1]):
-        benchmarks.get(name).load(root)
+        benchmarks.get_benchmark(name).load(root)
 
 
 def test_missing_videos_are_named_or_skipped(tmp_path):
     root, count = WRITERS["longvideobench"](tmp_path)
     (root / "videos" / "v1.mp4").unlink()
     with pytest.raises(ValueError, match=r"(?s)1 of 3 videos are missing.*v1\.mp4.*--skip-missing"):
-        benchmarks.get("longvideobench").load(root)
-    assert [s.id for s in benchmarks.get("longvideobench").load(root, skip_missing=True)] == ["v0_0", "v2_2"]
+        benchmarks.get_benchmark("longvideobench").load(root)
+    assert [s.id for s in benchmarks.get_benchmark("longvideobench").load(root, skip_missing=True)] == ["v0_0", "v2_2"]
 
 
 def test_partial_mvbench_needs_skip_missing(tmp_path):
     root, count = WRITERS["mvbench"](tmp_path)
     (root / "json" / "fine_grained_pose.json").unlink()
     with pytest.raises(ValueError, match="1 of 20 MVBench annotation files are missing"):
-        benchmarks.get("mvbench").load(root)
-    assert len(benchmarks.get("mvbench").load(root, skip_missing=True)) == count - 1
+        benchmarks.get_benchmark("mvbench").load(root)
+    assert len(benchmarks.get_benchmark("mvbench").load(root, skip_missing=True)) == count - 1
 
 
 def test_bad_annotations_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="no such folder"):
-        benchmarks.get("mlvu").load(tmp_path / "absent")
+        benchmarks.get_benchmark("mlvu").load(tmp_path / "absent")
     root, _ = WRITERS["longvideobench"](tmp_path)
     entries = json.loads((root / "lvb_val.json").read_text())
     del entries[1]["candidates"]
     (root / "lvb_val.json").write_text(json.dumps(entries))
     with pytest.raises(ValueError, match=r"lvb_val\.json entry 1: missing field\(s\) candidates"):
-        benchmarks.get("longvideobench").load(root)
+        benchmarks.get_benchmark("longvideobench").load(root)
     (root / "lvb_val.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        benchmarks.get("longvideobench").load(root)
+        benchmarks.get_benchmark("longvideobench").load(root)
     with pytest.raises(ValueError, match="accepted: mvbench, videomme, mlvu, longvideobench"):
-        benchmarks.get("egoschema")
+        benchmarks.get_benchmark("egoschema")

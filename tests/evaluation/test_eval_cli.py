@@ -48,6 +48,18 @@ def test_eval_scores_per_category_and_resumes(model_dir, tmp_path, capsys):
     assert main(eval_args(model_dir, data, out, "--press", "vidcom2", "--retention", "0.25")) == 2
     assert "retention: 0.5 -> 0.25" in capsys.readouterr().err
 
+    # A damaged record (0 bytes) or settings file is named, with the way out, before any question is asked.
+    (out / "samples" / "ego-0000.json").write_text("")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()}
+    assert main(eval_args(model_dir, data, out, "--press", "vidcom2", "--retention", "0.5")) == 2
+    error = capsys.readouterr().err
+    assert f"{out / 'samples' / 'ego-0000.json'}: the answer record is empty" in error
+    assert "delete it to answer that question again" in error
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()} == stamps
+    (out / "run.json").write_text("{")
+    assert main(eval_args(model_dir, data, out, "--press", "vidcom2", "--retention", "0.5")) == 2
+    assert f"{out / 'run.json'}: the settings record is not valid JSON" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("argv, message", [
     (["--bench", "mlvu", "--retention", "0"], "retention must be in (0, 1]"),

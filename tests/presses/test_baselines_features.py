@@ -1,4 +1,4 @@
-"""Feature-level peer baselines (METHODS.md §4): DivPrune, DyCoke (stage 1), FastVID.
+"""Feature-level peer baselines: DivPrune, DyCoke (stage 1), FastVID (each press's docstring cites its paper).
 
 Hand-built cases where the rule's answer is known, merged features as averages, and every press end to end on the
 tiny models of every family (exact effective retention, valid selections: tests/presses/test_contract.py).

@@ -1,10 +1,14 @@
 """CaCoVID: the policy and the press (its training is tests/training/test_cacovid_training.py)."""
 
+import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
+import vidpress.synthetic
 from vidpress import presses
 from vidpress.models import get_adapter
 from vidpress.presses.cacovid import CaCoVIDPolicy, CaCoVIDPress, released_allocation
@@ -100,6 +104,36 @@ def test_a_state_dict_with_the_documented_names_loads(tiny_model, tmp_path):
     (tmp_path / "cacovid_config.json").write_text(json.dumps(config, default=str))
     with pytest.raises(ValueError, match="earlier head layout"):
         CaCoVIDPolicy.from_pretrained(tmp_path)
+
+
+SHIPPED_POLICY = Path(vidpress.synthetic.__file__).parent / "cacovid_reference"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: json.dumps({k: v for k, v in c.items() if k != "hidden_size"}), r"missing field\(s\) hidden_size"),
+    (lambda c: json.dumps({**c, "hidden_size": "128"}), "hidden_size must be an integer"),
+    (lambda c: json.dumps({**c, "text_config": 5}), "cannot build a CaCoVID policy from this config"),
+    (lambda c: json.dumps({**c, "layer_class": "os:system"}), "only transformers classes are accepted"),
+    (lambda c: json.dumps([c]), "must be a JSON object"),
+    (lambda c: json.dumps(c)[:-9], "not valid JSON"),
+    (lambda c: "", "is empty"),
+])
+def test_a_broken_policy_config_names_the_file(tmp_path, edit, message):
+    shutil.copytree(SHIPPED_POLICY, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "cacovid_config.json"
+    path.write_text(edit(json.loads(path.read_text())))
+    with pytest.raises(ValueError, match=message) as caught:
+        CaCoVIDPolicy.from_pretrained(tmp_path)
+    assert str(path) in str(caught.value)
+
+
+def test_truncated_policy_weights_name_the_file(tmp_path):
+    shutil.copytree(SHIPPED_POLICY, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a complete safetensors file") as caught:
+        CaCoVIDPolicy.from_pretrained(tmp_path)
+    assert str(path) in str(caught.value)
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])

@@ -18,9 +18,9 @@ def video(T=8, M=16, D=32, seed=0):
 
 
 def merge_loop(x: torch.Tensor, clips, frame_budget: int):
-    """Reference from METHODS §2: groups are lists of original frames; a group's value is the plain mean of its
-    frames, recomputed from scratch; merge the most similar adjacent pair (first on ties) per clip down to its
-    share of the budget, then globally. Returns [(first frame, mean [M, D])]."""
+    """Reference from MARC's rule (arXiv 2510.07915; `MarcPress`'s docstring): groups are lists of original frames;
+    a group's value is the plain mean of its frames, recomputed from scratch; merge the most similar adjacent pair
+    (first on ties) per clip down to its share of the budget, then globally. Returns [(first frame, mean [M, D])]."""
 
     def value(group):
         return torch.stack([x[t] for t in group]).mean(0)

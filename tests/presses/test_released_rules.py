@@ -1,7 +1,7 @@
-"""The authors' released rules (../shared/METHODS.md, "Released rules"), on hand-built cases whose answer is known by
-construction: PDrop's own-layer ranking and int() counts, VisionZip's strided targets and target + mean, FastVID's
-salient split / anchors / density peaks / merge weights, DyCoke's drops and edges, MARC's question-only query, and
-the compute_dtype knob."""
+"""The rules of the authors' released code (stated in each press's docstring), on hand-built cases whose answer is
+known by construction: PDrop's own-layer ranking and int() counts, VisionZip's strided targets and target + mean,
+FastVID's salient split / anchors / density peaks / merge weights, DyCoke's drops and edges, MARC's question-only
+query, and the compute_dtype knob."""
 
 import math
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_dual_encoders import build_tiny_dual_encoder
 
 from vidpress import video
 from vidpress.cli import main
@@ -20,7 +21,6 @@ from vidpress.retrieval import (
     VLMEmbedder,
 )
 from vidpress.retrieval import index as index_module
-from vidpress.retrieval.tiny import build_tiny_dual_encoder
 from vidpress.testing import FAMILIES, tiny_video
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "dark red": (140, 10, 20)}
@@ -191,6 +191,41 @@ def test_index_bad_input(tmp_path):
         index.search(torch.randn(3), 1)
     with pytest.raises(ValueError, match="no saved clip index"):
         ClipIndex.load(tmp_path)
+
+
+def _without(meta: dict, key: str) -> str:
+    return json.dumps({k: v for k, v in meta.items() if k != key})
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda meta: _without(meta, "dim"), r"missing field\(s\) dim"),
+    (lambda meta: _without(meta, "ranges"), r"missing field\(s\) ranges"),
+    (lambda meta: json.dumps({**meta, "dim": "8"}), "dim must be a positive integer"),
+    (lambda meta: json.dumps({**meta, "ranges": [[0, 1], "x"]}), r"frame ranges must be \(start, end\) pairs"),
+    (lambda meta: json.dumps([meta]), "must be a JSON object; the file holds a JSON array"),
+    (lambda meta: "{broken", r"not valid JSON \(.* at line 1 column 2"),
+    (lambda meta: "", "is empty"),
+])
+def test_index_load_names_the_broken_file_and_the_problem(tmp_path, edit, message):
+    index = ClipIndex(8, "torch")
+    index.add(torch.randn(2, 8), [(0, 1), (1, 2)])
+    index.save(tmp_path)
+    path = tmp_path / index_module.META_FILE
+    path.write_text(edit(json.loads(path.read_text())))
+    with pytest.raises(ValueError, match=message) as caught:
+        ClipIndex.load(tmp_path)
+    assert str(path) in str(caught.value)
+
+
+def test_index_load_names_truncated_embeddings(tmp_path):
+    index = ClipIndex(8, "torch")
+    index.add(torch.randn(2, 8), [(0, 1), (1, 2)])
+    index.save(tmp_path)
+    path = tmp_path / index_module.EMBEDDINGS_FILE
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match="not a complete safetensors file") as caught:
+        ClipIndex.load(tmp_path)
+    assert str(path) in str(caught.value)
 
 
 # ----------------------------------------------------------------------------------------------- retrieval

@@ -1,4 +1,4 @@
-"""Tiny offline models, processors and inputs from vidpress.testing."""
+"""Tiny offline models, processors and inputs from vidpress.tiny (re-exported by vidpress.testing)."""
 
 import importlib
 
@@ -52,7 +52,7 @@ def test_tiny_video_and_image_are_deterministic_moving_squares():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_table_comes_from_the_family_modules(family):
-    spec = importlib.import_module(f"vidpress.testing.{family}").FAMILY
+    spec = importlib.import_module(f"vidpress.tiny.{family}").FAMILY
     assert MODEL_CLASSES[family] == spec.model_class and hasattr(transformers, spec.model_class)
     assert CHAT_TEMPLATES[family] == spec.chat_template
     tokenizer = train_tokenizer(family)

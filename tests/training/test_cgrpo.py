@@ -13,12 +13,8 @@ import torch
 
 import vidpress  # noqa: F401
 from vidpress.presses.marc import MarcPress
-from vidpress.training.cgrpo import (
-    _completion_values,
-    accuracy_reward,
-    compression_reward,
-    format_reward,
-)
+from vidpress.training.cgrpo import accuracy_reward, compression_reward, format_reward
+from vidpress.training.cgrpo_trainer import completion_values
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,10 +51,23 @@ def test_accuracy_and_format_rewards():
     assert format_reward(completions, ["A,B,C,D"] * 6) == [1, 1, 1, 0, 0, 1]
 
 
+def test_only_the_trainer_module_needs_trl_and_it_names_the_extra(monkeypatch):
+    import importlib
+
+    check = "import sys, vidpress.training.cgrpo; assert 'trl' not in sys.modules, 'cgrpo imported trl'"
+    subprocess.run([sys.executable, "-c", check], check=True, cwd=ROOT)
+    monkeypatch.setitem(sys.modules, "trl", None)  # as if trl were not installed
+    monkeypatch.delitem(sys.modules, "vidpress.training.cgrpo_trainer", raising=False)
+    extra = r'needs trl from the \[train\] extra: pip install "vidpress\[train\]"'
+    with pytest.raises(ModuleNotFoundError, match=extra) as caught:
+        importlib.import_module("vidpress.training.cgrpo_trainer")
+    assert caught.value.name == "trl"  # the CLI turns this into its one-line error naming the extra
+
+
 def test_completion_values_left_align_the_labelled_positions():
     values = torch.arange(12.0).view(2, 6)
     labels = torch.tensor([[-100, -100, 5, 6, -100, -100], [-100, -100, -100, -100, -100, 7]])
-    out = _completion_values(values, labels, 3)
+    out = completion_values(values, labels, 3)
     assert out.tolist() == [[2, 3, 0], [11, 0, 0]]
 
 
@@ -71,7 +80,8 @@ def trainer(tmp_path_factory):
     from trl import GRPOConfig
 
     from vidpress.synthetic.reference import load_reference
-    from vidpress.training.cgrpo import CGRPOTrainer, synthetic_data, teacher_accuracy
+    from vidpress.training.cgrpo import synthetic_data, teacher_accuracy
+    from vidpress.training.cgrpo_trainer import CGRPOTrainer
 
     torch.manual_seed(0)
     model, processor = load_reference()
@@ -150,7 +160,8 @@ def test_log_probs_match_a_direct_pressed_forward(trainer):
 def test_rejects_unsupported_family_and_missing_columns(tiny_model):
     from datasets import Dataset
 
-    from vidpress.training.cgrpo import CGRPOTrainer, VideoFeatures
+    from vidpress.training.cgrpo import VideoFeatures
+    from vidpress.training.cgrpo_trainer import CGRPOTrainer
 
     model, processor = tiny_model("llava_onevision")
     videos = VideoFeatures([torch.zeros(4, 8)], torch.tensor([[1, 2, 2]]))

@@ -12,14 +12,25 @@ def check_retrieve(args) -> None:
         raise ValueError("--embedder chooses the embedder of --retrieve; pass --retrieve K too")
 
 
+def check_at_least(args, minimum: int, *names: str) -> None:
+    """Options that count something: ValueError naming the first of `names` (argparse dests) below `minimum`
+    (None, an option not given, passes)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            accepted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise ValueError(f"--{name.replace('_', '-')} must be {accepted}; got {value}")
+
+
 def check_layer_press(press, model, args, demo: bool = False) -> None:
     """A press acting inside the LLM must fit the model's depth; say so, with the layer floor, before any work.
-    demo: the model is `generate`'s tiny demo model (the error then names a deeper one)."""
+    model: the model, or its number of LLM decoder layers. demo: the model is `generate`'s tiny demo model (the
+    error then names a deeper one)."""
     from vidpress.presses.base import LayerPress
 
     if not isinstance(press, LayerPress):
         return
-    layers = model.config.get_text_config().num_hidden_layers
+    layers = model if isinstance(model, int) else model.config.get_text_config().num_hidden_layers
     try:
         press.schedule(layers)
     except ValueError as error:

@@ -45,7 +45,7 @@ def run(args) -> int:
     from vidpress.evaluation import benchmarks, runner
     from vidpress.loading import build_press, load_model
 
-    benchmark = benchmarks.get(args.bench)
+    benchmark = benchmarks.get_benchmark(args.bench)
     press = None if args.press == "none" else build_press(args.press, args.retention, args.policy)
     for name in ("num_frames", "max_new_tokens", "limit"):
         value = getattr(args, name)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from vidpress.cli.common import (
+    check_at_least,
     check_layer_press,
     check_retrieve,
     floor_note,
@@ -47,6 +48,7 @@ def run(args) -> int:
     from vidpress.synthetic.reference import REFERENCE_DIR
     from vidpress.timing import frame_budgets, load_warning, time_prefill
 
+    check_at_least(args, 1, "num_frames", "max_new_tokens", "repeats")
     press = build_press(args.press, args.retention, args.policy)
     check_retrieve(args)
     video_path = Path(args.video) if args.video else video.sample_video()

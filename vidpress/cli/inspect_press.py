@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vidpress.cli.common import check_layer_press, floor_note, layer_summary, video_press_options
+from vidpress.cli.common import check_at_least, check_layer_press, floor_note, layer_summary, video_press_options
 
 
 def add_parser(subparsers) -> None:
@@ -23,12 +23,15 @@ def run(args) -> int:
     import torch
 
     from vidpress import video
-    from vidpress.evaluation.inspect import draw
+    from vidpress.evaluation.drawing import draw
     from vidpress.evaluation.testbed import load_bench_model
     from vidpress.inputs import video_inputs
     from vidpress.loading import build_press
     from vidpress.timing import frame_budgets
 
+    check_at_least(args, 1, "num_frames")
+    if Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: pass the path of a .png file to write (e.g. --out kept.png)")
     press = build_press(args.press, args.retention, args.policy)
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vidpress.cli.common import check_retrieve, make_retriever, policy_option, retrieve_options, runtime_options
+from vidpress.cli.common import (
+    check_layer_press,
+    check_retrieve,
+    make_retriever,
+    policy_option,
+    retrieve_options,
+    runtime_options,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -60,8 +67,8 @@ def run(args) -> int:
     from vidpress.evaluation.profiler import format_profile, format_retrieval, profile, profile_retrieval
     from vidpress.inputs import build_inputs, video_inputs
     from vidpress.loading import build_press, load_model
-    from vidpress.testing import tiny_video
     from vidpress.timing import load_warning
+    from vidpress.tiny import tiny_video
 
     press = build_press(args.press, args.retention, args.policy)
     for name in ("frames", "resolution", "repeats", "decode_tokens"):
@@ -70,9 +77,12 @@ def run(args) -> int:
     if args.model and (args.layers is not None or args.vision_layers is not None):
         raise ValueError("--layers / --vision-layers scale a --config's random model; they do not apply to --model")
     check_retrieve(args)
+    if not args.model:  # the depth is known before the model is built: check a press acting inside the LLM now
+        check_layer_press(press, checkpoints.depths(args.config, args.layers, args.vision_layers)[0], args)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     if args.model:
         model, processor = load_model(args.model, args.attn, args.device, args.dtype)
+        check_layer_press(press, model, args)
         described = f"model {args.model}"
     else:
         print(f"building a random-weight {args.config} ...", flush=True)

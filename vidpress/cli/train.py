@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vidpress.cli.common import check_at_least
+
 
 def add_train_parsers(subparsers) -> None:
     """Register every trainer on the `vidpress train` subparsers object."""
@@ -51,6 +53,8 @@ def add_train_reference_parser(subparsers) -> argparse.ArgumentParser:
 def _run_train_reference(args) -> int:
     from vidpress.training.reference import train_reference
 
+    check_at_least(args, 1, "train_examples", "batch_size", "threads")
+    check_at_least(args, 0, "stage1_steps", "stage2_steps", "test_examples")
     command = _command("reference")
     metrics = train_reference(
         args.out,
@@ -127,6 +131,8 @@ def add_train_cacovid_parser(subparsers) -> argparse.ArgumentParser:
 def _run_train_cacovid(args) -> int:
     from vidpress.training.cacovid import CaCoVIDSettings, train_cacovid
 
+    check_at_least(args, 1, "train_examples", "group", "rounds", "batch_size", "epochs", "threads")
+    check_at_least(args, 0, "diversity_rollouts", "frame_rollouts", "val_examples")
     settings = CaCoVIDSettings(
         group=args.group, diversity_rollouts=args.diversity_rollouts, frame_rollouts=args.frame_rollouts,
         rounds=args.rounds, rate_start=args.rate_start, rate_range=tuple(args.rate_range), batch_size=args.batch_size,
@@ -191,11 +197,12 @@ def add_train_cgrpo_parser(subparsers) -> argparse.ArgumentParser:
 def _run_train_cgrpo(args) -> int:
     from vidpress.training.cgrpo import train_cgrpo
 
-    for name in ("train_examples", "steps", "prompts_per_step", "num_generations"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    check_at_least(args, 1, "train_examples", "steps", "prompts_per_step", "teacher_samples", "lora_rank",
+                   "budget_tokens", "threads")
+    check_at_least(args, 0, "top_k", "test_examples")
     if args.num_generations < 2:
-        raise SystemExit("--num-generations must be >= 2 (advantages are normalised within a group)")
+        raise ValueError(f"--num-generations must be an integer >= 2 (advantages are normalised within a group); "
+                         f"got {args.num_generations}")
     command = _command("cgrpo")
     metrics = train_cgrpo(
         args.out, model_path=args.model, train_examples=args.train_examples, steps=args.steps,

@@ -4,7 +4,7 @@
 (every width, depth, head count, vocabulary and vision setting as released) and the family's real processor class
 with the checkpoint's published preprocessing, so a synthetic video goes through the same resizing, patching and
 token expansion as with the real weights. Only two things differ, neither of which changes the cost:
-- the tokenizer is a small byte-level BPE trained offline (`vidpress.testing`), so the special-token ids are
+- the tokenizer is a small byte-level BPE trained offline (`vidpress.tiny`), so the special-token ids are
   re-numbered to its ids (the vocabulary size, hence the embedding and output layers, stay the published ones);
 - the weights are random.
 `layers` / `vision_layers` keep fewer decoder layers / vision blocks, for machines where the full depth is too slow
@@ -23,7 +23,7 @@ import transformers
 class Checkpoint:
     """A released checkpoint's architecture.
 
-    family: the vidpress.testing family whose model/processor classes it uses.
+    family: the vidpress.tiny family whose model/processor classes it uses.
     repo: where the published config lives. text / vision: the config values, as published.
     extra: further top-level config values.
     """
@@ -92,8 +92,18 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         ),
     ),
 }
-TINY = "tiny"  # vidpress.testing's tiny random Qwen2.5-VL (text 128 wide, 2 layers; vision 64 wide, 2 blocks)
+TINY = "tiny"  # vidpress.tiny's tiny random Qwen2.5-VL (text 128 wide, 2 layers; vision 64 wide, 2 blocks)
+TINY_DEPTHS = (2, 2)
 NAMES = (*CHECKPOINTS, TINY)
+
+
+def depths(name: str, layers: int | None = None, vision_layers: int | None = None) -> tuple[int, int]:
+    """(LLM decoder layers, vision blocks) that `build(name, layers=..., vision_layers=...)` gives, checked before
+    anything is built: ValueError for an unknown name or a depth outside [1, published depth]."""
+    if name not in NAMES:
+        raise ValueError(f"unknown config {name!r}; accepted: {', '.join(NAMES)}")
+    published = TINY_DEPTHS if name == TINY else (CHECKPOINTS[name].layers, CHECKPOINTS[name].vision_layers)
+    return _depth(layers, published[0], "layers"), _depth(vision_layers, published[1], "vision-layers")
 
 
 def build(name: str, *, layers: int | None = None, vision_layers: int | None = None, dtype=torch.float32,
@@ -103,22 +113,20 @@ def build(name: str, *, layers: int | None = None, vision_layers: int | None = N
     layers / vision_layers: keep this many LLM decoder layers / vision blocks (default: all, as published).
     ValueError for an unknown name or a depth outside [1, published depth].
     """
-    from vidpress import testing  # (imported here: it loads transformers' processors, which the CLI parser need not)
+    from vidpress import tiny  # (imported here: it loads transformers' processors, which the CLI parser need not)
 
-    if name not in NAMES:
-        raise ValueError(f"unknown config {name!r}; accepted: {', '.join(NAMES)}")
+    text_layers, vision_blocks = depths(name, layers, vision_layers)
     if name == TINY:
-        text = {"num_hidden_layers": _depth(layers, 2, "layers")} if layers is not None else None
-        vision = {"depth": _depth(vision_layers, 2, "vision-layers")} if vision_layers is not None else None
+        text = {"num_hidden_layers": text_layers} if layers is not None else None
+        vision = {"depth": vision_blocks} if vision_layers is not None else None
         with torch.device(device):
-            model, processor = testing.tiny_model_and_processor("qwen2_5_vl", text_config=text, vision_config=vision)
+            model, processor = tiny.tiny_model_and_processor("qwen2_5_vl", text_config=text, vision_config=vision)
         model.set_attn_implementation(attn_implementation)
         return model.to(dtype).eval(), processor
     checkpoint = CHECKPOINTS[name]
-    tokenizer = testing.train_tokenizer(checkpoint.family)
-    config = _config(checkpoint, tokenizer, _depth(layers, checkpoint.layers, "layers"),
-                     _depth(vision_layers, checkpoint.vision_layers, "vision-layers"))
-    model_class = getattr(transformers, testing.MODEL_CLASSES[checkpoint.family])
+    tokenizer = tiny.train_tokenizer(checkpoint.family)
+    config = _config(checkpoint, tokenizer, text_layers, vision_blocks)
+    model_class = getattr(transformers, tiny.MODEL_CLASSES[checkpoint.family])
     if torch.device(device).type != "meta":
         _check_fits(name, model_class, config, dtype, torch.device(device))
     with torch.device(device):
@@ -167,12 +175,12 @@ def _depth(value: int | None, published: int, option: str) -> int:
 
 
 def _config(checkpoint: Checkpoint, tokenizer, layers: int, vision_layers: int) -> transformers.PreTrainedConfig:
-    from vidpress import testing
+    from vidpress import tiny
 
     special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                    pad_token_id=tokenizer.pad_token_id)
     text = {**checkpoint.text, **special, "num_hidden_layers": layers}
-    ids = testing.special_token_ids(tokenizer, checkpoint.family)
+    ids = tiny.special_token_ids(tokenizer, checkpoint.family)
     if checkpoint.family == "qwen2_5_vl":
         # Fewer blocks keep the published pattern: every 8th block (7, 15, ...) attends globally, the rest in windows;
         # a tower shallower than 8 ends with one global block.
@@ -185,9 +193,9 @@ def _config(checkpoint: Checkpoint, tokenizer, layers: int, vision_layers: int) 
 
 def _processor(checkpoint: Checkpoint, tokenizer):
     """The family's processor with the checkpoint's published preprocessing."""
-    from vidpress import testing
+    from vidpress import tiny
 
-    template = testing.CHAT_TEMPLATES[checkpoint.family]
+    template = tiny.CHAT_TEMPLATES[checkpoint.family]
     if checkpoint.family == "qwen2_5_vl":
         # Qwen2.5-VL's preprocessor_config: 3136 <= pixels per image <= 12845056; videos: 128 to 768 merged
         # 28 px patches per frame, within a per-video pixel budget, as the reference qwen-vl-utils does.

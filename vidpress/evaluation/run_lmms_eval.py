@@ -1,7 +1,7 @@
 """`python -m vidpress.evaluation.run_lmms_eval ARGS`: lmms-eval's command line with vidpress imported first.
 
 lmms-eval imports transformers' image code (hence torchvision) before it loads any model plugin; where
-torchvision's compiled ops cannot load, vidpress's shim has to run earlier than that (see vidpress/_compat.py).
+torchvision's compiled ops cannot load, vidpress's shim has to run earlier than that (see vidpress/compat.py).
 Elsewhere `python -m lmms_eval ARGS` does the same. `accelerate launch -m vidpress.evaluation.run_lmms_eval` shards.
 """
 

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vidpress.evaluation.benchmarks import Benchmark, Sample
+from vidpress.files import read_json, require_keys
 from vidpress.inputs import video_inputs
 from vidpress.video import VideoDecodeError
 
@@ -109,7 +110,8 @@ def check_run_settings(out_dir: Path, settings: dict, overwrite: bool = False, w
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; pass a folder for the results")
     if path.exists() and not overwrite:
-        previous = json.loads(path.read_text())
+        previous = read_json(path, "settings record",
+                             remedy="pass another --out, or --overwrite to discard the results there")
         differ = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
         if differ:
             changes = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in differ)
@@ -125,6 +127,13 @@ def check_run_settings(out_dir: Path, settings: dict, overwrite: bool = False, w
         (out_dir / "results.json").unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(path, settings)
+
+
+def read_record(path: Path) -> dict:
+    """One question's result as `run` wrote it; a damaged file is a ValueError that names it and the way out."""
+    record = read_json(path, "answer record", remedy="delete it to answer that question again")
+    require_keys(record, ("id", "categories", "correct"), str(path))
+    return record
 
 
 def _write_json(path: Path, data) -> None:
@@ -184,6 +193,9 @@ def run(model, processor, benchmark: Benchmark, samples: list[Sample], press, ou
     if shard.is_main:
         check_run_settings(out_dir, settings, overwrite=overwrite)
         samples_dir.mkdir(parents=True, exist_ok=True)
+        for sample in samples:  # a damaged record fails now, before any work, not after the last question
+            if (samples_dir / f"{sample.id}.json").exists():
+                read_record(samples_dir / f"{sample.id}.json")
     shard.wait()
     todo = [s for s in samples if not (samples_dir / f"{s.id}.json").exists()][shard.rank :: shard.world]
     desc = f"{benchmark.name} (process {shard.rank + 1}/{shard.world})"
@@ -194,7 +206,7 @@ def run(model, processor, benchmark: Benchmark, samples: list[Sample], press, ou
     shard.wait()
     if not shard.is_main:
         return None
-    records = [json.loads((samples_dir / f"{s.id}.json").read_text()) for s in samples]
+    records = [read_record(samples_dir / f"{s.id}.json") for s in samples]
     summary = benchmark.summarize(records)
     summary["settings"] = settings
     kept = [r["kept_tokens"] / r["visual_tokens"] for r in records if r.get("visual_tokens")]

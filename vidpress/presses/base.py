@@ -8,7 +8,7 @@ model on exit. Score-based presses only say how good each token is and how many 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 import torch
@@ -35,12 +35,24 @@ def register(name: str):
     return add
 
 
+class _ChecksKnobs(type):
+    """Marks a press as built once its constructor (and so every check in `__post_init__`) has run."""
+
+    def __call__(cls, *args, **kwargs):
+        press = super().__call__(*args, **kwargs)
+        press.__dict__["_built"] = True
+        return press
+
+
 @dataclass
-class Press:
+class Press(metaclass=_ChecksKnobs):
     """Base of every press. Subclasses override `compress`.
 
     Args:
         retention: fraction of video tokens to keep, in (0, 1]; 1.0 keeps every token.
+
+    Knobs are checked when set, at construction and after it: `press.retention = 1.5` raises the same error as
+    `Press(retention=1.5)`, and a press never holds a value its checks refuse.
 
     The class attributes below are the press's contract with the model adapters, the CLI, the bench and the
     serving plugin; each has a default here, so a press declares only what differs.
@@ -66,6 +78,13 @@ class Press:
 
     def __post_init__(self):
         self.retention = check_retention(self.retention)
+
+    def __setattr__(self, name, value):
+        # A knob set on a built press goes through the class's own checks: a copy is built with the new value
+        # (its `__post_init__` runs, cross-knob rules included), and the press takes the value as they normalised it.
+        if self.__dict__.get("_built") and any(f.name == name and f.init for f in fields(self)):
+            value = getattr(replace(self, **{name: value}), name)
+        object.__setattr__(self, name, value)
 
     def post_init_from_model(self, model) -> None:
         """Called once with the model before the press is applied to it (`press(model)` on entry): a press that

@@ -2,9 +2,11 @@
 
 A small policy (one decoder layer copied from the VLM's first LLM layer, run without a causal mask over the whole
 prompt: system text, video, question) scores every token and every frame; it is trained by combinatorial policy
-optimisation against the frozen VLM (`vidpress.training.cacovid`). At inference (the released allocation, METHODS.md
-"Released rules" 3) the frame head splits the top-scored part of the budget over frames, each frame takes its top
-tokens by token score, and an evenly spaced, frame-blind fill over all remaining tokens completes the budget.
+optimisation against the frozen VLM (`vidpress.training.cacovid`). At inference (the allocation of the authors'
+release, e.g. the checkpoint moraleyc/CaCoVID_LLaVA-OneVision with imp_ratio 0.5 and frame shares clipped to
+[0.5/T, 1.5/T]; see `released_allocation`) the frame head splits the top-scored part of the budget over frames, each
+frame takes its top tokens by token score, and an evenly spaced, frame-blind fill over all remaining tokens completes
+the budget.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vidpress.files import load_safetensors, read_json, require_keys
 from vidpress.presses.base import Press, keep_top_per_frame, register, token_budget
-from vidpress.types import Query, Selection, VideoTokens
+from vidpress.types import Query, Selection, VideoTokens, check_number
 
 CONFIG_NAME = "cacovid_config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: The fields of cacovid_config.json (`CaCoVIDPolicy.from_vlm`); rms_norm_eps is optional.
+CONFIG_KEYS = ("model_type", "hidden_size", "mrope", "layer_class", "rotary_class", "text_config_class", "text_config")
 
 
 def _class_path(obj) -> str:
@@ -230,13 +235,21 @@ class CaCoVIDPolicy(nn.Module):
     def from_pretrained(cls, path, device="cpu") -> CaCoVIDPolicy:
         """Load a policy folder (save_pretrained, or released weights renamed to the names above with a config).
         Missing, unexpected or mis-shaped weights are a ValueError that lists them."""
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{path}: no CaCoVID policy here (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-        policy = cls(json.loads((path / CONFIG_NAME).read_text()))
-        weights = load_file(path / WEIGHTS_NAME, device=str(device))
+        config_path = path / CONFIG_NAME
+        config = read_json(config_path, "CaCoVID policy config")
+        require_keys(config, CONFIG_KEYS, str(config_path))
+        width = config["hidden_size"]
+        if isinstance(width, bool) or not isinstance(width, int):
+            raise ValueError(f"{config_path}: hidden_size must be an integer (the LLM width); got {width!r}")
+        try:
+            policy = cls(config)
+        except (KeyError, TypeError, ValueError, AttributeError, ImportError) as error:
+            raise ValueError(f"{config_path}: cannot build a CaCoVID policy from this config ({type(error).__name__}: "
+                             f"{error}); write it with `vidpress train cacovid` (save_pretrained)") from None
+        weights = load_safetensors(path / WEIGHTS_NAME, "CaCoVID policy weights", device)
         expected = policy.state_dict()
         missing = sorted(set(expected) - set(weights))
         unexpected = sorted(set(weights) - set(expected))
@@ -346,13 +359,11 @@ class CaCoVIDPress(Press):
                                  f"{WEIGHTS_NAME}); pass a folder written by `vidpress train cacovid`")
         elif self.policy is not None and not isinstance(self.policy, CaCoVIDPolicy):
             raise ValueError(f"policy must be a CaCoVIDPolicy or a policy folder; got {type(self.policy).__name__}")
-        if not 0.0 <= self.imp_ratio <= 1.0:
-            raise ValueError(f"imp_ratio must be in [0, 1]; got {self.imp_ratio!r}")
-        if not 0.0 <= self.min_ratio <= 1.0 <= self.max_ratio:
-            raise ValueError(f"need 0 <= min_ratio <= 1 <= max_ratio; got min_ratio={self.min_ratio!r}, "
-                             f"max_ratio={self.max_ratio!r}")
-        if not self.frame_logit_max > 0:
-            raise ValueError(f"frame_logit_max must be > 0; got {self.frame_logit_max!r}")
+        check_number("imp_ratio", self.imp_ratio, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        clip = "(frame shares are clipped to [min_ratio / T, max_ratio / T])"
+        check_number("min_ratio", self.min_ratio, f"a number in [0, 1] {clip}", lambda v: 0 <= v <= 1)
+        check_number("max_ratio", self.max_ratio, f"a number >= 1 {clip}", lambda v: v >= 1)
+        check_number("frame_logit_max", self.frame_logit_max, "a number > 0", lambda v: v > 0)
 
     def post_init_from_model(self, model) -> None:
         """Load a policy given as a folder onto the model's device, and check it was built for a model this wide."""

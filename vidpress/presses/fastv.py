@@ -35,7 +35,7 @@ class FastVPress(LayerPress):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.layer, int) or self.layer < 1:
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
             raise ValueError(f"layer must be an integer >= 1 (tokens are ranked in layer - 1); got {self.layer!r}")
         self.compute_dtype = check_compute_dtype(self.compute_dtype)
 

@@ -102,7 +102,7 @@ class FastVIDPress(Press):
         except (TypeError, ValueError):
             raise ValueError(
                 f"threshold must be a number in [-1, 1] (cosine similarity); got {self.threshold!r}") from None
-        if not -1.0 <= threshold <= 1.0:
+        if isinstance(self.threshold, bool) or not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a number in [-1, 1] (cosine similarity); got {self.threshold!r}")
         self.threshold = threshold
         if (isinstance(self.context_ratio, bool) or not isinstance(self.context_ratio, (int, float))

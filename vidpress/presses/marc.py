@@ -72,6 +72,9 @@ class MarcPress(Press):
             isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1
         ):
             raise ValueError(f"top_k must be an integer >= 1, or None to turn retrieval off; got {self.top_k!r}")
+        if self.detector is not None and not callable(getattr(self.detector, "boundaries", None)):
+            raise ValueError("detector must be None (SimilarityDropDetector()) or an object with a method "
+                             f"boundaries(embeddings [N, D]) -> list[int]; got {self.detector!r}")
         self.compute_dtype = check_compute_dtype(self.compute_dtype)
 
     def budget(self, tokens: VideoTokens) -> int:

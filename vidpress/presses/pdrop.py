@@ -49,10 +49,13 @@ class PDropPress(LayerPress):
 
     def __post_init__(self):
         super().__post_init__()
-        self.stage_depths = tuple(float(d) for d in self.stage_depths)
-        if (not self.stage_depths or any(not 0 < d < 1 for d in self.stage_depths)
-                or list(self.stage_depths) != sorted(self.stage_depths)):
+        try:
+            depths = tuple(float(d) for d in self.stage_depths)
+        except (TypeError, ValueError):
+            depths = ()
+        if not depths or any(not 0 < d < 1 for d in depths) or list(depths) != sorted(depths):
             raise ValueError(f"stage_depths must be increasing fractions in (0, 1); got {self.stage_depths!r}")
+        self.stage_depths = depths
         if self.scoring not in ("stage_layer", "previous_layer"):
             raise ValueError(f"scoring must be 'stage_layer' (released: the stage layer's own attention) or "
                              f"'previous_layer'; got {self.scoring!r}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from vidpress.presses.base import ScorePress, register
-from vidpress.types import Query, VideoTokens
+from vidpress.types import Query, VideoTokens, check_number
 
 
 @register("random")
@@ -21,6 +21,10 @@ class RandomPress(ScorePress):
     """
 
     seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_number("seed", self.seed, "an integer (the random generator's seed)", integer=True)
 
     def rank(self, tokens: VideoTokens, query: Query | None) -> tuple[torch.Tensor, None]:
         generator = torch.Generator().manual_seed(self.seed)

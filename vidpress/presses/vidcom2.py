@@ -7,12 +7,13 @@ Training-free, query-agnostic, acts after the projector, needs no attention weig
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
 from vidpress.presses.base import ScorePress, check_compute_dtype, in_compute_dtype, register
-from vidpress.types import Query, VideoTokens
+from vidpress.types import Query, VideoTokens, check_number
 
 
 @register("vidcom2")
@@ -41,13 +42,13 @@ class VidCom2Press(ScorePress):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.tau > 0:
-            raise ValueError(f"tau must be > 0 (softmax temperature); got {self.tau!r}")
-        self.alphas = tuple(float(a) for a in self.alphas)
-        if not self.alphas or not all(a > 0 for a in self.alphas):
-            raise ValueError(f"alphas must be a non-empty list of positive kernel bandwidths; got {self.alphas!r}")
-        if not 0 < self.channel_ratio <= 1:
-            raise ValueError(f"channel_ratio must be in (0, 1]; got {self.channel_ratio!r}")
+        check_number("tau", self.tau, "> 0 (a number: the softmax temperature)", lambda v: v > 0)
+        accepted = "a non-empty list of positive kernel bandwidths"
+        values = [] if isinstance(self.alphas, str) or not isinstance(self.alphas, Iterable) else list(self.alphas)
+        if not values:
+            raise ValueError(f"alphas must be {accepted}; got {self.alphas!r}")
+        self.alphas = tuple(float(check_number("alphas", a, accepted, lambda v: v > 0)) for a in values)
+        check_number("channel_ratio", self.channel_ratio, "a number in (0, 1]", lambda v: 0 < v <= 1)
         if self.similarity not in ("gaussian", "cosine"):
             raise ValueError(f"similarity must be 'gaussian' or 'cosine'; got {self.similarity!r}")
         self.compute_dtype = check_compute_dtype(self.compute_dtype)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vidpress.files import weights_error
 from vidpress.retrieval.events import check_frames
 
 
@@ -86,12 +87,17 @@ class CLIPEmbedder:
         """Load any transformers CLIP/SigLIP-style model and its processor from a local folder."""
         import vidpress  # noqa: F401  (makes torchvision importable before processor classes)
         # isort: split
+        from safetensors import SafetensorError
         from transformers import AutoModel, AutoProcessor
 
         if not Path(path).is_dir():
             raise ValueError(f"embedder path {str(path)!r} is not a directory; pass a local CLIP/SigLIP folder "
                              "(from save_pretrained)")
-        model = AutoModel.from_pretrained(path, dtype=dtype).to(device).eval()
+        try:
+            model = AutoModel.from_pretrained(path, dtype=dtype)
+        except SafetensorError as error:
+            raise weights_error(path, error) from None
+        model = model.to(device).eval()
         return cls(model, AutoProcessor.from_pretrained(path), **kwargs)
 
     @property

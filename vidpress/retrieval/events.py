@@ -217,7 +217,7 @@ def _describe_file(path: str, descriptor: FrameDescriptor, batch_size: int, prog
         raise video_io.VideoDecodeError(
             f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a regular file")
     _, listed = video_io.probe_pyav(path)
-    container, stream = video_io._open_pyav(path)
+    container, stream = video_io.open_pyav(path)
     size, pending, chunks, packets = descriptor.size, [], [], 0
     bar = tqdm(total=listed or None, desc="describing frames", unit="frame", disable=not progress)
     with container, bar:
@@ -227,7 +227,7 @@ def _describe_file(path: str, descriptor: FrameDescriptor, batch_size: int, prog
                 if packet.is_corrupt:
                     raise video_io.VideoDecodeError(
                         f"{path}: corrupt or truncated data after {len(chunks) * batch_size + len(pending)} frames")
-                packets += video_io._is_data_packet(packet)
+                packets += video_io.is_data_packet(packet)
                 for frame in packet.decode():
                     pending.append(frame.to_ndarray(format="rgb24", width=size, height=size, interpolation="AREA"))
                     if len(pending) == batch_size:

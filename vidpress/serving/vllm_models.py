@@ -1,6 +1,6 @@
 """vLLM's Qwen2.5-VL and Qwen3-VL model classes with a vidpress press at their video-pruning step.
 
-Registered by `vidpress.serving.vllm.register` (the `vllm.general_plugins` entry point); select one with
+Registered by `vidpress.serving.vllm.register_plugin` (the `vllm.general_plugins` entry point); select one with
 `--hf-overrides '{"architectures": ["VidpressQwen2_5_VLForConditionalGeneration"]}'` (or the Qwen3-VL name).
 Each class replaces one method of vLLM's own class, `_postprocess_video_embeds_evs`, which receives every video's
 encoder output and returns the kept rows with their original M-RoPE positions appended (vLLM's runner strips those

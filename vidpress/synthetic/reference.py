@@ -39,7 +39,7 @@ MARC_REFERENCE_DIR = Path(__file__).with_name("marc_reference")
 #: Frame rate the clips are described with (and written at): temporal M-RoPE ids advance by 1 per token pair.
 FPS = 8.0
 FAMILY = "qwen2_5_vl"
-#: Overrides of vidpress.testing's tiny Qwen2.5-VL (text: hidden 128, 4 heads / 2 kv heads, MLP 256).
+#: Overrides of vidpress.tiny's tiny Qwen2.5-VL (text: hidden 128, 4 heads / 2 kv heads, MLP 256).
 TEXT_CONFIG = dict(num_hidden_layers=4)
 VISION_CONFIG = dict(hidden_size=96, intermediate_size=192, num_heads=4)
 
@@ -56,7 +56,7 @@ def _corpus() -> list[str]:
 
 def build_untrained(seed: int = 0):
     """The reference architecture with random weights: `(model, processor)`."""
-    from vidpress.testing import tiny_model_and_processor
+    from vidpress.tiny import tiny_model_and_processor
 
     model, processor = tiny_model_and_processor(
         FAMILY, seed=seed, text_config=TEXT_CONFIG, vision_config=VISION_CONFIG, corpus=_corpus()

@@ -73,8 +73,8 @@ QUESTIONS = {
     "query_position": "What colour was the flash in the {quadrant}?",
 }
 
-# Seeds of split s, example i: _SPLIT_BASE[s] + i. Splits stay disjoint for up to 10M examples each.
-_SPLIT_BASE = {"train": 0, "val": 10_000_000, "test": 20_000_000}
+# Seeds of split s, example i: SPLIT_BASE[s] + i. Splits stay disjoint for up to 10M examples each.
+SPLIT_BASE = {"train": 0, "val": 10_000_000, "test": 20_000_000}
 _SPLIT_SIZE = 10_000_000
 _SHAPES = ("square", "disk", "diamond")
 
@@ -240,8 +240,8 @@ def make_split(
     Example i is drawn from seed base(split) + i and asks family families[i % len(families)], so the same
     (split, i, families, config) always gives the same example, and the splits never share a seed.
     """
-    if split not in _SPLIT_BASE:
-        raise ValueError(f"split must be one of {tuple(_SPLIT_BASE)}; got {split!r}")
+    if split not in SPLIT_BASE:
+        raise ValueError(f"split must be one of {tuple(SPLIT_BASE)}; got {split!r}")
     families = tuple(families)
     unknown = [f for f in families if f not in QUESTION_FAMILIES]
     if not families or unknown:
@@ -249,7 +249,7 @@ def make_split(
     if start < 0 or n < 0 or start + n > _SPLIT_SIZE:
         raise ValueError(f"examples [{start}, {start + n}) are outside a split's {_SPLIT_SIZE} seeds")
     return [
-        make_example(families[i % len(families)], _SPLIT_BASE[split] + i, config) for i in range(start, start + n)
+        make_example(families[i % len(families)], SPLIT_BASE[split] + i, config) for i in range(start, start + n)
     ]
 
 

@@ -1,5 +1,5 @@
-"""CaCoVID's combinatorial policy optimisation (`vidpress train cacovid`), by the released sampler and loss
-(METHODS.md "Released rules" 3b).
+"""CaCoVID's combinatorial policy optimisation (`vidpress train cacovid`; arXiv 2602.01649), by the sampler and loss
+of the authors' released training code, as described below.
 
 The VLM stays frozen. Every training video is encoded once. Per sample and round, G token combinations (keep
 masks, all with k = round(r * M) tokens per frame on average) are drawn from the policy snapshot taken before the
@@ -65,7 +65,7 @@ CONTENT, TOKEN, FRAME = 0, 1, 2
 
 @dataclass
 class CaCoVIDSettings:
-    """Knobs of the optimisation. Defaults: the released setup (METHODS.md "Released rules" 3b).
+    """Knobs of the optimisation. Defaults: the setup of the authors' release (arXiv 2602.01649), listed below.
 
     group: combinations per rollout round (G = 32): diversity_rollouts content rollouts (1), frame_rollouts
         frame-mode rollouts (8) and the rest token mode (23). Token-mode rollout 0 is the deterministic per-frame

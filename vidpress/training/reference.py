@@ -131,7 +131,7 @@ def _stage1_loss(outputs: dict, labels: dict, positive_weight: float):
 
 
 @dataclass
-class _Cached:
+class CachedSplit:
     """Stage-2 training data held in memory: frozen vision features (fp16) and what the loss needs."""
 
     features: torch.Tensor  # [N, T * M, D] float16
@@ -149,16 +149,16 @@ def _cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _video_grid(batch: int, config: WorldConfig, patch: int = 14) -> torch.Tensor:
+def video_grid(batch: int, config: WorldConfig, patch: int = 14) -> torch.Tensor:
     side = config.size // patch
     return torch.tensor([[config.num_groups, side, side]] * batch)
 
 
 def _examples(split: str, indices, config: WorldConfig) -> list[Example]:
     """Examples `indices` of `split`, as make_split draws them (one at a time, in any order)."""
-    from vidpress.synthetic.world import _SPLIT_BASE, make_example
+    from vidpress.synthetic.world import SPLIT_BASE, make_example
 
-    return [make_example(QUESTION_FAMILIES[i % len(QUESTION_FAMILIES)], _SPLIT_BASE[split] + int(i), config)
+    return [make_example(QUESTION_FAMILIES[i % len(QUESTION_FAMILIES)], SPLIT_BASE[split] + int(i), config)
             for i in indices]
 
 
@@ -229,10 +229,10 @@ def _encode(model, examples: list[Example], config: WorldConfig, batch_size: int
     return torch.cat(out)
 
 
-def _cache(model, split, indices, config, progress, desc) -> _Cached:
+def cache_split(model, split, indices, config, progress, desc) -> CachedSplit:
     from tqdm.auto import tqdm
 
-    chunks, cached = [], _Cached(features=torch.empty(0))
+    chunks, cached = [], CachedSplit(features=torch.empty(0))
     for start in tqdm(range(0, len(indices), 64), desc=desc, disable=not progress, mininterval=2.0):
         examples = _examples(split, indices[start : start + 64], config)
         chunks.append(_encode(model, examples, config))
@@ -249,7 +249,7 @@ def _cache(model, split, indices, config, progress, desc) -> _Cached:
     return cached
 
 
-def _lm_batch(model, prompts: _Prompts, data: _Cached, rows, config, letters, drop: np.random.Generator | None):
+def _lm_batch(model, prompts: _Prompts, data: CachedSplit, rows, config, letters, drop: np.random.Generator | None):
     """Model kwargs for cached rows (answer letter + <|im_end|> appended) and the targets; with `drop`, most
     unprotected video tokens of each video are removed through the press machinery (positions preserved)."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -258,7 +258,7 @@ def _lm_batch(model, prompts: _Prompts, data: _Cached, rows, config, letters, dr
     suffixes = [[letters[data.answers[r]], prompts.end_id] for r in rows]
     inputs = prompts.batch([data.questions[r] for r in rows], suffixes)
     features = data.features[rows].float()
-    inputs["video_grid_thw"] = _video_grid(len(rows), config)
+    inputs["video_grid_thw"] = video_grid(len(rows), config)
     inputs["second_per_grid_ts"] = torch.full((len(rows),), config.temporal_patch / FPS)
     inputs["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(pooler_output=tuple(features))}
     if drop is not None:
@@ -387,7 +387,7 @@ def train_reference(
         )
     metrics["stage1_seconds"] = round(time.time() - start, 1)
     t1 = time.time()
-    data = _cache(model, "train", np.arange(train_examples), config, progress, "stage 2: caching vision features")
+    data = cache_split(model, "train", np.arange(train_examples), config, progress, "stage 2: caching vision features")
     val = None
     if val_examples:
         val = encode(model, processor, make_split("val", val_examples, config=config), 64, progress)

@@ -17,8 +17,8 @@ longvideobench      longvideobench/LongVideoBench: lvb_val.json + videos/; at mo
 Subtitles (Video-MME "w/ subs", LongVideoBench's interleaved subtitles) are not used: these are the
 video-only settings of each benchmark.
 
-Each benchmark registers itself with `@register` (base.py) in its own file; the one import line per benchmark below
-is what loads it. A new benchmark: one new file and one line here.
+Each benchmark registers itself with `@register_benchmark` (base.py) in its own file; the one import line per benchmark
+below is what loads it. A new benchmark: one new file and one line here.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from vidpress.evaluation.benchmarks.base import (
     Benchmark,
     Sample,
     decode_indices,
-    get,
-    register,
+    get_benchmark,
+    register_benchmark,
     segment_middles,
 )
 
@@ -45,5 +45,5 @@ from vidpress.evaluation.benchmarks.longvideobench import LongVideoBench
 
 __all__ = [
     "BENCHMARKS", "LETTERS", "MLVU", "MLVU_TASKS", "MVBENCH_FRAME_FPS", "MVBENCH_TASKS", "Benchmark", "LongVideoBench",
-    "MVBench", "Sample", "VideoMME", "decode_indices", "get", "register", "segment_middles",
+    "MVBench", "Sample", "VideoMME", "decode_indices", "get_benchmark", "register_benchmark", "segment_middles",
 ]

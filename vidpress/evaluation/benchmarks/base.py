@@ -3,7 +3,6 @@ several benchmarks use, annotation checks, answer parsing, and the registry behi
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -46,7 +45,7 @@ class Benchmark:
     """A benchmark: where its files are, how frames are sampled, what the prompt says, how answers are scored.
 
     Subclasses set the class attributes, implement `load`, `frame_indices`, `prompt` and `extract`, and are
-    decorated with `@register` to be found by name.
+    decorated with `@register_benchmark` to be found by name.
     """
 
     name = ""
@@ -108,13 +107,15 @@ def _accuracy(records: list[dict]) -> float:
 BENCHMARKS: dict[str, Benchmark] = {}  # name -> the benchmark, in the order benchmarks/__init__.py imports them
 
 
-def register(cls: type[Benchmark]) -> type[Benchmark]:
-    """Class decorator: make an instance of `cls` available as `cls.name` (`get`, the CLI's --bench).
+def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
+    """Class decorator: make an instance of `cls` available as `cls.name` (`get_benchmark`, the CLI's --bench).
 
-    A new benchmark is one file with `@register` on its class, plus one import line in `benchmarks/__init__.py`.
+    A new benchmark is one file with `@register_benchmark` on its class, plus one import line in
+    `benchmarks/__init__.py`.
     """
     if not cls.name:
-        raise ValueError(f"{cls.__name__}: set the class attribute `name` (the name `get` and --bench accept)")
+        raise ValueError(f"{cls.__name__}: set the class attribute `name` (the name `get_benchmark` and --bench "
+                         "accept)")
     taken = BENCHMARKS.get(cls.name)
     if taken is not None and type(taken) is not cls:
         raise ValueError(f"benchmark name {cls.name!r} is already registered for {type(taken).__name__}")
@@ -122,7 +123,7 @@ def register(cls: type[Benchmark]) -> type[Benchmark]:
     return cls
 
 
-def get(name: str) -> Benchmark:
+def get_benchmark(name: str) -> Benchmark:
     """The benchmark registered as `name`; ValueError listing the accepted names otherwise."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; accepted: {', '.join(BENCHMARKS)}")
@@ -206,29 +207,17 @@ def segment_middles(total_frames: int, fps: float, num_frames: int, clip=None, f
     return np.clip(indices, 0, total_frames - 1)
 
 
-def _check_root(root: Path, name: str) -> Path:
+def check_root(root: Path, name: str) -> Path:
+    """`root` as a Path when it is a folder; ValueError naming the --data option otherwise."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"--data {root}: no such folder (the {name} data root)")
     return root
 
 
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ValueError(f"{path}: cannot read the {what} ({error.strerror})") from error
-    except ValueError as error:
-        raise ValueError(f"{path}: the {what} is not valid JSON ({error})") from error
-
-
-def _require_keys(entry: dict, keys: tuple[str, ...], where: str) -> None:
-    missing = [k for k in keys if k not in entry]
-    if missing:
-        raise ValueError(f"{where}: missing field(s) {', '.join(missing)} (expected {', '.join(keys)})")
-
-
-def _drop_missing_videos(samples: list[Sample], skip_missing: bool, layout: str) -> list[Sample]:
+def drop_missing_videos(samples: list[Sample], skip_missing: bool, layout: str) -> list[Sample]:
+    """`samples` whose video file exists; a missing one is a ValueError listing them (described by `layout`),
+    or, with `skip_missing`, a logged warning and the question is left out."""
     missing = [s for s in samples if not s.video.exists()]
     if not missing:
         return samples
@@ -244,7 +233,8 @@ def _drop_missing_videos(samples: list[Sample], skip_missing: bool, layout: str)
     return [s for s in samples if id(s) in present]
 
 
-def _letter_of(options: list[str], answer: str, where: str) -> str:
+def letter_of(options: list[str], answer: str, where: str) -> str:
+    """The letter (A, B, ...) of `answer` among `options`; ValueError naming `where` when it is not one of them."""
     if answer not in options:
         raise ValueError(f"{where}: the answer {answer!r} is not one of the candidates {options}")
     return LETTERS[options.index(answer)]
@@ -262,7 +252,7 @@ _ANSWER_PREFIXES = (
 )
 
 
-def _letter_after_prefixes(response: str, letters: str) -> str | None:
+def letter_after_prefixes(response: str, letters: str) -> str | None:
     """Video-MME's extraction (LongVideoBench's too): drop stock answer phrases, then take the first capital
     letter among `letters`."""
     text = response.strip()

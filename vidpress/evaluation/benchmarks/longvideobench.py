@@ -10,16 +10,15 @@ from vidpress.evaluation.benchmarks.base import (
     LETTERS,
     Benchmark,
     Sample,
-    _check_root,
-    _drop_missing_videos,
-    _letter_after_prefixes,
-    _read_json,
-    _require_keys,
-    register,
+    check_root,
+    drop_missing_videos,
+    letter_after_prefixes,
+    register_benchmark,
 )
+from vidpress.files import read_json, require_keys
 
 
-@register
+@register_benchmark
 class LongVideoBench(Benchmark):
     """LongVideoBench validation set (Wu et al., NeurIPS 2024): 1,337 questions on videos up to an hour."""
 
@@ -28,16 +27,16 @@ class LongVideoBench(Benchmark):
     annotation = "lvb_val.json"
 
     def load(self, root, skip_missing=False):
-        root = _check_root(root, "LongVideoBench")
+        root = check_root(root, "LongVideoBench")
         layout = "LongVideoBench layout: lvb_val.json and videos/<video_path>"
         path = root / self.annotation
         if not path.is_file():
             raise ValueError(f"{path}: the LongVideoBench annotation file is missing ({layout})")
         samples = []
-        for i, entry in enumerate(_read_json(path, "LongVideoBench annotation")):
+        for i, entry in enumerate(read_json(path, "LongVideoBench annotation", list)):
             where = f"{path} entry {i}"
             keys = ("id", "video_path", "question", "candidates", "correct_choice", "duration", *self.categories)
-            _require_keys(entry, keys, where)
+            require_keys(entry, keys, where)
             options = [str(c) for c in entry["candidates"]]
             if not 0 <= int(entry["correct_choice"]) < len(options):
                 raise ValueError(f"{where}: correct_choice {entry['correct_choice']} is not an option index")
@@ -52,7 +51,7 @@ class LongVideoBench(Benchmark):
                     duration=float(entry["duration"]),
                 )
             )
-        return _drop_missing_videos(samples, skip_missing, layout)
+        return drop_missing_videos(samples, skip_missing, layout)
 
     def frame_indices(self, sample, total_frames, fps, num_frames):
         # The authors' loader: at most one frame per second of the annotated duration, evenly strided from frame 0.
@@ -67,11 +66,11 @@ class LongVideoBench(Benchmark):
         )
 
     def extract(self, response, sample):
-        letter = _letter_after_prefixes(response, "ABCDE")
+        letter = letter_after_prefixes(response, "ABCDE")
         if letter is None:
             # The authors assign a random option when parsing fails; seeded by the question so scores reproduce.
             return random.Random(sample.id).choice(LETTERS[: len(sample.options)])
         return letter
 
     def parsed(self, response, sample):
-        return _letter_after_prefixes(response, "ABCDE") is not None
+        return letter_after_prefixes(response, "ABCDE") is not None

@@ -9,14 +9,13 @@ from vidpress.evaluation.benchmarks.base import (
     LETTERS,
     Benchmark,
     Sample,
-    _check_root,
-    _drop_missing_videos,
-    _letter_of,
-    _read_json,
-    _require_keys,
-    register,
+    check_root,
+    drop_missing_videos,
+    letter_of,
+    register_benchmark,
     segment_middles,
 )
+from vidpress.files import read_json, require_keys
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ MLVU_TASKS = {
 }
 
 
-@register
+@register_benchmark
 class MLVU(Benchmark):
     """MLVU dev set (Zhou et al., CVPR 2025): the 7 multiple-choice tasks (the 2 generation tasks need a judge)."""
 
@@ -46,7 +45,7 @@ class MLVU(Benchmark):
     answer_prefix = "Best option: ("
 
     def load(self, root, skip_missing=False):
-        root = _check_root(root, "MLVU")
+        root = check_root(root, "MLVU")
         if not (root / "json").is_dir() and (root / "MLVU" / "json").is_dir():
             root = root / "MLVU"  # the dataset repository wraps the release in MLVU/
         layout = "MLVU layout: json/<n>_<task>.json and video/<n>_<task>/<file> (optionally under MLVU/)"
@@ -65,9 +64,9 @@ class MLVU(Benchmark):
             folder = root / "video" / Path(file).stem
             if not folder.is_dir() and (root / "video" / task).is_dir():
                 folder = root / "video" / task
-            for i, entry in enumerate(_read_json(path, "MLVU annotation")):
+            for i, entry in enumerate(read_json(path, "MLVU annotation", list)):
                 where = f"{path} entry {i}"
-                _require_keys(entry, ("video", "question", "candidates", "answer"), where)
+                require_keys(entry, ("video", "question", "candidates", "answer"), where)
                 options = [str(c) for c in entry["candidates"]]
                 samples.append(
                     Sample(
@@ -75,12 +74,12 @@ class MLVU(Benchmark):
                         video=folder / entry["video"],
                         question=entry["question"],
                         options=options,
-                        answer=_letter_of(options, str(entry["answer"]), where),
+                        answer=letter_of(options, str(entry["answer"]), where),
                         categories={"task": task},
                         duration=entry.get("duration"),
                     )
                 )
-        return _drop_missing_videos(samples, skip_missing, layout)
+        return drop_missing_videos(samples, skip_missing, layout)
 
     def frame_indices(self, sample, total_frames, fps, num_frames):
         return segment_middles(total_frames, fps, num_frames)

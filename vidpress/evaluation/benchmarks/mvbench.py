@@ -10,14 +10,13 @@ from vidpress.evaluation.benchmarks.base import (
     LETTERS,
     Benchmark,
     Sample,
-    _check_root,
-    _drop_missing_videos,
-    _letter_of,
-    _read_json,
-    _require_keys,
-    register,
+    check_root,
+    drop_missing_videos,
+    letter_of,
+    register_benchmark,
     segment_middles,
 )
+from vidpress.files import read_json, require_keys
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ MVBENCH_TASKS = {
 }
 
 
-@register
+@register_benchmark
 class MVBench(Benchmark):
     """MVBench (Li et al., CVPR 2024): 20 temporal tasks of 200 questions, 3-5 options each."""
 
@@ -61,7 +60,7 @@ class MVBench(Benchmark):
     answer_prefix = "Best option:("
 
     def load(self, root, skip_missing=False):
-        root = _check_root(root, "MVBench")
+        root = check_root(root, "MVBench")
         layout = "MVBench layout: json/<task>.json and video/<source>/<file>"
         files = {task: root / "json" / spec[0] for task, spec in MVBENCH_TASKS.items()}
         absent = [str(path) for path in files.values() if not path.is_file()]
@@ -75,10 +74,10 @@ class MVBench(Benchmark):
             if not files[task].is_file():
                 logger.warning("MVBench: skipping task %r (no %s)", task, files[task])
                 continue
-            entries = _read_json(files[task], "MVBench annotation")
+            entries = read_json(files[task], "MVBench annotation", list)
             for i, entry in enumerate(entries):
                 where = f"{files[task]} entry {i}"
-                _require_keys(entry, ("video", "question", "candidates", "answer"), where)
+                require_keys(entry, ("video", "question", "candidates", "answer"), where)
                 clip = (float(entry["start"]), float(entry["end"])) if has_clip and "start" in entry else None
                 options = [str(c) for c in entry["candidates"]]
                 samples.append(
@@ -87,12 +86,12 @@ class MVBench(Benchmark):
                         video=root / "video" / folder / entry["video"],
                         question=entry["question"],
                         options=options,
-                        answer=_letter_of(options, str(entry["answer"]), where),
+                        answer=letter_of(options, str(entry["answer"]), where),
                         categories={"task": task},
                         clip=clip,
                     )
                 )
-        return _drop_missing_videos(samples, skip_missing, layout)
+        return drop_missing_videos(samples, skip_missing, layout)
 
     def frame_indices(self, sample, total_frames, fps, num_frames):
         first = 1 if sample.video.is_dir() else 0  # frame folders count from 00001.jpg

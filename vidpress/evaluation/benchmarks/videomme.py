@@ -11,15 +11,15 @@ from vidpress.evaluation.benchmarks.base import (
     LETTERS,
     Benchmark,
     Sample,
-    _check_root,
-    _drop_missing_videos,
-    _letter_after_prefixes,
-    _require_keys,
-    register,
+    check_root,
+    drop_missing_videos,
+    letter_after_prefixes,
+    register_benchmark,
 )
+from vidpress.files import require_keys
 
 
-@register
+@register_benchmark
 class VideoMME(Benchmark):
     """Video-MME (Fu et al., CVPR 2025): 2,700 questions on 900 videos of 11 s to 1 h, four options each."""
 
@@ -28,7 +28,7 @@ class VideoMME(Benchmark):
     annotation = Path("videomme") / "test-00000-of-00001.parquet"
 
     def load(self, root, skip_missing=False):
-        root = _check_root(root, "Video-MME")
+        root = check_root(root, "Video-MME")
         layout = "Video-MME layout: videomme/test-00000-of-00001.parquet and data/<videoID>.mp4"
         path = root / self.annotation
         if not path.is_file():
@@ -41,7 +41,7 @@ class VideoMME(Benchmark):
         samples = []
         for i, row in enumerate(rows):
             where = f"{path} row {i}"
-            _require_keys(row, ("question_id", "videoID", "question", "options", "answer", *self.categories), where)
+            require_keys(row, ("question_id", "videoID", "question", "options", "answer", *self.categories), where)
             # Options are stored with their letter ("A. ..."); keep the text only, the prompt writes the letters.
             options = [re.sub(r"^[A-J]\.\s*", "", str(o)) for o in row["options"]]
             if row["answer"] not in LETTERS[: len(options)]:
@@ -56,7 +56,7 @@ class VideoMME(Benchmark):
                     categories={k: str(row[k]) for k in self.categories},
                 )
             )
-        return _drop_missing_videos(samples, skip_missing, layout)
+        return drop_missing_videos(samples, skip_missing, layout)
 
     def frame_indices(self, sample, total_frames, fps, num_frames):
         return np.linspace(0, total_frames - 1, num_frames).astype(np.int64)
@@ -69,4 +69,4 @@ class VideoMME(Benchmark):
         )
 
     def extract(self, response, sample):
-        return _letter_after_prefixes(response, "ABCD")
+        return letter_after_prefixes(response, "ABCD")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import transformers
 
-from vidpress.testing import llava
-from vidpress.testing.family import Family, text_config
+from vidpress.tiny import llava
+from vidpress.tiny.family import Family, text_config
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
 

@@ -13,7 +13,7 @@ PATCH = 14  # every tiny vision tower uses 14 px patches, so 56 px frames give a
 
 @dataclass(frozen=True)
 class Family:
-    """What vidpress.testing knows of one model family; `testing/<family>.py` defines one as FAMILY.
+    """What vidpress.tiny knows of one model family; `tiny/<family>.py` defines one as FAMILY.
 
     specials: the special tokens, given ids 0..k-1 in this order.
     token_names: the tokenizer's named special tokens (eos_token, pad_token, ...); the other specials are media

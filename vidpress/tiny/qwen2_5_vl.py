@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import transformers
 
-from vidpress.testing.family import PATCH, TEXT
-from vidpress.testing.qwen2_vl import mrope_text_config, qwen_family, token_ids
+from vidpress.tiny.family import PATCH, TEXT
+from vidpress.tiny.qwen2_vl import mrope_text_config, qwen_family, token_ids
 
 
 def _config(tokenizer, text=None) -> transformers.Qwen2_5_VLConfig:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vidpress.testing.family import PATCH
+from vidpress.tiny.family import PATCH
 
 VISION_SIZE = 56  # fixed input side of the LLaVA vision towers (SigLIP / CLIP)
 GRID = VISION_SIZE // PATCH  # 4: patches per side of one frame

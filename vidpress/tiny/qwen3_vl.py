@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import transformers
 
-from vidpress.testing.family import PATCH, TEXT, text_config
-from vidpress.testing.qwen2_vl import QWEN_TEMPLATE, qwen_family, qwen_processor, token_ids
+from vidpress.tiny.family import PATCH, TEXT, text_config
+from vidpress.tiny.qwen2_vl import QWEN_TEMPLATE, qwen_family, qwen_processor, token_ids
 
 CHAT_TEMPLATE = "{% set default_system = false %}" + QWEN_TEMPLATE
 

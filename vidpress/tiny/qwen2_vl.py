@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import transformers
 
-from vidpress.testing.family import PATCH, TEXT, Family, text_config
+from vidpress.tiny.family import PATCH, TEXT, Family, text_config
 
 SPECIALS = (
     "<|endoftext|>",

@@ -1,4 +1,4 @@
-"""Tiny random-weight CLIP and SigLIP dual encoders that build offline, for tests and demos of `CLIPEmbedder`.
+"""Tiny random-weight CLIP and SigLIP dual encoders that build offline, for the tests of `CLIPEmbedder`.
 
 Each is the stock transformers class built from a small config (32 px images, 8 px patches, width 32, 2 layers),
 saved with its real image processor and a byte-level BPE tokenizer trained in-process, so loading it runs the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from vidpress.testing.family import Family
+from vidpress.tiny.family import Family
 
 CORPUS = (
     "What happens? What happens in the video? Describe the video. Describe the image. What colour is the square?",
