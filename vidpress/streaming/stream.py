@@ -136,6 +136,7 @@ class VideoStream:
         self.cache = DynamicCache()
         self.layout = PositionLayout(self.adapter, len(self.template.prefix_ids))
         self.slot_kind = torch.empty(0, dtype=torch.long)
+        self.slot_ids = torch.empty(0, dtype=torch.long)
         self.slot_chunk = torch.empty(0, dtype=torch.long)
         self.slot_positions = torch.empty(self.layout.rows, 0, dtype=torch.long)
         self.visual_features = torch.empty(0, 0)  # [N, D] the cached visual tokens' features, in slot order
@@ -155,7 +156,7 @@ class VideoStream:
             self.encoder_cache.reset()
         ids = self.template.prefix_ids.to(self.model.device)
         self._prefill(ids[None], self.layout.prefix(len(ids)), {})
-        self._add_slots(PREFIX, -1, self.layout.prefix(len(ids)))
+        self._add_slots(PREFIX, -1, ids.cpu(), self.layout.prefix(len(ids)))
 
     # -- the stream -----------------------------------------------------------------------------------------
     @property
@@ -255,7 +256,7 @@ class VideoStream:
             raise
         kinds = torch.full((chunk_ids.shape[1],), CHUNK_TEXT, dtype=torch.long)
         kinds[(chunk_ids[0] == self.adapter.video_token_id).cpu()] = VISUAL
-        self._add_slots(kinds, index, chunk_positions)
+        self._add_slots(kinds, index, chunk_ids[0].cpu(), chunk_positions)
         width = kept.shape[-1]
         if not self.visual_features.numel():
             self.visual_features = torch.empty(0, width)
@@ -266,7 +267,7 @@ class VideoStream:
         self.groups_seen += tokens.num_frames
         self.last_second = seconds[-1]
         self.chunks[index] = ChunkRecord(index, (start_frame, self.frames_seen), (seconds[0], seconds[-1]),
-                                         chunk_ids.cpu(), chunk_positions, packed, inputs.get("video_grid_thw"))
+                                         chunk_ids[0].cpu(), chunk_positions, packed, inputs.get("video_grid_thw"))
         self.policy.on_append(self, index, kept.float().cpu())
         stats = self._stats
         stats.chunks += 1
@@ -311,12 +312,14 @@ class VideoStream:
         for layer in self.cache.layers:
             if type(layer) is not DynamicLayer:
                 raise ValueError(f"a stream evicts rows of a plain DynamicCache; this model's cache has "
-                                 f"{type(layer).__name__} layers (sliding-window or quantised caches are not supported)")
+                                 f"{type(layer).__name__} layers (sliding-window or quantised caches are not "
+                                 "supported)")
 
-    def _add_slots(self, kinds, chunk: int, positions: torch.Tensor) -> None:
+    def _add_slots(self, kinds, chunk: int, ids: torch.Tensor, positions: torch.Tensor) -> None:
         n = positions.shape[1]
         kinds = torch.full((n,), kinds, dtype=torch.long) if isinstance(kinds, int) else kinds
         self.slot_kind = torch.cat([self.slot_kind, kinds])
+        self.slot_ids = torch.cat([self.slot_ids, ids])
         self.slot_chunk = torch.cat([self.slot_chunk, torch.full((n,), chunk, dtype=torch.long)])
         self.slot_positions = torch.cat([self.slot_positions, positions.cpu()], dim=1)
         self._stats.visual_tokens_in_memory = self.visual_tokens
@@ -357,7 +360,8 @@ class VideoStream:
         kept_visual = ~drop[visual_slots]
         self.visual_features = self.visual_features[kept_visual]
         self.visual_frame = self.visual_frame[kept_visual]
-        self.slot_kind, self.slot_chunk = self.slot_kind[keep], self.slot_chunk[keep]
+        self.slot_kind, self.slot_chunk, self.slot_ids = (self.slot_kind[keep], self.slot_chunk[keep],
+                                                          self.slot_ids[keep])
         self.slot_positions = self.slot_positions[:, keep]
         self._stats.visual_tokens_evicted += int(drop[visual_slots].sum())
         self._stats.visual_tokens_in_memory = self.visual_tokens
