@@ -150,8 +150,7 @@ class VideoStream:
         self.groups_seen = 0
         self._stats = StreamStats()
         self.policy.reset()
-        if self.press is not None and hasattr(self.press, "reset_memory"):
-            self.press.reset_memory()
+        self.press_memory = self.press.stream_memory() if self.press is not None else None
         if self.encoder_cache is not None:
             self.encoder_cache.reset()
         ids = self.template.prefix_ids.to(self.model.device)
@@ -214,7 +213,7 @@ class VideoStream:
             inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.model.dtype)
         output, layout = self._encode(inputs)
         tokens = layout.tokens
-        selection = (self.press.select(tokens) if self.press is not None
+        selection = (self.press.select_chunk(tokens, self.press_memory) if self.press is not None
                      else Press(retention=1.0).select(tokens))
         keep = selection.keep_indices.to(tokens.features.device)
         extra = tokens.num_tokens if layout.extra is None else tokens.num_tokens + layout.extra.shape[0]
