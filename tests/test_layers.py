@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vidpress"
 
 # Each unit (a top-level module or subpackage of vidpress) and the units it may import. Read bottom-up: the base
 # (types, video, inputs, testing), the library (models, retrieval, presses, synthetic, serving), the helpers the
-# front ends share (loading: models and presses by name; timing: prefill with and without a press), then
+# front ends share (loading: models and presses by name; timing: prefill with and without a press; streaming: a
+# live video answered from one KV cache), then
 # evaluation, training and the command line on top.
 ALLOWED = {
     "types": set(),
@@ -29,12 +30,12 @@ ALLOWED = {
     "loading": {"presses", "models", "testing", "inputs", "video", "types"},
     "timing": {"presses", "models", "inputs", "video", "types"},
     "streaming": {"presses", "models", "retrieval", "inputs", "video", "types"},
-    "evaluation": {"streaming", "loading", "timing", "synthetic", "presses", "models", "retrieval", "serving", "inputs", "video",
-                   "testing", "types", "_compat"},
-    "training": {"evaluation", "streaming", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs", "video",
-                 "testing", "types"},
-    "cli": {"training", "evaluation", "streaming", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs",
-            "video", "testing", "types", "_compat"},
+    "evaluation": {"streaming", "loading", "timing", "synthetic", "presses", "models", "retrieval", "serving",
+                   "inputs", "video", "testing", "types", "_compat"},
+    "training": {"evaluation", "streaming", "loading", "timing", "synthetic", "presses", "models", "retrieval",
+                 "inputs", "video", "testing", "types"},
+    "cli": {"training", "evaluation", "streaming", "loading", "timing", "synthetic", "presses", "models", "retrieval",
+            "inputs", "video", "testing", "types", "_compat"},
     "__main__": {"cli"},
     "__init__": {"presses", "types", "_compat"},  # the package's public names
 }

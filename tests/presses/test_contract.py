@@ -37,7 +37,6 @@ GRANULARITY = {
     "uniform": lambda T, M: 0.5 / T,  # whole frames: round(R * T) of them
     "marc": lambda T, M: 1 / T,  # whole merged frames, K // M of them (fewer when retrieval keeps fewer)
     "vidcom2": lambda T, M: 1 / M,  # per-frame budgets round(r_t * M) averaging R, clamped to [1, M]
-    "stc": lambda T, M: 0.5 / M,  # the same round(R * M) tokens in every frame
 }
 
 

@@ -34,11 +34,12 @@ class STCPress(Press):
     3. x̂ = tokens L2-normalised on those channels; f = mean of the frame's x̂ (not renormalised);
        m̂ = normalise(anchor); score = K(x̂, m̂) + K(x̂, f), K(x, c) = sum over a in `alphas` of
        exp(-||x - c||^2 / (2a));
-    4. every frame keeps its k = max(1, round(retention * M)) tokens with the SMALLEST score, sorted (the release
-       keeps a fixed 60 of 196 = 30.6 % per frame).
+    4. every frame keeps its k tokens with the SMALLEST score, sorted. The release keeps a fixed 60 of 196 per frame
+       (the default retention); vidpress keeps K = max(1, round(retention * T * M)) in all, k = K // T per frame
+       plus one for the first K % T frames, which is the release's fixed count whenever retention * M is whole.
 
     Args:
-        retention: share of each frame's tokens kept (per-frame rounding).
+        retention: share of the tokens kept.
         chunk_frames: frames per chunk when a whole video is pressed at once (`select`); the release encodes one
             frame per chunk. A `VideoStream` gives each appended chunk to `select_chunk` with the stream's memory.
         channel_ratio: share of channels scored (0.5 released). alphas: the kernel's bandwidths.
@@ -68,10 +69,11 @@ class STCPress(Press):
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         memory = STCMemory()
         T, M = tokens.num_frames, tokens.tokens_per_frame
+        counts = self._frame_counts(T, M)
         kept = []
         for start in range(0, T, self.chunk_frames):
             chunk = tokens.features[start : start + self.chunk_frames]
-            kept.append(self._chunk_keep(chunk, memory) + start * M)
+            kept.append(self._chunk_keep(chunk, memory, counts[start : start + self.chunk_frames]) + start * M)
         keep = torch.cat(kept)
         return Selection(keep, tokens.num_tokens, frame_budgets=torch.bincount(keep // M, minlength=T).cpu())
 
@@ -80,13 +82,18 @@ class STCPress(Press):
         if not isinstance(tokens, VideoTokens):
             raise ValueError(f"select_chunk expects VideoTokens; got {type(tokens).__name__}")
         tokens.check_finite()
-        keep = self._chunk_keep(tokens.features, memory)
         M = tokens.tokens_per_frame
+        keep = self._chunk_keep(tokens.features, memory, self._frame_counts(tokens.num_frames, M))
         return Selection(keep, tokens.num_tokens,
                          frame_budgets=torch.bincount(keep // M, minlength=tokens.num_frames).cpu())
 
-    def _chunk_keep(self, chunk: torch.Tensor, memory: STCMemory) -> torch.Tensor:
-        """Sorted kept indices into one chunk's tokens [F, M, D] (F * M of them)."""
+    def _frame_counts(self, T: int, M: int) -> list[int]:
+        """Tokens kept in each of T frames of M: K = max(1, round(R * T * M)) spread evenly, earlier frames first."""
+        total = min(T * M, max(1, round(self.retention * T * M)))
+        return [total // T + (t < total % T) for t in range(T)]
+
+    def _chunk_keep(self, chunk: torch.Tensor, memory: STCMemory, counts: list[int]) -> torch.Tensor:
+        """Sorted kept indices into one chunk's tokens [F, M, D] (F * M of them), counts[f] in frame f."""
         F_, M, D = chunk.shape
         x = chunk.float().reshape(F_ * M, D)
         channels = x.var(0, unbiased=False).topk(max(1, int(D * self.channel_ratio)), largest=False).indices
@@ -96,10 +103,9 @@ class STCPress(Press):
         unit = F.normalize(raw, dim=-1).view(F_, M, -1)
         frame = unit.mean(1, keepdim=True)
         score = self._kernel(unit, anchor) + self._kernel(unit, frame)  # [F, M]
-        k = min(M, max(1, round(self.retention * M)))
         # smallest scores; a stable sort breaks ties toward the lower index
-        order = torch.sort(score, dim=1, stable=True).indices[:, :k].sort(dim=1).values
-        return (order + torch.arange(F_, device=order.device)[:, None] * M).reshape(-1)
+        order = torch.sort(score, dim=1, stable=True).indices
+        return torch.cat([order[f, :k].sort().values + f * M for f, k in enumerate(counts)])
 
     def _kernel(self, x: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         sq = (x - centre).pow(2).sum(-1)

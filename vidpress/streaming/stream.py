@@ -112,7 +112,7 @@ class VideoStream:
         if self.press is not None and self.press.name == "stc":
             from vidpress.streaming.stc import STCEncoderCache
 
-            self.encoder_cache = STCEncoderCache.for_model(self.adapter, self.press)
+            self.encoder_cache = STCEncoderCache.for_model(self.adapter)
         self.reset()
 
     # -- construction ---------------------------------------------------------------------------------------
