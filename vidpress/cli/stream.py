@@ -76,6 +76,8 @@ def run(args) -> int:
             while questions and questions[0][0] <= now:
                 answer(*questions.pop(0), now)
     except SourceError as error:
+        if now is None:  # nothing was streamed: bad input, not a stream that broke
+            raise
         failed = error
         print(f"error: {error}", file=sys.stderr)
     if questions:

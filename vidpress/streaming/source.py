@@ -36,8 +36,7 @@ def video_chunks(source: str, fps: float = 2.0, chunk_seconds: float = 1.0, real
     """Yield (frames uint8 [F, H, W, 3], timestamps [F] seconds from the source's first frame), one chunk per
     `chunk_seconds` of source time, frames sampled at `fps` (the first decoded frame at or after each sampling
     time). `realtime` paces a file at its own clock (a live source paces itself). A decode failure or a source
-    that drops raises `SourceError` after the chunks read so far were yielded; the last partial chunk is yielded
-    at a clean end."""
+    that drops raises `SourceError` after everything read so far was yielded (the partial chunk included)."""
     import av
 
     if not fps > 0 or not chunk_seconds > 0:
@@ -60,6 +59,8 @@ def video_chunks(source: str, fps: float = 2.0, chunk_seconds: float = 1.0, real
             except StopIteration:
                 break
             except (av.FFmpegError, OSError) as error:
+                if frames:  # what was read before the failure still reaches the stream
+                    yield np.stack(frames), seconds
                 raise SourceError(f"{source}: the source failed after {reached or 0:.1f} s of stream time "
                                   f"({type(error).__name__}: {error})", reached) from error
             count += 1
