@@ -61,7 +61,7 @@ def test_stream_equals_offline(tiny_model, family):
         torch.testing.assert_close(logits, offline_logits(stream, QUESTION), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", pytest.param("llava_onevision", marks=pytest.mark.slow)])
 def test_ask_leaves_the_stream_unchanged(tiny_model, family):
     model, processor = tiny_model(family)
     video = tiny_video(12)
@@ -126,7 +126,8 @@ def slot_of_position(stream: VideoStream) -> dict:
     return {tuple(column.tolist()): slot for slot, column in enumerate(stream.slot_positions.T)}
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision", "llava_next_video"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", *(pytest.param(f, marks=pytest.mark.slow)
+                                                   for f in ("llava_onevision", "llava_next_video"))])
 @pytest.mark.parametrize("policy", ["fifo", "uniqueness"])
 def test_eviction_keeps_positions(tiny_model, family, policy):
     model, processor = tiny_model(family)
@@ -230,3 +231,21 @@ def test_bad_input_is_a_clear_error(tiny_model):
         VideoStream(model, processor, press="fastv")
     with pytest.raises(ValueError, match="unknown memory policy"):
         VideoStream(model, processor, policy="lru")
+
+
+def test_any_pre_llm_press_presses_each_chunk_alone(tiny_model):
+    model, processor = tiny_model("qwen2_5_vl")
+    video = tiny_video(8)
+    stream = stream_clip(model, processor, video, press="vidcom2", retention=0.5)
+    stats = stream.stats()
+    assert stats["visual_tokens_seen"] == 16 and stats["visual_tokens_pressed_out"] == 8
+    assert stream.visual_tokens == 8
+    # each chunk is the press's choice on that chunk alone: the kept features are those rows of the chunk
+    from vidpress.presses import VidCom2Press
+
+    adapter = get_adapter(model)
+    inputs = make_inputs(processor, [video[:2]], QUESTION, fps=2.0)
+    with torch.no_grad():
+        tokens = adapter.video_layouts(adapter.encode("video", inputs), inputs)[0].tokens
+    keep = VidCom2Press(retention=0.5).select(tokens).keep_indices
+    torch.testing.assert_close(stream.visual_features[:2], tokens.features.reshape(4, -1)[keep].float())

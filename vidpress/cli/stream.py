@@ -27,8 +27,8 @@ def add_parser(subparsers) -> None:
     command.add_argument("--memory-tokens", type=int, help="cap on the visual tokens in the cache (default: none)")
     command.add_argument("--press", choices=presses.available(), help="press applied to each chunk (default: none; "
                          "stc also reuses vision-encoder work on SigLIP/CLIP towers)")
-    command.add_argument("--retention", type=float, default=0.25,
-                         help="the press's retention (default: %(default)s; stc's released setting is 0.306)")
+    command.add_argument("--retention", type=float,
+                         help="the press's retention (default: the press's own; stc: the released 60/196)")
     command.add_argument("--memory-policy", choices=sorted(POLICIES),
                          help="what leaves the memory at the cap (default: stc with --press stc, else fifo)")
     command.add_argument("--recall-clips", type=int, default=2,

@@ -27,8 +27,10 @@ from vidpress.inputs import frames_metadata
 from vidpress.models import get_adapter
 from vidpress.presses import get as get_press
 from vidpress.presses.base import Press
+from vidpress.presses.stc import STCPress
 from vidpress.streaming.layout import PositionLayout, StreamTemplate
 from vidpress.streaming.memory import MemoryView, build_policy
+from vidpress.streaming.stc import STCEncoderCache
 
 # What each cache slot holds.
 PREFIX, VISUAL, CHUNK_TEXT = 0, 1, 2
@@ -86,7 +88,9 @@ class VideoStream:
         policy: what leaves when a chunk would pass the cap: "fifo", "uniqueness" (VidCom²-style over the whole
             memory), "stc" (STC's pruner memory) or "recall" (FIFO, evicted chunks indexed for MARC-style recall);
             default "stc" with press="stc", else "fifo".
-        retention: the press's retention when `press` is a name.
+        retention: the press's retention when `press` is a name (None: the press's own default; STC's is the
+            released 60/196).
+        encoder_cache: run STC's encoder cache (`vidpress.streaming.stc`); None: with the STC press.
         recall_clips: clips a question brings back under policy="recall".
         system: an optional system prompt.
 
@@ -96,7 +100,8 @@ class VideoStream:
     """
 
     def __init__(self, model, processor, press: str | Press | None = None, memory_tokens: int | None = None,
-                 policy: str | None = None, retention: float = 0.25, recall_clips: int = 2, system: str | None = None):
+                 policy: str | None = None, retention: float | None = None, recall_clips: int = 2,
+                 encoder_cache: bool | None = None, system: str | None = None):
         self.model, self.processor = model, processor
         self.adapter = get_adapter(model)
         self.press = self._build_press(press, retention)
@@ -104,24 +109,26 @@ class VideoStream:
                                           or memory_tokens < 1):
             raise ValueError(f"memory_tokens must be a positive integer or None (unbounded); got {memory_tokens!r}")
         self.memory_tokens = memory_tokens
-        default = "stc" if self.press is not None and self.press.name == "stc" else "fifo"
-        self.policy = build_policy(policy or default, model=model, processor=processor, recall_clips=recall_clips)
+        stc = isinstance(self.press, STCPress)
+        self.policy = build_policy(policy or ("stc" if stc else "fifo"), model=model, processor=processor,
+                                   recall_clips=recall_clips)
         self.template = StreamTemplate.from_processor(processor, system)
         self.temporal_patch = int(getattr(model.config.vision_config, "temporal_patch_size", 1) or 1)
         self.encoder_cache = None
-        if self.press is not None and self.press.name == "stc":
-            from vidpress.streaming.stc import STCEncoderCache
-
+        if encoder_cache or (encoder_cache is None and stc):
             self.encoder_cache = STCEncoderCache.for_model(self.adapter)
+            if self.encoder_cache is not None and self.press is not None and self.press.needs_vision_stats:
+                raise ValueError(f"STC's encoder cache returns no vision attention, which {self.press.name} reads; "
+                                 "pass encoder_cache=False")
         self.reset()
 
     # -- construction ---------------------------------------------------------------------------------------
     @staticmethod
-    def _build_press(press, retention: float) -> Press | None:
+    def _build_press(press, retention: float | None) -> Press | None:
         if press is None:
             return None
         if isinstance(press, str):
-            press = get_press(press, retention=retention)
+            press = get_press(press) if retention is None else get_press(press, retention=retention)
         if not isinstance(press, Press):
             raise ValueError(f"press must be None, a press name or a Press; got {type(press).__name__}")
         if press.acts_in_llm or press.query_aware or press.needs_policy:
@@ -280,9 +287,12 @@ class VideoStream:
             with self.encoder_cache.active():
                 output = self.adapter.encode("video", inputs)
             self._stats.encoder_work_saved = self.encoder_cache.work_saved
+            layouts = self.adapter.video_layouts(output, inputs)
+        elif self.press is not None:  # as a pressed call encodes (vision statistics for presses that read them)
+            output, layouts = self.adapter.encode_videos(self.press, inputs)
         else:
             output = self.adapter.encode("video", inputs)
-        layouts = self.adapter.video_layouts(output, inputs)
+            layouts = self.adapter.video_layouts(output, inputs)
         if len(layouts) != 1:
             raise RuntimeError(f"vidpress: one chunk encoded to {len(layouts)} videos")
         return output, layouts[0]
