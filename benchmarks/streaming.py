@@ -47,7 +47,9 @@ def run(args) -> dict:
                          retention=args.retention)
     clip = tiny_video(240, 56, 56, seed=3)
     process = psutil.Process(os.getpid())
-    rows = []
+    chunks = -(-args.frames // args.chunk_frames)
+    # preallocated, so the measurement itself does not grow the process
+    log = {key: np.zeros(chunks) for key in ("frames", "ms", "rss_mb", "cache_tokens", "visual_tokens")}
     ask_ms = []
     start = time.perf_counter()
     for c, first in enumerate(range(0, args.frames, args.chunk_frames)):
@@ -57,13 +59,15 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         stream.append(frames, seconds)
         ms = (time.perf_counter() - t0) * 1000
-        rows.append({"frames": first + count, "ms": ms, "rss_mb": process.memory_info().rss / 2**20,
-                     "cache_tokens": stream.cache_length, "visual_tokens": stream.visual_tokens})
+        for key, value in (("frames", first + count), ("ms", ms), ("rss_mb", process.memory_info().rss / 2**20),
+                           ("cache_tokens", stream.cache_length), ("visual_tokens", stream.visual_tokens)):
+            log[key][c] = value
         if args.ask_every and (c + 1) % args.ask_every == 0:
             t0 = time.perf_counter()
             stream.ask("What happened so far?", max_new_tokens=4)
             ask_ms.append((time.perf_counter() - t0) * 1000)
     total_s = time.perf_counter() - start
+    rows = [{key: float(values[c]) for key, values in log.items()} for c in range(chunks)]
 
     def window(key, lo, hi):
         values = [r[key] for r in rows[int(lo * len(rows)) : max(int(hi * len(rows)), int(lo * len(rows)) + 1)]]

@@ -81,7 +81,7 @@ def test_pruner_memory_spans_the_chunks_of_a_stream():
     whole = press.select(tokens)  # one frame per chunk, memory fresh for the video
     memory = press.stream_memory()
     chunks = [press.select_chunk(VideoTokens(tokens.features[t : t + 1], (1, 3, 3)), memory) for t in range(6)]
-    assert len(memory.chunk_means) == 6
+    assert memory.chunks == 6
     assert torch.equal(whole.keep_indices, torch.cat([c.keep_indices + t * 9 for t, c in enumerate(chunks)]))
     assert press.select(tokens).keep_indices.tolist() == whole.keep_indices.tolist()  # no state leaks across videos
     assert whole.frame_budgets.tolist() == [3] * 6
@@ -110,7 +110,7 @@ def test_pruner_rule_step_by_step():
                         + torch.exp(-((rows - centre) ** 2).sum(-1) / (2 * a)) for a in (0.125, 0.25, 0.5, 1, 2))
             expected += sorted((score.argsort()[:4] + f * 9).tolist())
         assert kept.keep_indices.tolist() == expected
-    assert len(memory.chunk_means) == 2
+    assert memory.chunks == 2
     # the memory changes the choice: the second chunk alone (fresh memory) keeps other tokens
     alone = press.select_chunk(VideoTokens(chunks[1], (2, 3, 3)), press.stream_memory())
     assert alone.keep_indices.tolist() != kept.keep_indices.tolist()

@@ -185,10 +185,11 @@ def test_stc_policy_anchor_spans_evicted_chunks():
     policy.on_append(None, 0, torch.tensor([[10.0, 0.0], [10.0, 0.0]]))
     policy.on_append(None, 1, torch.tensor([[0.0, 2.0]]))
     torch.testing.assert_close(policy.anchor(), torch.tensor([5.0, 1.0]))  # mean of chunk means, not of tokens
+    torch.testing.assert_close(policy.anchor(torch.tensor([[2.0, 0.0]])), torch.tensor([4.0, 2 / 3]))
     # the memory token nearest the anchor's direction leaves first: channels 2-3 vary most and are left out; each
     # token is its own frame, so the frame term is the same for all
     memory = torch.tensor([[0.1, 1.0, 50.0, -50.0], [1.0, 0.2, -50.0, 50.0], [1.0, 1.0, 30.0, 0.0]])
-    policy.chunk_means = [torch.tensor([10.0, 0, 0, 0]), torch.tensor([0, 2.0, 0, 0])]
+    policy.total, policy.chunks = torch.tensor([10.0, 2.0, 0, 0]), 2  # chunk means (10, 0, 0, 0), (0, 2, 0, 0)
     view = MemoryView(memory, torch.tensor([1, 1, 1]), torch.tensor([0, 1, 2]))
     chosen = policy.choose(view, torch.tensor([[0.5, 0.5, -30.0, 0.0]]), torch.tensor([3]), 1)
     assert chosen.tolist() == [1]

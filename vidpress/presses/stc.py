@@ -7,7 +7,7 @@ encoder-side half of STC (the cacher) lives in `vidpress.streaming.stc`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +18,18 @@ from vidpress.types import Query, Selection, VideoTokens
 
 @dataclass
 class STCMemory:
-    """The pruner's memory of one stream: the mean raw (channel-selected) token of every chunk seen [C_i]."""
+    """The pruner's memory of one stream: the sum [C] of the mean raw (channel-selected) token of every chunk seen,
+    and their count; the anchor is their mean. A running sum keeps the memory constant-size however long the
+    stream."""
 
-    chunk_means: list[torch.Tensor] = field(default_factory=list)
+    total: torch.Tensor | None = None
+    chunks: int = 0
+
+    def add(self, chunk_mean: torch.Tensor) -> torch.Tensor:
+        """Add one chunk's mean [C]; returns the anchor (mean of all chunk means, this one included)."""
+        self.total = chunk_mean.clone() if self.total is None else self.total + chunk_mean
+        self.chunks += 1
+        return self.total / self.chunks
 
 
 @register("stc")
@@ -98,8 +107,7 @@ class STCPress(Press):
         x = chunk.float().reshape(F_ * M, D)
         channels = x.var(0, unbiased=False).topk(max(1, int(D * self.channel_ratio)), largest=False).indices
         raw = x[:, channels]
-        memory.chunk_means.append(raw.mean(0))
-        anchor = F.normalize(torch.stack(memory.chunk_means).mean(0), dim=-1)
+        anchor = F.normalize(memory.add(raw.mean(0)), dim=-1)
         unit = F.normalize(raw, dim=-1).view(F_, M, -1)
         frame = unit.mean(1, keepdim=True)
         score = self._kernel(unit, anchor) + self._kernel(unit, frame)  # [F, M]

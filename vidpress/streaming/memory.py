@@ -138,15 +138,19 @@ class STCMemoryPolicy(MemoryPolicy):
     """STC's pruner memory as an eviction rule: the memory tokens closest to the anchor of every chunk seen leave."""
 
     def __init__(self):
-        self.chunk_means: list[torch.Tensor] = []
+        self.reset()
 
     def reset(self):
-        self.chunk_means = []
+        self.total: torch.Tensor | None = None  # [D] sum of the chunk means seen (constant-size memory)
+        self.chunks = 0
 
     def anchor(self, incoming: torch.Tensor | None = None) -> torch.Tensor:
         """[D] mean of the chunk means seen (the incoming chunk's included when given)."""
-        means = self.chunk_means + ([incoming.mean(0)] if incoming is not None else [])
-        return torch.stack(means).mean(0)
+        total, count = self.total, self.chunks
+        if incoming is not None:
+            total = incoming.mean(0) if total is None else total + incoming.mean(0)
+            count += 1
+        return total / count
 
     def choose(self, memory, incoming, incoming_frame, excess):
         x = torch.cat([memory.features, incoming])
@@ -158,7 +162,9 @@ class STCMemoryPolicy(MemoryPolicy):
         return largest_first(score[: len(memory)], excess)
 
     def on_append(self, stream, chunk, features):
-        self.chunk_means.append(features.mean(0))
+        mean = features.mean(0)
+        self.total = mean if self.total is None else self.total + mean
+        self.chunks += 1
 
 
 @register_policy("recall")

@@ -16,6 +16,7 @@ kept tokens at their original positions.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +63,8 @@ class StreamStats:
     visual_tokens_pressed_out: int = 0
     visual_tokens_evicted: int = 0
     encoder_work_saved: float = 0.0
-    ms_per_chunk: list[float] = field(default_factory=list)
+    #: the latest chunks' wall times (a bounded window, so a stream's state stays constant-size)
+    ms_per_chunk: deque = field(default_factory=lambda: deque(maxlen=1000))
     questions: int = 0
 
     def as_dict(self) -> dict:
@@ -72,7 +74,7 @@ class StreamStats:
             "cache_tokens": self.cache_tokens, "visual_tokens_seen": self.visual_tokens_seen,
             "visual_tokens_pressed_out": self.visual_tokens_pressed_out,
             "visual_tokens_evicted": self.visual_tokens_evicted, "encoder_work_saved": self.encoder_work_saved,
-            "ms_per_chunk_median": float(np.median(ms)) if ms else None,
+            "ms_per_chunk_median": float(np.median(list(ms))) if ms else None,  # over the last 1000 chunks
             "ms_per_chunk_last": ms[-1] if ms else None, "questions": self.questions,
         }
 
