@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vidpress"
 
 # Each unit (a top-level module or subpackage of vidpress) and the units it may import. Read bottom-up: the base
 # (types, files, video, inputs, tiny), the library (models, retrieval, presses, synthetic, serving), the helpers the
-# front ends share (loading: models and presses by name; timing: prefill with and without a press), then
+# front ends share (loading: models and presses by name; timing: prefill with and without a press; streaming: a
+# live video answered from one KV cache), then
 # evaluation, training and the command line on top. `testing` (test support) is imported by tests only.
 ALLOWED = {
     "types": set(),
@@ -31,12 +32,13 @@ ALLOWED = {
     "serving": {"presses", "models", "types", "compat"},
     "loading": {"presses", "models", "tiny", "inputs", "video", "files", "types"},
     "timing": {"presses", "models", "inputs", "video", "types"},
-    "evaluation": {"loading", "timing", "synthetic", "presses", "models", "retrieval", "serving", "inputs", "video",
-                   "tiny", "files", "types", "compat"},
-    "training": {"evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs", "video",
-                 "tiny", "files", "types"},
-    "cli": {"training", "evaluation", "loading", "timing", "synthetic", "presses", "models", "retrieval", "inputs",
-            "video", "tiny", "files", "types", "compat"},
+    "streaming": {"presses", "models", "retrieval", "inputs", "video", "types"},
+    "evaluation": {"streaming", "loading", "timing", "synthetic", "presses", "models", "retrieval", "serving", "inputs",
+                   "video", "tiny", "files", "types", "compat"},
+    "training": {"evaluation", "streaming", "loading", "timing", "synthetic", "presses", "models", "retrieval",
+                 "inputs", "video", "tiny", "files", "types"},
+    "cli": {"training", "evaluation", "streaming", "loading", "timing", "synthetic", "presses", "models", "retrieval",
+            "inputs", "video", "tiny", "files", "types", "compat"},
     "__main__": {"cli"},
     "__init__": {"presses", "types", "compat"},  # the package's public names
 }

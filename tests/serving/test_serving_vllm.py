@@ -10,7 +10,7 @@ from vidpress import VideoTokens, presses
 from vidpress.presses.base import ScorePress
 from vidpress.serving.vllm import applicable_presses, press_from_config, select_exact
 
-WORKING = ["divprune", "dycoke", "fastvid", "random", "uniform", "vidcom2"]
+WORKING = ["divprune", "dycoke", "fastvid", "random", "stc", "uniform", "vidcom2"]
 REFUSED = ["cacovid", "fastv", "marc", "pdrop", "visionzip"]
 
 

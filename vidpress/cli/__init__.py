@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from vidpress.cli import bench, evaluate, generate, inspect_press, profiling
+from vidpress.cli import bench, evaluate, generate, inspect_press, profiling, stream
 
 
 def _version() -> str:
@@ -20,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("-v", "--verbose", action="store_true", help="log what the presses do")
     top.add_argument("--version", action="version", version=f"vidpress {_version()}")
     sub = top.add_subparsers(dest="command", required=True)
-    for command in (generate, bench, inspect_press, evaluate, profiling):  # the order of `vidpress --help`
+    for command in (generate, stream, bench, inspect_press, evaluate, profiling):  # the order of `vidpress --help`
         command.add_parser(sub)
     train = sub.add_parser("train", help="train a model or a learned press",
                            description="Train a model or a learned press.")

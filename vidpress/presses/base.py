@@ -114,6 +114,16 @@ class Press(metaclass=_ChecksKnobs):
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         raise NotImplementedError
 
+    def stream_memory(self):
+        """State a press keeps across the chunks of one stream (`vidpress.streaming.VideoStream` makes one per
+        stream and hands it to `select_chunk`); None for presses without a memory (the default)."""
+        return None
+
+    def select_chunk(self, tokens: VideoTokens, memory) -> Selection:
+        """Choose the tokens of one chunk of a stream [F, M, D], given the stream's `memory` (`stream_memory`).
+        The default: the chunk alone, as `select`."""
+        return self.select(tokens)
+
     def __call__(self, model):
         """Apply this press to `model` inside a `with` block; see `vidpress.models.apply_press`."""
         from vidpress.models import apply_press
