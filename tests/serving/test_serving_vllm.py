@@ -30,7 +30,8 @@ def test_applicable_presses():
 
 @pytest.mark.parametrize("name", REFUSED)
 def test_refused_press_names_the_working_ones(name):
-    with pytest.raises(ValueError, match=f"press '{name}' cannot run in vLLM: .*divprune, downsample, dycoke, evs, fastvid"):
+    with pytest.raises(ValueError,
+                       match=f"press '{name}' cannot run in vLLM: .*divprune, downsample, dycoke, evs, fastvid"):
         press_from_config(config(name), "qwen2_5_vl", 0.5)
 
 

@@ -36,6 +36,7 @@ def get(name: str, **knobs) -> Press:
     return PRESSES[key](**knobs)
 
 
-__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DownsamplePress", "DyCokePress", "EVSPress", "FastVIDPress", "FastVPress",
-           "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press", "RandomPress", "ScorePress",
-           "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get", "register"]
+__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DownsamplePress", "DyCokePress", "EVSPress",
+           "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press",
+           "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get",
+           "register"]
