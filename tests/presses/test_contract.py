@@ -37,6 +37,9 @@ GRANULARITY = {
     "uniform": lambda T, M: 0.5 / T,  # whole frames: round(R * T) of them
     "marc": lambda T, M: 1 / T,  # whole merged frames, K // M of them (fewer when retrieval keeps fewer)
     "vidcom2": lambda T, M: 1 / M,  # per-frame budgets round(r_t * M) averaging R, clamped to [1, M]
+    "evs": lambda T, M: 1 / (T * M),  # vLLM's count int(N * R), not round(N * R)
+    # a pooled h' x w' grid per frame, each axis within one cell of sqrt(R) * side: (s + 1/side)^2 - s^2 at most
+    "downsample": lambda T, M: 2 / math.isqrt(M) + 1 / M,
 }
 
 

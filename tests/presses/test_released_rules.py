@@ -130,6 +130,39 @@ def test_fastvid_salient_share_and_anchor_frames_from_the_segment_end():
         VideoTokens(x, (6, 2, 5))).num_kept == 6 * 2  # int(2.5)
 
 
+def scenes(lengths, M, D=16, seed=0):
+    """Frames [sum(lengths), M, D]: one random scene per segment, each frame its scene plus a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    parts = [torch.randn(1, M, D, generator=g) + 0.01 * torch.randn(L, M, D, generator=g) for L in lengths]
+    return torch.cat(parts)
+
+
+def released_per_frame_count(lengths, M, R, d=0.4, p=4):
+    """The released per-frame count: b = int(R M) per frame, b - int(b d) salient, and per segment of L frames each
+    of its ceil(L / p) anchor frames gets (L * int(b d)) // ceil(L / p) context tokens."""
+    b = int(M * R)
+    c = int(b * d)
+    return sum(L * (b - c) + -(-L // p) * (L * c // -(-L // p)) for L in lengths)
+
+
+@pytest.mark.parametrize(("lengths", "M", "R", "expected"), [
+    # the five shapes where vidpress kept T * int(R M) before: T=32, M=49, R=0.25 kept 384 (11 frames, 3 anchors:
+    # 44 // 3 = 14 each, 2 dropped) ...
+    ((11, 21), 49, 0.25, 382),
+    ((16, 5, 3), 49, 0.1, 95),  # 96 before (5 frames, 2 anchors: 5 // 2 = 2 each)
+    ((5, 7, 20), 36, 0.1, 94),  # 96 before
+    ((10, 14), 49, 0.25, 287),  # 288 before (40 // 3 = 13 each)
+    ((5, 7, 20), 49, 0.5, 766),  # 768 before (b = 24, 9 context per frame: 45 // 2 = 22 each, 63 // 2 = 31 each)
+])
+def test_fastvid_per_frame_context_count_is_floored_per_anchor_frame(lengths, M, R, expected):
+    x = scenes(lengths, M)
+    press = FastVIDPress(retention=R, min_segments=len(lengths), threshold=-1.0, budget="per_frame")
+    bounds = [sum(lengths[:i]) for i in range(len(lengths) + 1)]
+    assert press.segments(VideoTokens(x, (x.shape[0], 1, M))) == list(zip(bounds[:-1], bounds[1:]))
+    assert released_per_frame_count(lengths, M, R) == expected
+    assert press.select(VideoTokens(x, (x.shape[0], 1, M))).num_kept == expected
+
+
 def _density_peaks_literal(x, count, knn):
     """DPC-kNN read literally: full distance matrix / sqrt(D), k nearest including itself, one row at a time."""
     C, D = x.shape

@@ -10,7 +10,7 @@ from vidpress import VideoTokens, presses
 from vidpress.presses.base import ScorePress
 from vidpress.serving.vllm import applicable_presses, press_from_config, select_exact
 
-WORKING = ["divprune", "dycoke", "fastvid", "random", "stc", "uniform", "vidcom2"]
+WORKING = ["divprune", "downsample", "dycoke", "evs", "fastvid", "random", "stc", "uniform", "vidcom2"]
 REFUSED = ["cacovid", "fastv", "marc", "pdrop", "visionzip"]
 
 
@@ -30,7 +30,8 @@ def test_applicable_presses():
 
 @pytest.mark.parametrize("name", REFUSED)
 def test_refused_press_names_the_working_ones(name):
-    with pytest.raises(ValueError, match=f"press '{name}' cannot run in vLLM: .*divprune, dycoke, fastvid, random"):
+    with pytest.raises(ValueError,
+                       match=f"press '{name}' cannot run in vLLM: .*divprune, downsample, dycoke, evs, fastvid"):
         press_from_config(config(name), "qwen2_5_vl", 0.5)
 
 

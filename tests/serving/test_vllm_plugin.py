@@ -212,6 +212,38 @@ def test_vidcom2_reproduces_vllm_vidcom2_on_qwen3(model_dir, hf_model):
         assert torch.equal(keep, mask.nonzero().squeeze(1)), seed
 
 
+def test_evs_reproduces_vllm_evs_on_qwen3(model_dir, hf_model):
+    """The evs press keeps vLLM's own EVS tokens end to end on Qwen3-VL: served with score_deepstack (the features
+    vLLM's EVS scores), and offline on transformers' encoder output with the DeepStack side features (the press's
+    default), both equal to vLLM's `compute_retention_mask` on the same rows."""
+    from vllm.multimodal.video_prune import evs
+
+    from vidpress.presses import get
+    from vidpress.types import VideoTokens
+
+    llm = engine(model_dir, "qwen3_vl", press="evs", method="evs", score_deepstack=True)
+    model, processor = hf_model("qwen3_vl")
+    num_frames, height, width, fps = SHAPES["square"]
+    T, h, w = num_frames // 2, height // 28, width // 28
+    for seed in range(3):
+        frames = tiny_video(num_frames, height, width, seed=200 + seed)
+        run(llm, processor, frames, fps)
+        keep = last_keep(llm)[0].cpu()
+        inputs = make_inputs(processor, [frames], QUESTION, fps=fps)
+        with torch.no_grad():
+            out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"],
+                                                 return_dict=True)
+        main = out.pooler_output[0]
+        levels = [level[0] for level in out.deepstack_features]
+        mask = evs.compute_retention_mask(torch.cat([main, *levels], -1), inputs["video_grid_thw"][0].tolist(), 2, RATE)
+        offline = get("evs", retention=1 - RATE).select(VideoTokens(
+            main.reshape(T, h * w, -1), (T, h, w),
+            side_features={f"deepstack.{i}": level.reshape(T, h * w, -1) for i, level in enumerate(levels)}))
+        assert keep.numel() == int(mask.sum()) == contract("evs", (T, h, w))
+        assert torch.equal(keep, mask.nonzero().squeeze(1)), seed
+        assert torch.equal(offline.keep_indices, keep), seed
+
+
 @pytest.mark.parametrize(
     ("family", "settings", "message"),
     [

@@ -9,7 +9,9 @@ from __future__ import annotations
 from vidpress.presses.base import PRESSES, LayerPress, Press, ScorePress, register
 from vidpress.presses.cacovid import CaCoVIDPolicy, CaCoVIDPress
 from vidpress.presses.divprune import DivPrunePress
+from vidpress.presses.downsample import DownsamplePress
 from vidpress.presses.dycoke import DyCokePress
+from vidpress.presses.evs import EVSPress
 from vidpress.presses.fastv import FastVPress
 from vidpress.presses.fastvid import FastVIDPress
 from vidpress.presses.marc import MarcPress
@@ -35,6 +37,7 @@ def get(name: str, **knobs) -> Press:
     return PRESSES[key](**knobs)
 
 
-__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress",
-           "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press", "RandomPress", "ScorePress",
-           "STCPress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get", "register"]
+__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DownsamplePress", "DyCokePress", "EVSPress",
+           "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press",
+           "RandomPress", "STCPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get",
+           "register"]

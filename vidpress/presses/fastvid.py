@@ -39,13 +39,15 @@ class FastVIDPress(Press):
          the lowest-similarity cuts are kept.
       2. Budget. `budget="exact"` (default): round(R * T * M) tokens, split over segments in proportion to their size
          (largest remainder, at least one each) and inside a segment evenly over its frames (b_f per frame).
-         `budget="per_frame"` (released): b_f = int(R * M) for every frame, so the video keeps T * int(R * M).
+         `budget="per_frame"` (released): b_f = int(R * M) for every frame.
       3. Salient tokens: every frame keeps its b_f - int(b_f * d) most salient tokens (d = `context_ratio`, 0.4:
          60% salient), ranked by the attention-free proxy `saliency`. They keep their features and take no merges.
       4. Context tokens: anchor frames are every p-th frame (p = `anchor_interval`) counted back from the segment's
          LAST frame. The segment's context budget, sum_f int(b_f * d), is split evenly over its anchor frames (an
          anchor frame with too few non-salient tokens passes the rest on; what no anchor frame can hold goes,
-         spread evenly over the frames, to their next most salient tokens). On each anchor frame, the density peaks
+         spread evenly over the frames, to their next most salient tokens). With "per_frame", as released, each of
+         the k anchor frames gets floor(L * int(b * d) / k) for a segment of L frames, and the remainder
+         (L * int(b * d)) mod k is dropped. On each anchor frame, the density peaks
          (DPC-kNN) of its non-salient tokens on raw features: dist = Euclidean / sqrt(D); rho_i = exp(-mean dist^2 to
          its `knn` (4) nearest tokens, itself included); delta_i = dist to the nearest token of higher density, or the
          largest distance of the frame for the densest; keep the largest rho * delta.
@@ -53,8 +55,9 @@ class FastVIDPress(Press):
          context token of that anchor frame; a context token c with n tokens assigned becomes
          (c + w * sum(assigned)) / (1 + n * w), w = clamp(1 / (n + 1), min=0.6), at c's position
          (`Selection.features`). A token thus feeds one context token of every anchor frame of its segment.
-    Effective retention: exactly round(R * T * M) / (T * M) with `budget="exact"`; T * int(R * M) / (T * M) (at least
-    one token per segment) with "per_frame".
+    Effective retention: exactly round(R * T * M) / (T * M) with `budget="exact"`; with "per_frame", per segment of
+    L frames and k = ceil(L / p) anchor frames, L * (b - int(b * d)) + k * floor(L * int(b * d) / k) tokens,
+    b = int(R * M) (at least one token per segment), as released: up to k - 1 fewer than L * b per segment.
 
     Differences from the released code: saliency is the cosine distance to the segment's mean token ("distinct",
     default) or the token's L2 norm ("norm"), in place of [CLS] attention; density ties go to the lower index where
@@ -190,6 +193,9 @@ class FastVIDPress(Press):
 
         anchors = list(range(F - 1, -1, -self.anchor_interval))[::-1]
         room = [M - int(salient_counts[a]) for a in anchors]
+        if self.budget == "per_frame":
+            # released count: every anchor frame gets floor(context budget / anchor frames); the remainder is dropped
+            context_total -= context_total % len(anchors)
         context_counts = _fill(context_total, room)
         leftover = context_total - sum(context_counts)
         if leftover:  # the anchor frames cannot hold the context budget: the frames' next most salient tokens take it

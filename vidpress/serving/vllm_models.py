@@ -39,11 +39,13 @@ def _serving_press(vllm_config):
     )
 
 
-def _keep_mask(model, features: torch.Tensor, grid: tuple[int, int, int], count: int):
+def _keep_mask(model, features: torch.Tensor, grid: tuple[int, int, int], count: int, side=None):
     """Run the press on one video's rows [T*M, D] with grid (T, h, w), h * w = M: (keep mask [T*M] bool, kept rows
-    [count, D], merged for merging presses)."""
+    [count, D], merged for merging presses). `side`: per-token side features {name: [T*M, d]}, as the transformers
+    path gives them to the press (Qwen3-VL: "deepstack.0", ...)."""
     T, h, w = grid
-    tokens = VideoTokens(features.reshape(T, h * w, -1), (T, h, w))
+    side = {name: rows.reshape(T, h * w, -1) for name, rows in (side or {}).items()}
+    tokens = VideoTokens(features.reshape(T, h * w, -1), (T, h, w), side_features=side)
     keep, kept = select_exact(model.vidpress.press, tokens, count)
     mask = torch.zeros(T * h * w, dtype=torch.bool, device=features.device)
     mask[keep.to(features.device)] = True
@@ -132,8 +134,11 @@ class VidpressQwen3VLForConditionalGeneration(_PressedVideo, Qwen3VLForCondition
                 # what vLLM's own EVS / VidCom2 score: main and DeepStack features together; merges apply to both
                 mask, kept = _keep_mask(self, emb, (t, rows, cols), count)
             else:
-                # what transformers' model gives a press: the main features; DeepStack rows follow the keep mask
-                mask, main = _keep_mask(self, emb[:, : self.visual_dim], (t, rows, cols), count)
+                # what transformers' model gives a press: the main features, the DeepStack levels as side features
+                # (read by presses that score them, e.g. evs); DeepStack rows follow the keep mask
+                levels = emb[:, self.visual_dim :].split(self.visual_dim, dim=1)
+                side = {f"deepstack.{i}": level_rows for i, level_rows in enumerate(levels)}
+                mask, main = _keep_mask(self, emb[:, : self.visual_dim], (t, rows, cols), count, side)
                 kept = torch.cat([main, emb[mask][:, self.visual_dim :]], dim=1)
             out.append(
                 self._create_final_video_embeddings(
