@@ -39,5 +39,5 @@ def get(name: str, **knobs) -> Press:
 
 __all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DownsamplePress", "DyCokePress", "EVSPress",
            "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press",
-           "RandomPress", "STCPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get",
-           "register"]
+           "RandomPress", "STCPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available",
+           "get", "register"]
