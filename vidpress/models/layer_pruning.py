@@ -40,7 +40,8 @@ def _scoring_attention(module, query, key, value, attention_mask, **kwargs):
         pruner.record(query, key, scaling)
         return query.new_zeros(query.shape[0], query.shape[2], query.shape[1], value.shape[-1]), None
     output = own_attention(module, pruner.attn_implementation)(module, query, key, value, attention_mask, **kwargs)
-    if query.shape[2] > 1 and not pruner.own_layer:  # prefill only; decoding steps are not ranked
+    # A prefill with video only (report set by `begin`); decoding steps and calls without video are not ranked.
+    if query.shape[2] > 1 and not pruner.own_layer and pruner.report is not None:
         pruner.record(query, key, scaling)
     return output
 
@@ -160,7 +161,10 @@ class LayerPruner:
         if self.compute_dtype == "float32":  # else in the model's dtype, as the released code
             q, key = q.float(), key.float()
         logits = torch.einsum("bkgd,bknd->bkgn", q, key) * scaling
-        logits = logits.masked_fill(~self.valid[:, None, None, :], float("-inf"))
+        # Keys the query may see: real tokens up to and including it. Without a cache the prefill is re-run with the
+        # generated tokens appended; they come after the query, so the ranking ignores them, as with a cache.
+        seen = self.valid & (self.index <= self.query_full[:, None])
+        logits = logits.masked_fill(~seen[:, None, None, :], float("-inf"))
         self.scores = torch.softmax(logits, dim=-1).mean(dim=(1, 2)).float()  # [B, kv]
 
     def _score_in_layer(self, layer, layer_index: int, hidden: torch.Tensor, kwargs: dict) -> None:
