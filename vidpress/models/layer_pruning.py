@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from vidpress.models.attention import AttentionRoute, own_attention
-from vidpress.models.base import PressReport, _repad_index
+from vidpress.models.report import PressReport
+from vidpress.models.sequence import repad_index
 from vidpress.types import Selection
 
 SCORING = "vidpress_scoring"
@@ -77,7 +78,9 @@ class LayerPruner:
         self.report: PressReport | None = None
 
     # -- install / remove ----------------------------------------------------------------------------------
-    def install(self):
+    def install(self) -> list:
+        """Install the hooks and attention routes; returns them (hook handles and routes, each with `remove()`).
+        `remove()` removes them all, also after an install that failed half-way."""
         for stage_layer, _ in self.stages:
             scoring_layer = stage_layer if self.own_layer else stage_layer - 1
             route = AttentionRoute(self.layers[scoring_layer].self_attn, SCORING, self)
@@ -90,6 +93,7 @@ class LayerPruner:
             self._handles.append(
                 self.layers[index].register_forward_pre_hook(self._layer_hook(index), with_kwargs=True)
             )
+        return [*self._handles, *self._routes]
 
     def remove(self):
         for handle in self._handles:
@@ -222,7 +226,7 @@ class LayerPruner:
                                                 torch.arange(order.shape[1], device=order.device).expand_as(order))
         keep = (self.valid & ~frame) | (frame & (rank < budget[:, None]))
         self.full_hidden = self._scatter_full(hidden)
-        gather, valid = _repad_index(keep, self.left)
+        gather, valid = repad_index(keep, self.left)
         hidden = hidden.gather(1, gather[..., None].expand(-1, -1, hidden.shape[-1])) * valid[..., None]
         self.index, self.valid = self.index.gather(1, gather), valid
         self.stage_state[layer_index] = (self.index, self.valid)
