@@ -23,7 +23,7 @@ from vidpress import presses as press_registry
 from vidpress.evaluation.memory import PeakMemory
 from vidpress.loading import load_model
 from vidpress.models import get_adapter
-from vidpress.models.base import PIXEL_INPUTS
+from vidpress.models.sequence import PIXEL_INPUTS
 from vidpress.synthetic import QUESTION_FAMILIES, evidence_hits
 from vidpress.synthetic.reference import (
     CACOVID_REFERENCE_DIR,
