@@ -32,9 +32,9 @@ def test_a_deepcopy_inside_a_block_is_a_clean_unpressed_model(qwen, press):
     """A copy made inside the block is the model as it was before the block: no hooks, no generate wrapper, no
     pressed marker (it once kept all three forever, so it could never be pressed again)."""
     model, inputs = qwen
-    clean = hooks(model)
     with torch.no_grad():
         ref = model.generate(**inputs, **GREEDY)
+        clean = hooks(model)  # after a first call: transformers may install its own hooks on first use
         with press(model):
             pressed_out = model.generate(**inputs, **GREEDY)
             twin = copy.deepcopy(model)

@@ -4,8 +4,9 @@ the block's lifecycle, threads.
 Presses come from the registry and families from `vidpress.testing.FAMILIES`, so a new press or family is swept
 without an edit here. Each press runs at retention 0.5 (a press that needs a trained policy, declared by
 `needs_policy`, at retention 1: the tiny models have no policy of their own). The default run pairs every press with
-one family (press i with family i mod 5), so every press and every family are met; the full sweep, every press on
-every family, is marked slow.
+one family (press i with family i mod 5), so every press and every family are met, and the generation modes for one
+press of each kind (each combination of declared flags); the full sweep, every press on every family, is marked
+slow.
 
 - generation modes: a left-padded batch of two videos equals its samples run alone (greedy), `use_cache=False`
   equals the cached run, beam search and sampling give back the caller's prompt, a continuation from the returned
@@ -30,9 +31,20 @@ NAMES = presses.available()
 NEW = 3
 QUESTIONS = ["What happens?", "Which colour is the square that moves fastest?"]
 ROTATION = [(name, FAMILIES[i % len(FAMILIES)]) for i, name in enumerate(NAMES)]
-CASES = [pytest.param(name, family, id=f"{name}-{family}",
-                      marks=() if (name, family) in ROTATION else pytest.mark.slow)
-         for name in NAMES for family in FAMILIES]
+FLAGS = ("query_aware", "acts_in_llm", "needs_vision_stats", "needs_policy")
+# one press per combination of declared flags, each on its rotation family: the default generation-mode run
+KINDS = list({tuple(getattr(presses.PRESSES[name], flag) for flag in FLAGS): (name, family)
+              for name, family in reversed(ROTATION)}.values())
+
+
+def cases(default) -> list:
+    """Every press on every family; the pairs in `default` run by default, the rest are marked slow."""
+    return [pytest.param(name, family, id=f"{name}-{family}",
+                         marks=() if (name, family) in default else pytest.mark.slow)
+            for name in NAMES for family in FAMILIES]
+
+
+CASES = cases(ROTATION)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +112,8 @@ def case(tiny, request):
     name, family = request.node.callspec.params["name"], request.node.callspec.params["family"]
     model, processor = tiny(family)
     inputs, singles = batch(processor, family)
-    clean, ref = footprint(model), logits(model, inputs)
+    ref = logits(model, inputs)
+    clean = footprint(model)  # after a first call: transformers installs its own output-recording hooks on first use
     yield model, processor, build(name), inputs, singles
     assert footprint(model) == clean
     assert torch.equal(logits(model, inputs), ref)
@@ -108,7 +121,7 @@ def case(tiny, request):
 
 # --- generation modes ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, family", CASES)
+@pytest.mark.parametrize("name, family", cases(KINDS))
 def test_generation_modes(case, name, family):
     model, processor, press, inputs, singles = case
     L = inputs["input_ids"].shape[1]
