@@ -50,8 +50,7 @@ class PressBlock:
 
     def __init__(self, press, model):
         self.press, self.model = press, model
-        self._pressed: PressedModel | None = None
-        self._installed: list = []
+        self._installed: list = []  # what the open block installed, in order
 
     def __enter__(self) -> PressedModel:
         press, model = self.press, self.model
@@ -81,29 +80,31 @@ class PressBlock:
             original_generate = model.generate
             wrapper = functools.wraps(original_generate)(functools.partial(pressed.generate, original_generate))
             installed.append(InstanceAttribute(model, "generate", wrapper))
-            installed.append(InstanceAttribute(model, "__deepcopy__", functools.partial(self._copy, pressed)))
+            copier = functools.partial(self._copy, pressed, installed)
+            installed.append(InstanceAttribute(model, "__deepcopy__", copier))
         except BaseException:
             _remove(installed)
             raise
-        self._pressed, self._installed = pressed, installed
+        self._installed = installed
         return pressed
 
     def __exit__(self, *exc) -> bool:
-        installed, self._installed, self._pressed = self._installed, [], None
+        installed, self._installed = self._installed, []
         _remove(installed)
         return False
 
-    def _copy(self, pressed: PressedModel, memo: dict):
+    def _copy(self, pressed: PressedModel, installed: list, memo: dict):
         """`copy.deepcopy(model)` inside the block: copy the model's state as deepcopy would, then remove every
         piece of this block from the copy (each piece is copied with the same memo, so it names the copy's
         modules and hook tables). The block's own objects are not copied: the copy only refers to them until then."""
         model = self.model
         copied = type(model).__new__(type(model))
         memo[id(model)] = copied
-        for owner in (self, pressed, pressed.pruner):  # referred to by the hooks and wrappers the copy drops
-            memo[id(owner)] = owner
+        for owner in (self, pressed, pressed.pruner, installed):  # referred to by what the copy drops
+            if owner is not None:
+                memo[id(owner)] = owner
         copied.__setstate__(copy.deepcopy(model.__getstate__(), memo))
-        _remove([copy.deepcopy(piece, memo) for piece in self._installed])
+        _remove([copy.deepcopy(piece, memo) for piece in installed])
         return copied
 
 
