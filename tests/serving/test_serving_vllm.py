@@ -123,3 +123,12 @@ def test_select_exact_merging_press_keeps_merged_rows_when_topping_up():
 def test_select_exact_bad_count():
     with pytest.raises(ValueError, match="cannot keep 0 of 128"):
         select_exact(presses.get(WORKING[0]), video(), 0)
+
+
+@pytest.mark.parametrize("name", presses.available())
+def test_token_scores_are_declared_per_token_or_none(name):
+    """`Press.token_scores`, by which select_exact fits a count: float [T, M] scores, or None for a press without."""
+    tokens = video()
+    scores = presses.get(name, retention=0.25).token_scores(tokens)
+    if scores is not None:
+        assert scores.shape == (8, 16) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
