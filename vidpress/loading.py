@@ -49,8 +49,7 @@ def build_press(name: str, retention: float, policy=None):
         raise ValueError(f"--policy is for presses with a trained policy ({learned}); got --press {name}")
     if needs_policy:
         if policy is None:
-            raise ValueError(f"--press {name} needs a trained policy: pass --policy DIR (the shipped one for the "
-                             "reference model is vidpress/synthetic/cacovid_reference; train one with "
-                             "`vidpress train cacovid`)")
+            raise ValueError(f"--press {name} needs a trained policy: pass --policy DIR (a folder written by the "
+                             "press's trainer; see `vidpress train --help`)")
         knobs["policy"] = policy  # the press checks the folder
     return presses.get(name, **knobs)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from vidpress.models import get_adapter
-from vidpress.models.base import PIXEL_INPUTS, PressReport
+from vidpress.models.report import PressReport
+from vidpress.models.sequence import PIXEL_INPUTS
 
 
 @dataclass

@@ -27,7 +27,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from vidpress.evaluation.memory import PeakMemory
 from vidpress.inputs import build_inputs, frames_metadata, pad_frames
 from vidpress.models import get_adapter
-from vidpress.models.base import PIXEL_INPUTS
+from vidpress.models.sequence import PIXEL_INPUTS
 
 
 @dataclass

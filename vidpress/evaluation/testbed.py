@@ -31,7 +31,7 @@ from vidpress.evaluation.profiler import flop_counter
 from vidpress.evaluation.stats import wilson_interval
 from vidpress.loading import load_model
 from vidpress.models import get_adapter
-from vidpress.models.base import PIXEL_INPUTS
+from vidpress.models.sequence import PIXEL_INPUTS
 from vidpress.synthetic import QUESTION_FAMILIES, evidence_hits, make_split
 from vidpress.synthetic.reference import (
     CACOVID_REFERENCE_DIR,

@@ -1,69 +1,31 @@
 """The adapter base: turns a model call with raw video inputs into the same call with fewer video tokens.
 
-Flow (one direction): processor outputs -> the model's own `get_video_features` / `get_image_features`
--> positions of the FULL sequence -> one `VideoTokens` per video -> `press.select` -> slice every per-token
-input (ids, mask, token types, positions, labels) with one keep mask -> re-pad -> call the model with
-`mm_encoder_outputs` holding the kept features. Kept tokens keep the positions they had in the full sequence.
-Families differ only in how features are laid out and how positions are computed; subclasses say that.
+Flow (one direction, the steps of `Adapter.press_inputs`): processor outputs -> the model's own
+`get_video_features` / `get_image_features` -> positions of the FULL sequence -> one `VideoTokens` per video ->
+`press.select` (`select_videos`) -> every per-token input (ids, mask, token types, positions, labels) cut with one
+keep mask and re-padded (`sequence.cut_sequence`) -> the model called with `mm_encoder_outputs` holding the kept
+features. Kept tokens keep the positions they had in the full sequence. Families differ only in how features are
+laid out and how positions are computed; subclasses say that (and register with `registry.register_adapter`).
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from vidpress.models.query import end_of_turn_ids, question_mask
+from vidpress.models.registry import ADAPTERS, describe_families
+from vidpress.models.report import PressReport
+from vidpress.models.sequence import cut_sequence, pad_token_id
 from vidpress.models.vision_stats import VisionStatsRecorder
-from vidpress.types import Query, Selection, VideoTokens
+from vidpress.types import Query, VideoTokens
 
 # Per-token model inputs that must be cut with the keep mask, with their padding value (None: pad token id).
 SEQUENCE_INPUTS = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0, "token_type_ids": 0, "labels": -100}
 # Raw pixel inputs replaced by pre-computed `mm_encoder_outputs`.
 PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")
-
-
-@dataclass
-class PressReport:
-    """What one pressed call did.
-
-    selections: one Selection per video, in placeholder order over (batch, sequence); for presses acting inside
-        the LLM, what survives the last stage.
-    videos: the VideoTokens each selection was made from (same order).
-    sample_of_video: batch index of each video.
-    extra_tokens: per video, always-kept placeholder tokens after its frame tokens (LLaVA-OneVision's newline).
-    sequence_length: (before, after) padded sequence length entering the LLM.
-    layer_tokens: for presses acting inside the LLM, frame tokens each decoder layer processed (whole batch).
-    input_ids: [B, L'] token ids of the pressed sequence; where the caller passed `inputs_embeds` alone, the visual
-        placeholder ids where the embeddings are placeholders and the pad id elsewhere.
-    """
-
-    selections: list[Selection] = field(default_factory=list)
-    videos: list[VideoTokens] = field(default_factory=list)
-    sample_of_video: list[int] = field(default_factory=list)
-    extra_tokens: list[int] = field(default_factory=list)
-    sequence_length: tuple[int, int] = (0, 0)
-    layer_tokens: list[int] | None = None
-    input_ids: torch.Tensor | None = None
-
-    @property
-    def visual_tokens_before(self) -> int:
-        return sum(s.num_tokens for s in self.selections)
-
-    @property
-    def visual_tokens_after(self) -> int:
-        return sum(s.num_kept for s in self.selections)
-
-    @property
-    def retention(self) -> float:
-        """Effective retention over all videos of the call: kept / all frame tokens, averaged over the LLM's
-        layers for presses acting inside it (1.0 when there was no video)."""
-        before = self.visual_tokens_before
-        if not before:
-            return 1.0
-        if self.layer_tokens:
-            return sum(self.layer_tokens) / len(self.layer_tokens) / before
-        return self.visual_tokens_after / before
 
 
 @dataclass
@@ -77,25 +39,6 @@ class VideoLayout:
     @property
     def num_rows(self) -> int:
         return self.tokens.num_tokens + (0 if self.extra is None else self.extra.shape[0])
-
-
-#: The registered adapters, in registration order: `@register_adapter` on each family's class fills it.
-ADAPTERS: list[type[Adapter]] = []
-
-
-def register_adapter(cls: type[Adapter]) -> type[Adapter]:
-    """Class decorator: make an adapter serve the models whose `config.model_type` is in its `model_types`.
-
-    A new model family is one file in vidpress/models/ with `@register_adapter` on its class, plus one import line
-    in `models/__init__.py`.
-    """
-    taken = [t for a in ADAPTERS for t in a.model_types if t in cls.model_types and a is not cls]
-    if not cls.model_types or taken:
-        raise ValueError(f"{cls.__name__}: model_types must be non-empty and not served by another adapter; got "
-                         f"{cls.model_types!r} ({', '.join(taken) or 'none'} already registered)")
-    if cls not in ADAPTERS:
-        ADAPTERS.append(cls)
-    return cls
 
 
 class Adapter:
@@ -178,8 +121,7 @@ class Adapter:
         features (`precomputed_video_inputs`); `purpose` says what needs them, e.g. "C-GRPO training"."""
         if self.precomputed_videos:
             return
-
-        supported = ", ".join(f"{a.family} ({'/'.join(a.model_types)})" for a in ADAPTERS if a.precomputed_videos)
+        supported = describe_families([a for a in ADAPTERS if a.precomputed_videos])
         why = " (it also reads each video's DeepStack features)" if self.deepstack else ""
         raise ValueError(f"{purpose} feeds the model pre-computed video features, which vidpress supports for "
                          f"{supported} models; got a {self.family} model ({self.config.model_type}){why}")
@@ -221,15 +163,13 @@ class Adapter:
     def press_inputs(self, press, inputs: dict, for_generate: bool) -> tuple[dict, PressReport]:
         """Return model kwargs with the press applied to every video, and a report of what was kept.
 
+        Steps: the call's ids and mask -> encode (videos, images) -> the placeholder slot of every feature row ->
+        positions of the full sequence -> `select_videos` (the press chooses per video) -> `cut_sequence` (every
+        per-token input cut with one keep mask and re-padded) -> the kept encoder rows as `mm_encoder_outputs`.
         Gradients flow as in the unpressed model when grad mode is on (the encoders run in the caller's mode);
         `inputs_embeds` [B, L, D] may stand in for `input_ids`, their placeholder rows found as the model finds them.
         """
-        embeds = inputs.get("inputs_embeds")
-        input_ids = inputs.get("input_ids")
-        if input_ids is None:
-            if embeds is None:
-                raise ValueError("a pressed call needs input_ids or inputs_embeds (with the visual placeholder rows)")
-            input_ids = self.placeholder_ids(embeds)
+        input_ids = self.call_ids(inputs)
         B, L = input_ids.shape
         attention_mask = inputs.get("attention_mask")
         if attention_mask is None:
@@ -238,76 +178,84 @@ class Adapter:
 
         # The encoders run as in the unpressed model: with gradients when the caller trains through the press.
         video_output, layouts = self.encode_videos(press, inputs)
-        image_output = self.encode("image", inputs) if _has_images(inputs) else None
-
-        # Feature rows fill the video placeholders in (batch, sequence) order.
-        placeholder = (input_ids == self.video_token_id) & real
-        flat_positions = placeholder.flatten().nonzero().squeeze(1)
-        total_rows = sum(layout.num_rows for layout in layouts)
-        if flat_positions.numel() != total_rows:
-            raise ValueError(
-                f"the prompt has {flat_positions.numel()} video placeholder tokens but the videos give {total_rows} "
-                "features; build the inputs with the model's processor (one video entry per video in the text)"
-            )
-
+        image_output = self.encode("image", inputs) if has_images(inputs) else None
+        slots = self.video_slots(input_ids, real, layouts)
         position_ids = inputs.get("position_ids")
         if position_ids is None:
             position_ids = self.full_position_ids({**inputs, "input_ids": input_ids}, attention_mask, for_generate,
                                                   embeds_only=inputs.get("input_ids") is None)
 
         report = PressReport(sequence_length=(L, L))
+        drop, kept_rows, kept_features = self.select_videos(press, layouts, slots, input_ids, real, position_ids,
+                                                            inputs.get("inputs_embeds"), report)
+        out, report.input_ids = cut_sequence(inputs, real & ~drop, real, input_ids, position_ids,
+                                             pad_token_id(self.model))
+        out["position_ids"] = self.finish_position_ids(out["position_ids"], out["attention_mask"])
+        encoder_outputs = {"video": self.pack_videos(video_output, kept_rows, kept_features)}
+        if image_output is not None:
+            encoder_outputs["image"] = image_output
+        out["mm_encoder_outputs"] = encoder_outputs
+        report.sequence_length = (L, report.input_ids.shape[1])
+        return out, report
+
+    def call_ids(self, inputs: dict) -> torch.Tensor:
+        """[B, L] ids of the call: `input_ids`, or `placeholder_ids` of its `inputs_embeds`."""
+        if inputs.get("input_ids") is not None:
+            return inputs["input_ids"]
+        if inputs.get("inputs_embeds") is None:
+            raise ValueError("a pressed call needs input_ids or inputs_embeds (with the visual placeholder rows)")
+        return self.placeholder_ids(inputs["inputs_embeds"])
+
+    def video_slots(self, input_ids: torch.Tensor, real: torch.Tensor, layouts: list[VideoLayout]) -> torch.Tensor:
+        """Flat (batch * L + position) indices [N] of the video placeholders, which the videos' feature rows fill
+        in (batch, sequence) order; a clear error when their count is not the videos' row count."""
+        placeholder = (input_ids == self.video_token_id) & real
+        slots = placeholder.flatten().nonzero().squeeze(1)
+        total_rows = sum(layout.num_rows for layout in layouts)
+        if slots.numel() != total_rows:
+            raise ValueError(
+                f"the prompt has {slots.numel()} video placeholder tokens but the videos give {total_rows} "
+                "features; build the inputs with the model's processor (one video entry per video in the text)"
+            )
+        return slots
+
+    def select_videos(self, press, layouts: list[VideoLayout], slots: torch.Tensor, input_ids: torch.Tensor,
+                      real: torch.Tensor, position_ids: torch.Tensor, embeds: torch.Tensor | None,
+                      report: PressReport) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Run the press on every video and record its choice in `report`.
+
+        slots [N]: `video_slots`; input_ids / real [B, L]; position_ids [.., B, L] of the full sequence; embeds
+        [B, L, D] or None. Returns (drop [B, L]: the frame tokens the press dropped; per video, the kept encoder rows
+        [K_v] (kept frame tokens, then the always-kept extra rows) and their features [K_v, D]).
+        """
+        B, L = input_ids.shape
         drop = torch.zeros(B * L, dtype=torch.bool, device=input_ids.device)
         kept_rows, kept_features = [], []
         offset = 0
         for layout in layouts:
             tokens = layout.tokens
-            sample = int(flat_positions[offset]) // L
-            frame_slots = flat_positions[offset : offset + tokens.num_tokens] % L
-            query = (self.query(input_ids[sample], real[sample], position_ids[..., sample, :], frame_slots,
+            sample = int(slots[offset]) // L
+            frame_slots = slots[offset : offset + tokens.num_tokens]
+            query = (self.query(input_ids[sample], real[sample], position_ids[..., sample, :], frame_slots % L,
                                 None if embeds is None else embeds[sample]) if press.query_aware else None)
             selection = press.select(tokens, query)
             keep = selection.keep_indices.to(input_ids.device)
-            extra = torch.arange(tokens.num_tokens, layout.num_rows, device=input_ids.device)
-            rows = torch.cat([keep, extra])
-            frame_rows = torch.ones(tokens.num_tokens, dtype=torch.bool, device=input_ids.device)
-            frame_rows[keep] = False
-            drop[flat_positions[offset : offset + tokens.num_tokens][frame_rows]] = True
+            dropped = torch.ones(tokens.num_tokens, dtype=torch.bool, device=input_ids.device)
+            dropped[keep] = False
+            drop[frame_slots[dropped]] = True
             features = tokens.features.reshape(tokens.num_tokens, -1)
             kept = selection.features if selection.features is not None else features[selection.keep_indices]
             kept = kept.to(features.dtype)
             if layout.extra is not None:
                 kept = torch.cat([kept, layout.extra])
-            kept_rows.append(rows)
+            kept_rows.append(torch.cat([keep, torch.arange(tokens.num_tokens, layout.num_rows, device=keep.device)]))
             kept_features.append(kept)
             report.selections.append(selection)
             report.videos.append(tokens)
             report.sample_of_video.append(sample)
             report.extra_tokens.append(layout.num_rows - tokens.num_tokens)
             offset += layout.num_rows
-
-        keep_mask = real & ~drop.view(B, L)
-        left = not bool((~real[:, -1]).any())  # keep right padding only where the caller used it
-        gather, valid = _repad_index(keep_mask, left)
-        pad_id = _pad_token_id(self.model)
-        out = {k: v for k, v in inputs.items() if k not in PIXEL_INPUTS and k != "position_ids"}
-        for name, pad in SEQUENCE_INPUTS.items():
-            if name == "attention_mask":
-                out[name] = valid.long()
-            elif inputs.get(name) is not None:
-                value = pad_id if pad is None else pad
-                out[name] = inputs[name].gather(-1, gather).masked_fill(~valid, value)
-        if embeds is not None:
-            out["inputs_embeds"] = (embeds.gather(1, gather[..., None].expand(-1, -1, embeds.shape[-1]))
-                                    * valid[..., None])
-        report.input_ids = input_ids.gather(-1, gather).masked_fill(~valid, pad_id)
-        position_ids = position_ids.gather(-1, gather.expand(*position_ids.shape[:-2], -1, -1)).masked_fill(~valid, 0)
-        out["position_ids"] = self.finish_position_ids(position_ids, out["attention_mask"])
-        encoder_outputs = {"video": self.pack_videos(video_output, kept_rows, kept_features)}
-        if image_output is not None:
-            encoder_outputs["image"] = image_output
-        out["mm_encoder_outputs"] = encoder_outputs
-        report.sequence_length = (L, gather.shape[1])
-        return out, report
+        return drop.view(B, L), kept_rows, kept_features
 
     def encode_videos(self, press, inputs: dict) -> tuple[object, list[VideoLayout]]:
         """`get_video_features` output and its VideoLayouts. For a press with `needs_vision_stats` (below retention
@@ -370,39 +318,20 @@ class Adapter:
         ids = input_ids[text]
         with torch.no_grad():
             embeddings = self.model.get_input_embeddings()(ids) if embeds is None else embeds[text].detach()
-        query = Query(token_ids=ids, embeddings=embeddings,
-                      question_mask=self._question_mask(input_ids, real, visual)[text])
+        mask = question_mask(input_ids, real, visual, getattr(self.config, "vision_end_token_id", None),
+                             end_of_turn_ids(self.model))
+        query = Query(token_ids=ids, embeddings=embeddings, question_mask=mask[text])
         if position_ids is not None and video_slots is not None and video_slots.numel():
             query.position_ids = position_ids[..., text]
             query.video_position_ids = position_ids[..., video_slots]
             query.video_offset = int(text[: int(video_slots.min())].sum())
         return query
 
-    def _question_mask(self, input_ids: torch.Tensor, real: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        """[L] bool: the question's tokens of one sample (see `query`)."""
-        vision_end = getattr(self.config, "vision_end_token_id", None)
-        boundary = visual | (input_ids == vision_end) if vision_end is not None else visual
-        positions = torch.arange(input_ids.shape[0], device=input_ids.device)
-        start = int(positions[boundary & real].max()) + 1 if bool((boundary & real).any()) else 0
-        ends = torch.isin(input_ids,
-                          torch.tensor(self._end_of_turn_ids(), dtype=input_ids.dtype, device=input_ids.device))
-        ends &= real & (positions >= start)
-        end = int(positions[ends].min()) if bool(ends.any()) else input_ids.shape[0]
-        mask = real & ~visual & (positions >= start) & (positions < end)
-        return mask if bool(mask.any()) else real & ~visual
-
-    def _end_of_turn_ids(self) -> list[int]:
-        ids = []
-        for source in (getattr(self.model, "generation_config", None), self.config, self.config.get_text_config()):
-            eos = getattr(source, "eos_token_id", None) if source is not None else None
-            ids += [eos] if isinstance(eos, int) else list(eos or [])
-        return sorted(set(ids))
-
     def placeholder_ids(self, embeds: torch.Tensor) -> torch.Tensor:
         """[B, L] ids for inputs_embeds [B, L, D]: the visual placeholder ids where a row equals that token's
         embedding (the model's own test), the pad id elsewhere."""
         table = self.model.get_input_embeddings()
-        ids = torch.full(embeds.shape[:2], _pad_token_id(self.model), dtype=torch.long, device=embeds.device)
+        ids = torch.full(embeds.shape[:2], pad_token_id(self.model), dtype=torch.long, device=embeds.device)
         for token in (self.image_token_id, self.video_token_id):
             if token is not None:
                 row = table(torch.tensor(token, device=embeds.device)).to(embeds.dtype)
@@ -419,33 +348,6 @@ def pick_block(blocks, layer: int, family: str):
     return blocks[layer]
 
 
-def _has_images(inputs: dict) -> bool:
+def has_images(inputs: dict) -> bool:
+    """Whether the call holds images (pixels or pre-computed image features)."""
     return inputs.get("pixel_values") is not None or (inputs.get("mm_encoder_outputs") or {}).get("image") is not None
-
-
-def _repad_index(keep: torch.Tensor, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a keep mask [B, L], the gather index [B, L'] of kept positions (order kept) and the valid mask [B, L'].
-
-    Rows are padded to L' = max kept count, on the left (generation) or on the right.
-    """
-    B, L = keep.shape
-    lengths = keep.sum(1)
-    new_length = int(lengths.max())
-    # A stable sort brings kept positions to the front of each row, in their original order.
-    order = torch.sort(keep.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :new_length]
-    slots = torch.arange(new_length, device=keep.device).expand(B, -1)
-    if left:
-        shift = (new_length - lengths)[:, None]
-        valid = slots >= shift
-        order = order.gather(1, (slots - shift).clamp(min=0))
-    else:
-        valid = slots < lengths[:, None]
-    return order, valid
-
-
-def _pad_token_id(model) -> int:
-    for source in (getattr(model, "generation_config", None), model.config, getattr(model.config, "text_config", None)):
-        pad = getattr(source, "pad_token_id", None) if source is not None else None
-        if isinstance(pad, int):
-            return pad
-    return 0

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from vidpress.models.attention import AttentionRoute, own_attention
-from vidpress.models.base import PressReport, _repad_index
+from vidpress.models.report import PressReport
+from vidpress.models.sequence import repad_index
 from vidpress.types import Selection
 
 SCORING = "vidpress_scoring"
@@ -40,7 +41,8 @@ def _scoring_attention(module, query, key, value, attention_mask, **kwargs):
         pruner.record(query, key, scaling)
         return query.new_zeros(query.shape[0], query.shape[2], query.shape[1], value.shape[-1]), None
     output = own_attention(module, pruner.attn_implementation)(module, query, key, value, attention_mask, **kwargs)
-    if query.shape[2] > 1 and not pruner.own_layer:  # prefill only; decoding steps are not ranked
+    # A prefill with video only (report set by `begin`); decoding steps and calls without video are not ranked.
+    if query.shape[2] > 1 and not pruner.own_layer and pruner.report is not None:
         pruner.record(query, key, scaling)
     return output
 
@@ -76,7 +78,9 @@ class LayerPruner:
         self.report: PressReport | None = None
 
     # -- install / remove ----------------------------------------------------------------------------------
-    def install(self):
+    def install(self) -> list:
+        """Install the hooks and attention routes; returns them (hook handles and routes, each with `remove()`).
+        `remove()` removes them all, also after an install that failed half-way."""
         for stage_layer, _ in self.stages:
             scoring_layer = stage_layer if self.own_layer else stage_layer - 1
             route = AttentionRoute(self.layers[scoring_layer].self_attn, SCORING, self)
@@ -89,6 +93,7 @@ class LayerPruner:
             self._handles.append(
                 self.layers[index].register_forward_pre_hook(self._layer_hook(index), with_kwargs=True)
             )
+        return [*self._handles, *self._routes]
 
     def remove(self):
         for handle in self._handles:
@@ -160,7 +165,10 @@ class LayerPruner:
         if self.compute_dtype == "float32":  # else in the model's dtype, as the released code
             q, key = q.float(), key.float()
         logits = torch.einsum("bkgd,bknd->bkgn", q, key) * scaling
-        logits = logits.masked_fill(~self.valid[:, None, None, :], float("-inf"))
+        # Keys the query may see: real tokens up to and including it. Without a cache the prefill is re-run with the
+        # generated tokens appended; they come after the query, so the ranking ignores them, as with a cache.
+        seen = self.valid & (self.index <= self.query_full[:, None])
+        logits = logits.masked_fill(~seen[:, None, None, :], float("-inf"))
         self.scores = torch.softmax(logits, dim=-1).mean(dim=(1, 2)).float()  # [B, kv]
 
     def _score_in_layer(self, layer, layer_index: int, hidden: torch.Tensor, kwargs: dict) -> None:
@@ -218,7 +226,7 @@ class LayerPruner:
                                                 torch.arange(order.shape[1], device=order.device).expand_as(order))
         keep = (self.valid & ~frame) | (frame & (rank < budget[:, None]))
         self.full_hidden = self._scatter_full(hidden)
-        gather, valid = _repad_index(keep, self.left)
+        gather, valid = repad_index(keep, self.left)
         hidden = hidden.gather(1, gather[..., None].expand(-1, -1, hidden.shape[-1])) * valid[..., None]
         self.index, self.valid = self.index.gather(1, gather), valid
         self.stage_state[layer_index] = (self.index, self.valid)

@@ -7,7 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vidpress.models.base import Adapter, VideoLayout, pick_block, register_adapter
+from vidpress.models.base import Adapter, VideoLayout, pick_block
+from vidpress.models.registry import register_adapter
 from vidpress.types import VideoTokens
 
 

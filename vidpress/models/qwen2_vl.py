@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vidpress.models.base import Adapter, VideoLayout, pick_block, register_adapter
+from vidpress.models.base import Adapter, VideoLayout, pick_block
+from vidpress.models.registry import register_adapter
 from vidpress.types import VideoTokens
 
 

@@ -91,10 +91,6 @@ class VisionStatsRecorder:
         self.keys.extend(keys.unbind(0))
 
     # -- results -----------------------------------------------------------------------------------------------
-    @property
-    def num_sequences(self) -> int:
-        return len(self.received)
-
     def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All sequences concatenated in the encoder's order: received [N], first_row [N], keys [N, d]."""
         self._check_recorded()

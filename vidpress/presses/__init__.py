@@ -29,9 +29,15 @@ def available() -> list[str]:
     return sorted(PRESSES)
 
 
+def press_key(name: str) -> str:
+    """The registry key a user's press name stands for: case, surrounding spaces, "-" for "_" and "²" for "2" do
+    not matter ("VidCom²" -> "vidcom2")."""
+    return name.strip().lower().replace("²", "2").replace("-", "_")
+
+
 def get(name: str, **knobs) -> Press:
-    """Build the press registered as `name` with its knobs, e.g. get("vidcom2", retention=0.25)."""
-    key = name.strip().lower().replace("²", "2").replace("-", "_")
+    """Build the press registered as `name` (see `press_key`) with its knobs, e.g. get("vidcom2", retention=0.25)."""
+    key = press_key(name)
     if key not in PRESSES:
         raise ValueError(f"unknown press {name!r}; available presses: {', '.join(available())}")
     return PRESSES[key](**knobs)
@@ -40,4 +46,4 @@ def get(name: str, **knobs) -> Press:
 __all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DownsamplePress", "DyCokePress", "EVSPress",
            "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press",
            "RandomPress", "STCPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available",
-           "get", "register"]
+           "get", "press_key", "register"]

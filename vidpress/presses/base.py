@@ -97,6 +97,12 @@ class Press(metaclass=_ChecksKnobs):
         The default (0.0): every retention is reached (at least one token is always kept)."""
         return 0.0
 
+    def token_scores(self, tokens: VideoTokens) -> torch.Tensor | None:
+        """The press's own per-token scores [T, M] without a question (higher = keep first), or None for a press
+        without them (the default). A caller that needs another count than the press's own (vLLM's retained count)
+        fits the press's choice with these scores."""
+        return None
+
     def select(self, tokens: VideoTokens, query: Query | None = None) -> Selection:
         """Choose the tokens of one video to keep. features [T, M, D] -> Selection over T * M."""
         if not isinstance(tokens, VideoTokens):
@@ -276,6 +282,10 @@ class ScorePress(Press):
 
     def rank(self, tokens: VideoTokens, query: Query | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
+
+    def token_scores(self, tokens: VideoTokens) -> torch.Tensor | None:
+        """`rank`'s scores, in float32; None for a press that reads the question."""
+        return None if self.query_aware else self.rank(tokens, None)[0].float()
 
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         scores, budgets = self.rank(tokens, query)

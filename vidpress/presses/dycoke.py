@@ -108,6 +108,10 @@ class DyCokePress(Press):
         offset = t % self.window
         return torch.where(offset % 2 == 1, t - 1, start)
 
+    def token_scores(self, tokens: VideoTokens) -> torch.Tensor:
+        """Distinctness from the reference frame, -similarity [T, M]: DyCoke keeps the least similar tokens first."""
+        return -self.similarity(tokens)
+
     def similarity(self, tokens: VideoTokens) -> torch.Tensor:
         """Cosine similarity of every token to the same position in its reference frame, [T, M] (1 on references)."""
         x = in_compute_dtype(tokens.features, self.compute_dtype)

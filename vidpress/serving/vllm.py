@@ -30,8 +30,7 @@ import logging
 import torch
 
 from vidpress import presses
-from vidpress.presses.base import Press, ScorePress
-from vidpress.presses.dycoke import DyCokePress
+from vidpress.presses.base import Press
 from vidpress.types import VideoTokens
 
 logger = logging.getLogger("vidpress")
@@ -172,10 +171,10 @@ def press_from_config(additional_config, model_type: str, video_pruning_rate: fl
             "vidpress: the retention comes from --video-pruning-rate (retention = 1 - rate, the count vLLM reserves in "
             "the prompt); remove 'retention' from the vidpress settings"
         )
-    if not isinstance(name, str) or name.strip().lower().replace("²", "2").replace("-", "_") not in presses.PRESSES:
+    if not isinstance(name, str) or presses.press_key(name) not in presses.PRESSES:
         raise ValueError(
             f"vidpress: unknown press {name!r}; presses that run in vLLM: {', '.join(applicable_presses())}")
-    key = name.strip().lower().replace("²", "2").replace("-", "_")
+    key = presses.press_key(name)
     reason = refusal_reason(presses.PRESSES[key])
     if reason is not None:
         raise ValueError(
@@ -197,9 +196,9 @@ def select_exact(press: Press, tokens: VideoTokens, count: int) -> tuple[torch.T
 
     tokens: features [T, M, D]. Returns (keep: sorted LongTensor [count] into T * M, features [count, D]: the kept
     tokens' features, merged ones for merging presses). The press runs at its own retention; a different count is
-    fitted by the press's own scores (`ScorePress.rank`; DyCoke: distinctness from the reference frame): the
-    lowest-scored kept tokens are dropped (with what was merged into them) or the highest-scored others added with
-    their own features. Presses without scores that keep round(R * N) tokens run again at R = count / N.
+    fitted by the press's own scores (`Press.token_scores`): the lowest-scored kept tokens are dropped (with what
+    was merged into them) or the highest-scored others added with their own features. Presses without scores that
+    keep round(R * N) tokens run again at R = count / N.
     """
     N = tokens.num_tokens
     if not 1 <= count <= N:
@@ -210,7 +209,7 @@ def select_exact(press: Press, tokens: VideoTokens, count: int) -> tuple[torch.T
     selection = press.select(tokens)
     scores = None
     if selection.num_kept != count:
-        scores = _scores(press, tokens)
+        scores = press.token_scores(tokens)
         if scores is None:
             selection = dataclasses.replace(press, retention=count / N).select(tokens)
     keep = selection.keep_indices.to(flat.device)
@@ -222,15 +221,6 @@ def select_exact(press: Press, tokens: VideoTokens, count: int) -> tuple[torch.T
         raise RuntimeError(
             f"vidpress: {type(press).__name__} kept {keep.numel()} tokens, not the {count} vLLM reserved")
     return _fit(keep, features, flat, scores.flatten().to(flat.device), count)
-
-
-def _scores(press: Press, tokens: VideoTokens) -> torch.Tensor | None:
-    """The press's own per-token scores [T, M] (higher = keep first), where it has them."""
-    if isinstance(press, ScorePress):
-        return press.rank(tokens, None)[0].float()
-    if isinstance(press, DyCokePress):
-        return -press.similarity(tokens)  # least similar to the reference frame first, as DyCoke keeps them
-    return None
 
 
 def _fit(keep, features, flat, scores, count):

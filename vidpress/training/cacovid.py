@@ -492,11 +492,11 @@ class VLMReward:
 
     def __init__(self, model, letter_ids: list[int], chunk: int = 256):
         from vidpress.models import get_adapter
-        from vidpress.models.base import _pad_token_id
+        from vidpress.models.sequence import pad_token_id
 
         self.model, self.adapter, self.chunk = model, get_adapter(model), chunk
         self.letters = torch.tensor(letter_ids)
-        self.pad_id = _pad_token_id(model)
+        self.pad_id = pad_token_id(model)
 
     @torch.no_grad()
     def __call__(self, batch: list[PolicySample], masks: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -536,7 +536,7 @@ def encode_samples(model, processor, examples, batch_size: int = 32, progress: b
     from tqdm.auto import tqdm
 
     from vidpress.models import get_adapter
-    from vidpress.models.base import PIXEL_INPUTS
+    from vidpress.models.sequence import PIXEL_INPUTS
     from vidpress.synthetic.reference import example_inputs
 
     adapter = get_adapter(model)
