@@ -343,7 +343,7 @@ def apply_press(press, model):
         undo.callback(vars(model).pop, "_vidpress_pressed", None)
         press.post_init_from_model(model)
         if press.acts_in_llm and press.retention < 1:
-            pressed.pruner = LayerPruner(press, adapter)
+            pressed.pruner = press.pruner(adapter)
             undo.callback(pressed.pruner.remove)
             pressed.pruner.install()
         undo.callback(model.register_forward_pre_hook(pressed.forward_pre_hook, with_kwargs=True).remove)

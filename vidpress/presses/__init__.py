@@ -16,6 +16,7 @@ from vidpress.presses.marc import MarcPress
 from vidpress.presses.pdrop import PDropPress
 from vidpress.presses.planned import PlannedPress  # a tool for training loops, not registered
 from vidpress.presses.random import RandomPress
+from vidpress.presses.sparsevlm import SparseVLMPress
 from vidpress.presses.uniform import UniformPress
 from vidpress.presses.vidcom2 import VidCom2Press
 from vidpress.presses.visionzip import VisionZipPress
@@ -36,4 +37,4 @@ def get(name: str, **knobs) -> Press:
 
 __all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress",
            "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press", "RandomPress", "ScorePress",
-           "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get", "register"]
+           "SparseVLMPress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get", "register"]
