@@ -277,7 +277,8 @@ class SparseVLMPruner(LayerPruner):
         allowed = self.valid[:, None, :] & (keys[None, None, :] <= place[:, :, None])  # causal, padding masked
         logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
         probs = torch.softmax(logits, dim=-1).mean(dim=(1, 2)).float()  # [rows, width, L]
-        self.scores = (probs * used[..., None]).sum(1) / count.clamp(min=1)[:, None]
+        probs = probs.masked_fill(~used[..., None], 0.0)  # unused slots (fewer raters, padding) may be all-masked
+        self.scores = probs.sum(1) / count.clamp(min=1)[:, None]
 
     def _prune(self, layer_index: int, hidden: torch.Tensor) -> torch.Tensor:
         """Keep each sample's best frame tokens, recycle some pruned ones into merged tokens placed after the visual
