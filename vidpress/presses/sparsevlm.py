@@ -261,6 +261,8 @@ class SparseVLMPruner(LayerPruner):
     def record(self, query: torch.Tensor, key: torch.Tensor, scaling: float):
         """Head- and rater-averaged attention of the raters over the current keys -> self.scores [rows, kv].
         query [rows, H, L, d] and key [rows, H_kv, L, d] after RoPE, as the layer's attention sees them."""
+        if self.raters_full is None:  # several new tokens on top of a cache: no prefill, nothing is ranked
+            return
         rows, H, length, d = query.shape
         groups = H // key.shape[1]
         raters = self.raters_full.gather(1, self.index) & self.valid  # [rows, L]
