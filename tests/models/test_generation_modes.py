@@ -1,4 +1,7 @@
-"""The generation-mode matrix: every family x {plain, pre-LLM press, in-LLM press} x every way of calling the model.
+"""The generation-mode matrix: every family x {plain, pre-LLM press, in-LLM presses} x every way of calling the model.
+
+The in-LLM presses: FastV ("llm", at a layer that fits each tiny model) and every other registered in-LLM press,
+built by name with its defaults (skipped, with the reason, on a model its default stages do not fit).
 
 - At retention 1 (nothing dropped) a pressed call gives the unpressed model's output: bit for bit for the pre-LLM
   press; for the in-LLM press the cut machinery runs while keeping every token (attention over a re-packed sequence
@@ -7,6 +10,7 @@
 - Every mode leaves the model as it found it.
 """
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 
@@ -14,6 +18,8 @@ import pytest
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+from vidpress import presses
+from vidpress.models import get_adapter
 from vidpress.presses import FastVPress, VidCom2Press
 from vidpress.testing import FAMILIES, make_inputs, tiny_model_and_processor, tiny_video
 
@@ -35,6 +41,9 @@ MODES = {
 }
 # Sampling draws one random number stream for the whole batch, so per-sample runs legitimately differ.
 DETERMINISTIC = [m for m in MODES if m not in ("sample", "return_sequences")]
+#: the registered in-LLM presses besides FastV (which runs as "llm"), each a kind of its own
+OTHER_IN_LLM = [name for name, cls in sorted(presses.PRESSES.items()) if cls.acts_in_llm and cls is not FastVPress]
+KINDS = ["pre", "llm", *OTHER_IN_LLM]
 
 
 @dataclass
@@ -126,12 +135,30 @@ def call(model, inputs, mode):
         return run(model, inputs, mode)
 
 
-def press_for(kind, family, retention):
+def keep_all(press):
+    """`press` with every stage's fraction at 1: the in-LLM machinery runs while keeping every token."""
+    cls = type(press)
+
+    def schedule(self, num_layers, *args, **kwargs):
+        return [(layer, 1.0) for layer, _ in cls.schedule(self, num_layers, *args, **kwargs)]
+
+    keeper = dataclass(type(f"KeepAll{cls.__name__}", (cls,), {"schedule": schedule}))
+    return keeper(**{f.name: getattr(press, f.name) for f in dataclasses.fields(press)})
+
+
+def press_for(kind, family, retention, model=None):
     if kind == "pre":
         return VidCom2Press(retention=retention)
-    layer = in_llm_layer(family)
-    return (KeepAllAfterLayer(retention=0.5, layer=layer) if retention == 1.0
-            else FastVPress(retention=retention, layer=layer))
+    if kind == "llm":
+        layer = in_llm_layer(family)
+        return (KeepAllAfterLayer(retention=0.5, layer=layer) if retention == 1.0
+                else FastVPress(retention=retention, layer=layer))
+    press = presses.get(kind, retention=0.5 if retention == 1.0 else retention)
+    try:
+        press.pruner(get_adapter(model))  # its stages on this model (building the pruner installs nothing)
+    except ValueError as error:
+        pytest.skip(f"{kind}'s default stages do not fit the tiny {family}: {error}")
+    return keep_all(press) if retention == 1.0 else press
 
 
 def assert_restored(model):
@@ -142,7 +169,7 @@ def assert_restored(model):
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("kind", ["pre", "llm"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_nothing_dropped_is_the_unpressed_model(models, family, kind, mode):
     if mode == "forward_loop" and family.startswith("qwen"):
@@ -151,7 +178,7 @@ def test_nothing_dropped_is_the_unpressed_model(models, family, kind, mode):
     model, processor = models(family)
     inputs = batch_inputs(processor, family)
     ref_seq, ref_logits, ref_chunks = call(model, inputs, mode)
-    with press_for(kind, family, 1.0)(model):
+    with press_for(kind, family, 1.0, model)(model):
         seq, logits, chunks = call(model, inputs, mode)
     assert torch.equal(seq, ref_seq)
     if kind == "pre":
@@ -164,12 +191,12 @@ def test_nothing_dropped_is_the_unpressed_model(models, family, kind, mode):
 
 
 @pytest.mark.parametrize("mode", DETERMINISTIC)
-@pytest.mark.parametrize("kind", ["pre", "llm"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_equals_per_sample(models, family, kind, mode):
     model, processor = models(family)
     batch = batch_inputs(processor, family)
-    press = press_for(kind, family, 0.5)
+    press = press_for(kind, family, 0.5, model)
     with press(model) as pressed:
         seq, logits, _ = call(model, batch, mode)
         kept_batch = [s.num_kept for s in pressed.last_report.selections]
@@ -185,13 +212,13 @@ def test_batched_equals_per_sample(models, family, kind, mode):
     assert_restored(model)
 
 
-@pytest.mark.parametrize("kind", ["pre", "llm"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_continuation_equals_one_longer_call(models, family, kind):
     """Continuing from a pressed generate's cache gives the tokens of one longer pressed call (R < 1)."""
     model, processor = models(family)
     inputs = batch_inputs(processor, family)
-    with press_for(kind, family, 0.5)(model):
+    with press_for(kind, family, 0.5, model)(model):
         long_seq, long_logits, _ = call(model, inputs, "greedy")
         cont_seq, cont_logits, _ = call(model, inputs, "continuation")
         loop_seq, loop_logits, _ = call(model, inputs, "forward_loop")
@@ -217,7 +244,7 @@ def test_a_foreign_cache_or_new_prompt_is_refused(models, family):
                 model.generate(input_ids=other, past_key_values=first.past_key_values, max_new_tokens=1)
 
 
-@pytest.mark.parametrize("kind", ["plain", "pre", "llm"])
+@pytest.mark.parametrize("kind", ["plain", *KINDS])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gradients_reach_the_same_parameters(models, family, kind):
     model, processor = models(family)
@@ -236,7 +263,7 @@ def test_gradients_reach_the_same_parameters(models, family, kind):
     assert any(n.startswith("model.visual") or "vision_tower" in n for n in ref)
     if kind == "plain":
         return
-    with press_for(kind, family, 0.5)(model):
+    with press_for(kind, family, 0.5, model)(model):
         assert grads() == ref
 
 

@@ -12,7 +12,6 @@ import copy
 import functools
 import threading
 
-from vidpress.models.layer_pruning import LayerPruner
 from vidpress.models.pressed import PressedModel
 from vidpress.models.registry import get_adapter
 
@@ -69,7 +68,7 @@ class PressBlock:
         try:
             press.post_init_from_model(model)
             if press.acts_in_llm and press.retention < 1:
-                pressed.pruner = LayerPruner(press, adapter)
+                pressed.pruner = press.pruner(adapter)
                 try:
                     installed += pressed.pruner.install()
                 except BaseException:

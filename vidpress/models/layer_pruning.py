@@ -57,7 +57,7 @@ class LayerPruner:
         self.press, self.adapter = press, adapter
         self.layers = adapter.text_layers()
         num_layers = len(self.layers)
-        self.stages = press.schedule(num_layers)
+        self.stages = self.plan_stages(num_layers)
         first = self.stages[0][0]
         if first < adapter.min_prune_layer or self.stages[-1][0] >= num_layers:
             raise ValueError(
@@ -76,6 +76,10 @@ class LayerPruner:
         self.compute_dtype = press.compute_dtype
         self._handles, self._routes = [], []
         self.report: PressReport | None = None
+
+    def plan_stages(self, num_layers: int) -> list[tuple[int, float]]:
+        """The press's stages [(layer, fraction)] on this model; a subclass may fit them to the adapter."""
+        return self.press.schedule(num_layers)
 
     # -- install / remove ----------------------------------------------------------------------------------
     def install(self) -> list:

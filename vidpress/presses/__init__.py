@@ -18,6 +18,7 @@ from vidpress.presses.marc import MarcPress
 from vidpress.presses.pdrop import PDropPress
 from vidpress.presses.planned import PlannedPress  # a tool for training loops, not registered
 from vidpress.presses.random import RandomPress
+from vidpress.presses.sparsevlm import SparseVLMPress
 from vidpress.presses.stc import STCPress
 from vidpress.presses.uniform import UniformPress
 from vidpress.presses.vidcom2 import VidCom2Press
@@ -45,5 +46,5 @@ def get(name: str, **knobs) -> Press:
 
 __all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DownsamplePress", "DyCokePress", "EVSPress",
            "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press",
-           "RandomPress", "STCPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available",
-           "get", "press_key", "register"]
+           "RandomPress", "STCPress", "ScorePress", "SparseVLMPress", "UniformPress", "VidCom2Press", "VisionZipPress",
+           "available", "get", "press_key", "register"]

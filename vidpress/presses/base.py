@@ -166,6 +166,13 @@ class LayerPress(Press):
         """Stages [(layer, fraction)]: from `layer` on, `fraction` of each sample's frame tokens are processed."""
         raise NotImplementedError
 
+    def pruner(self, adapter):
+        """What runs `schedule` inside the LLM while the press is applied: a `vidpress.models.layer_pruning.LayerPruner`
+        (keep each stage's top tokens); a press whose stages do more (merge the dropped tokens) returns a subclass."""
+        from vidpress.models.layer_pruning import LayerPruner
+
+        return LayerPruner(self, adapter)
+
     def min_retention(self, num_frames: int, num_layers: int | None = None) -> float:
         """The layers before the first stage see every token: about (first stage layer) / num_layers."""
         if num_layers is None:
