@@ -334,6 +334,7 @@ class CaCoVIDPress(Press):
 
     query_aware = True
     needs_policy = True
+    no_frame_budgets_because = "its trained frame head sets the per-frame budgets itself (the release's allocation)"
 
     def __post_init__(self):
         super().__post_init__()
