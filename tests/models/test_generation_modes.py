@@ -127,11 +127,13 @@ def call(model, inputs, mode):
 
 
 def press_for(kind, family, retention):
+    """kind "pre": VidCom²; "llm": FastV; "llm+fca": FastV with VidCom²'s frame budgets (per-frame stage quotas)."""
     if kind == "pre":
         return VidCom2Press(retention=retention)
     layer = in_llm_layer(family)
-    return (KeepAllAfterLayer(retention=0.5, layer=layer) if retention == 1.0
-            else FastVPress(retention=retention, layer=layer))
+    if retention == 1.0:
+        return KeepAllAfterLayer(retention=0.5, layer=layer)
+    return FastVPress(retention=retention, layer=layer, frame_budgets="vidcom2" if kind == "llm+fca" else None)
 
 
 def assert_restored(model):
@@ -164,7 +166,7 @@ def test_nothing_dropped_is_the_unpressed_model(models, family, kind, mode):
 
 
 @pytest.mark.parametrize("mode", DETERMINISTIC)
-@pytest.mark.parametrize("kind", ["pre", "llm"])
+@pytest.mark.parametrize("kind", ["pre", "llm", "llm+fca"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_equals_per_sample(models, family, kind, mode):
     model, processor = models(family)
