@@ -29,7 +29,7 @@ def run(args) -> int:
     from vidpress.loading import build_press
     from vidpress.timing import frame_budgets
 
-    press = build_press(args.press, args.retention, args.policy)
+    press = build_press(args.press, args.retention, args.policy, args.frame_budgets)
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
     model, processor = load_bench_model(args.model, args.device)

@@ -48,12 +48,14 @@ class BenchRow:
     model: Path | None = None
 
 
-#: The learned rows, with the checkpoints shipped for the reference model.
+#: The learned rows, with the checkpoints shipped for the reference model, and "<host>+fca": every press that takes
+#: VidCom²'s frame budgets, with them (frame_budgets="vidcom2").
 BENCH_ROWS: dict[str, BenchRow] = {
     # the released allocation with its released knobs (imp_ratio 0.5, frame shares clipped to [0.5, 1.5] / T)
     "cacovid": BenchRow("cacovid", {"policy": CACOVID_REFERENCE_DIR}),
     # MarcPress on the shipped C-GRPO student
     "marc-cgrpo": BenchRow("marc", model=MARC_REFERENCE_DIR),
+    **{name: BenchRow(host, {"frame_budgets": "vidcom2"}) for name, host in press_registry.fca_variants().items()},
 }
 
 

@@ -26,6 +26,15 @@ def available() -> list[str]:
     return sorted(PRESSES)
 
 
+#: A press name followed by this ("fastv+fca") is that press with VidCom²'s frame budgets, frame_budgets="vidcom2".
+FCA_SUFFIX = "+fca"
+
+
+def fca_variants() -> dict[str, str]:
+    """{"<name>+fca": name} for every registered press that takes VidCom²'s frame budgets (`supports_frame_budgets`)."""
+    return {name + FCA_SUFFIX: name for name in available() if PRESSES[name].supports_frame_budgets}
+
+
 def get(name: str, **knobs) -> Press:
     """Build the press registered as `name` with its knobs, e.g. get("vidcom2", retention=0.25)."""
     key = name.strip().lower().replace("²", "2").replace("-", "_")
@@ -36,4 +45,5 @@ def get(name: str, **knobs) -> Press:
 
 __all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress",
            "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press", "RandomPress", "ScorePress",
-           "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get", "register"]
+           "UniformPress", "VidCom2Press", "VisionZipPress", "FCA_SUFFIX", "available", "fca_variants", "get",
+           "register"]

@@ -66,7 +66,8 @@ class DivPrunePress(Press):
         x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
         per_frame = self.frame_budgets_fca(tokens)
         if per_frame is not None:
-            picks = [torch.arange(M) if k >= M else torch.tensor(greedy_max_min(x[t * M : (t + 1) * M], k)).sort().values
+            frames = x.view(T, M, -1)
+            picks = [torch.arange(M) if k >= M else torch.tensor(greedy_max_min(frames[t], k)).sort().values
                      for t, k in enumerate(per_frame.tolist())]
             keep = torch.cat([p + t * M for t, p in enumerate(picks)]).to(x.device)
             return Selection(keep, N, frame_budgets=per_frame)
