@@ -41,6 +41,7 @@ GRANULARITY = {
     "uniform": lambda T, M: 0.5 / T,  # whole frames: round(R * T) of them
     "marc": lambda T, M: 1 / T,  # whole merged frames, K // M of them (fewer when retrieval keeps fewer)
     "vidcom2": lambda T, M: 1 / M,  # per-frame budgets round(r_t * M) averaging R, clamped to [1, M]
+    "cacovid": lambda T, M: 1 / (T * M),  # floor(R * T * M) as released
     **{name: lambda T, M: 1 / M for name in VARIANTS if name.endswith(FCA)},  # VidCom²'s budgets, as vidcom2
 }
 

@@ -2,9 +2,9 @@
 
 A small policy (one decoder layer copied from the VLM's first LLM layer, run without a causal mask over the whole
 prompt: system text, video, question) scores every token and every frame; it is trained by combinatorial policy
-optimisation against the frozen VLM (`vidpress.training.cacovid`). At inference (the released allocation, METHODS.md
-"Released rules" 3) the frame head splits the top-scored part of the budget over frames, each frame takes its top
-tokens by token score, and an evenly spaced, frame-blind fill over all remaining tokens completes the budget.
+optimisation against the frozen VLM (`vidpress.training.cacovid`). At inference (the allocation of the authors'
+release, `released_allocation`) the frame head splits the top-scored part of the budget over frames, each frame takes
+its top tokens by token score, and an evenly spaced, frame-blind fill over all remaining tokens completes the budget.
 """
 
 from __future__ import annotations
@@ -267,20 +267,23 @@ def _rows(position_ids: torch.Tensor, rows: int) -> torch.Tensor:
     return pos.long()
 
 
-def released_allocation(token_scores: torch.Tensor, frame_scores: torch.Tensor, budget: int, retention: float,
+def released_allocation(token_scores: torch.Tensor, frame_scores: torch.Tensor, retention: float,
                         imp_ratio: float = 0.5, min_ratio: float = 0.5, max_ratio: float = 1.5,
-                        frame_logit_max: float = 3.0) -> torch.Tensor:
-    """The released inference allocation; keep mask [T, M] with exactly `budget` tokens.
+                        frame_logit_max: float = 3.0, budget: int | None = None) -> torch.Tensor:
+    """The released inference allocation; keep mask [T, M].
 
-    token_scores [T, M], frame_scores [T], budget = round(R * N) (N = T * M), retention R.
+    token_scores [T, M] and frame_scores [T] are logit differences (keep - drop); N = T * M; R = retention;
+    s = max_ratio * R (the release's max_sample_ratio_for_each_frame, 1.5 * R in its evaluation).
     1. f = frame_scores rescaled so max |f| = frame_logit_max; shares = softmax(f) clipped to
-       [min_ratio / T, max_ratio / T] and renormalised.
-    2. Top part: floor(imp_ratio * R * N) tokens, split over the frames by the shares (largest remainder, ties to the
-       earlier frame) with the per-frame cap int(imp_ratio * M * max_ratio); frame t keeps its top tokens by token
-       score.
-    3. Fill: the rest of the budget at linspace(0, n - 1, k).round() over the n not-yet-kept tokens of the whole
-       video in raster order (frame-blind, may cross frames).
-    Rounding: what the cap leaves of the top part goes to the fill, so the total is exactly `budget`.
+       [min_ratio / T, max_ratio / T] (= [1/(2T), s/(T R)]) and renormalised to sum 1.
+    2. Top counts c_t = round(shares_t * round(imp_ratio * R * N)), clipped to [1, int(imp_ratio * M * s)] (the
+       upper bound wins if it is below 1, as torch.clamp does); then fixed one token at a time to
+       floor(imp_ratio * R * N): while the sum is too large, the FIRST frame with the largest c_t gives one; while
+       too small, the FIRST frame with the smallest c_t takes one (additions ignore the cap). round() is
+       half-to-even. Frame t keeps its c_t tokens of highest token score (ties to the lower index).
+    3. Fill: the rest of the budget, budget - sum(c_t), at linspace(0, n - 1, k).round() (float32, as torch's
+       default) over the n not-yet-kept tokens of the whole video in raster order, ignoring frames.
+    budget: the total; None (released) floor(R * N), at least 1.
     """
     T, M = token_scores.shape
     N = T * M
@@ -290,21 +293,22 @@ def released_allocation(token_scores: torch.Tensor, frame_scores: torch.Tensor, 
         f = f * (frame_logit_max / peak)
     shares = torch.softmax(f, dim=0).clamp(min_ratio / T, max_ratio / T)
     shares = shares / shares.sum()
-    top_total = min(budget, math.floor(imp_ratio * retention * N + 1e-9))
-    cap = min(M, int(imp_ratio * M * max_ratio + 1e-9))
-    ideal = shares * top_total
-    per_frame = (ideal + 1e-9).floor().long().clamp(max=cap)
-    short = top_total - int(per_frame.sum())
-    if short > 0:  # largest remainders first (stable: ties go to the earlier frame), only frames below the cap
-        remainder = (ideal - per_frame).masked_fill(per_frame >= cap, -1.0)
-        order = torch.sort(remainder, descending=True, stable=True).indices
-        per_frame[order[: min(short, int((per_frame < cap).sum()))]] += 1
+    top = imp_ratio * retention * N
+    cap = math.floor(imp_ratio * M * max_ratio * retention + 1e-9)
+    counts = torch.round(shares * round(top)).long().clamp(min=1).clamp(max=cap).tolist()
+    target = math.floor(top + 1e-9)
+    while sum(counts) > target:
+        counts[counts.index(max(counts))] -= 1
+    while sum(counts) < target:
+        counts[counts.index(min(counts))] += 1
+    if budget is None:
+        budget = max(1, math.floor(retention * N + 1e-9))
     keep = torch.zeros(N, dtype=torch.bool, device=token_scores.device)
-    keep[keep_top_per_frame(token_scores, per_frame)] = True
-    rest = budget - int(per_frame.sum())
+    keep[keep_top_per_frame(token_scores, torch.tensor(counts).clamp(max=M))] = True
+    rest = budget - int(keep.sum())
     if rest > 0:
         remaining = (~keep).nonzero().squeeze(1)
-        picks = torch.linspace(0, remaining.numel() - 1, rest, dtype=torch.float64).round().long()
+        picks = torch.linspace(0, remaining.numel() - 1, rest).round().long()
         keep[remaining[picks.to(remaining.device)]] = True
     return keep.view(T, M)
 
@@ -315,14 +319,18 @@ class CaCoVIDPress(Press):
     """CaCoVID token selection with a trained `CaCoVIDPolicy`, by the released allocation (`released_allocation`):
     frame logits rescaled to max |f| = frame_logit_max, frame shares softmax-clipped to [min_ratio / T,
     max_ratio / T]; the top-scored part floor(imp_ratio * R * N) split over frames by the shares (per-frame cap
-    int(imp_ratio * M * max_ratio)); the rest an evenly spaced fill over all remaining tokens, frame-blind.
+    int(imp_ratio * M * max_ratio * R), rounded then fixed one token at a time as released); the rest an evenly
+    spaced fill over all remaining tokens, frame-blind.
 
     Args:
         policy: the trained policy, built for the model it runs on: a `CaCoVIDPolicy`, or the folder one was saved to
             (`vidpress train cacovid` writes it), loaded onto the model's device when the press is applied.
-        retention: R; exactly token_budget(R, T * M) = round(R * N) tokens are kept.
+        retention: R, fraction of the N = T * M tokens kept.
+        budget: "released" keeps floor(R * N) tokens as the release does (at least 1); "exact" keeps round(R * N),
+            one more fill token where they differ.
         imp_ratio: share of the budget taken by the token head's top tokens (0.5 released).
-        min_ratio, max_ratio: clip of the frame shares relative to the uniform 1 / T (0.5 and 1.5 released).
+        min_ratio, max_ratio: clip of the frame shares relative to the uniform 1 / T (0.5 and 1.5 released);
+            max_ratio * R is the release's max_sample_ratio_for_each_frame, which also caps each frame's top count.
         frame_logit_max: the frame logits are rescaled so their largest magnitude is this (3 released).
     """
 
@@ -331,6 +339,7 @@ class CaCoVIDPress(Press):
     min_ratio: float = 0.5
     max_ratio: float = 1.5
     frame_logit_max: float = 3.0
+    budget: str = "released"
 
     query_aware = True
     needs_policy = True
@@ -354,6 +363,9 @@ class CaCoVIDPress(Press):
                              f"max_ratio={self.max_ratio!r}")
         if not self.frame_logit_max > 0:
             raise ValueError(f"frame_logit_max must be > 0; got {self.frame_logit_max!r}")
+        if self.budget not in ("released", "exact"):
+            raise ValueError(f"budget must be 'released' (floor(R * N) tokens, as the release) or 'exact' "
+                             f"(round(R * N)); got {self.budget!r}")
 
     def post_init_from_model(self, model) -> None:
         """Load a policy given as a folder onto the model's device, and check it was built for a model this wide."""
@@ -378,7 +390,8 @@ class CaCoVIDPress(Press):
         if not (torch.isfinite(token_scores).all() and torch.isfinite(frame_scores).all()):
             raise ValueError(
                 "the CaCoVID policy gave non-finite scores for this video; is it the policy trained for this model?")
-        keep = released_allocation(token_scores, frame_scores, token_budget(self.retention, T * M), self.retention,
-                                   self.imp_ratio, self.min_ratio, self.max_ratio, self.frame_logit_max)
+        total = token_budget(self.retention, T * M) if self.budget == "exact" else None
+        keep = released_allocation(token_scores, frame_scores, self.retention, self.imp_ratio, self.min_ratio,
+                                   self.max_ratio, self.frame_logit_max, budget=total)
         keep_indices = keep.flatten().nonzero().squeeze(1).to(tokens.features.device)
         return Selection(keep_indices, T * M, frame_budgets=keep.sum(1).cpu())
