@@ -23,6 +23,14 @@ from vidpress.types import Query, Selection, VideoTokens
 
 CONFIG_NAME = "cacovid_config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: The released checkpoint (a whole VLM folder): the policy's weights sit under this prefix, next to the VLM's own.
+RELEASED_PREFIX = "compression_policy."
+#: Released parameter names (after the prefix) -> CaCoVIDPolicy's.
+RELEASED_NAMES = {"layers.0.": "layer.", "layernorm.": "norm.", "token_compress.": "token_head.",
+                  "frame_compress.": "frame_head.", "mode_selection.": "mode_head."}
+#: The CaCoVID fields of the released config.json's vision_config.
+RELEASED_CONFIG_FIELDS = ("apply_compression", "compression_policy", "imp_ratio", "max_sample_ratio_for_each_frame",
+                          "topk", "max_sample_rate", "frame_ratio", "group_size", "max_group_prob", "sample_mode_num")
 
 
 def _class_path(obj) -> str:
@@ -36,10 +44,10 @@ def _load_class(path: str):
     return getattr(importlib.import_module(module), name)
 
 
-def head_mlp(width: int) -> nn.Sequential:
-    """The released head MLP D -> D/2 -> D/4 -> D/8 -> D/16 -> 2 with SiLU between: Linear layers at indices
+def head_mlp(width: int, outputs: int = 2) -> nn.Sequential:
+    """The released head MLP D -> D/2 -> D/4 -> D/8 -> D/16 -> outputs with SiLU between: Linear layers at indices
     0, 2, 4, 6, 8 of the Sequential (weights [out, in], biases [out]); the last one starts at zero (neutral scores)."""
-    dims = [width, width // 2, width // 4, width // 8, width // 16, 2]
+    dims = [width, width // 2, width // 4, width // 8, width // 16, outputs]
     layers: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:]):
         layers += [nn.Linear(a, b), nn.SiLU()]
@@ -71,9 +79,9 @@ class CaCoVIDPolicy(nn.Module):
       {token,frame,mode}_head.2.weight/bias  [D/4, D/2] / [D/4]
       {token,frame,mode}_head.4.weight/bias  [D/8, D/4] / [D/8]
       {token,frame,mode}_head.6.weight/bias  [D/16, D/8] / [D/16]
-      {token,frame,mode}_head.8.weight/bias  [2, D/16] / [2]
+      {token,frame,mode}_head.8.weight/bias  [2, D/16] / [2] (mode head: [3, D/16] / [3] in the release)
     A folder holds cacovid_config.json (`from_vlm(model).config`: width, family, the transformers classes and text
-    config of the layer) and model.safetensors.
+    config of the layer) and model.safetensors. `from_released` reads the authors' released checkpoint folder instead.
     """
 
     def __init__(self, config: dict, layer: nn.Module | None = None, rotary: nn.Module | None = None):
@@ -97,7 +105,7 @@ class CaCoVIDPolicy(nn.Module):
         self.norm = nn.RMSNorm(width, eps=float(config.get("rms_norm_eps", 1e-6)))
         self.token_head = head_mlp(width)
         self.frame_head = head_mlp(width)
-        self.mode_head = head_mlp(width)
+        self.mode_head = head_mlp(width, int(config.get("mode_outputs", 2)))
 
     @classmethod
     def from_vlm(cls, model) -> CaCoVIDPolicy:
@@ -128,6 +136,97 @@ class CaCoVIDPolicy(nn.Module):
             "text_config": text_config.to_dict(),
         }
         return cls(config, layer, rotary).float()
+
+    @classmethod
+    def from_released(cls, path, device="cpu") -> CaCoVIDPolicy:
+        """The policy of the authors' released checkpoint folder (e.g. moraleyc/CaCoVID_LLaVA-OneVision): the whole VLM
+        saved with the policy inside it. The VLM itself loads from the same folder with the usual `from_pretrained`
+        (its `compression_policy.*` weights are then unused keys).
+
+        Read from the folder:
+          config.json: the VLM's text config (the policy's decoder layer is one layer of that LLM) and, in its
+            vision_config, the CaCoVID fields (RELEASED_CONFIG_FIELDS), kept as `config["released"]`;
+          model.safetensors, or the shards listed in model.safetensors.index.json: only the keys
+            compression_policy.layers.0.*             -> layer.*   (one decoder layer of the LLM)
+            compression_policy.layernorm.weight        -> norm.weight
+            compression_policy.token_compress.{0,2,4,6,8}.{weight,bias} -> token_head.*
+            compression_policy.frame_compress.{0,2,4,6,8}.*           -> frame_head.*
+            compression_policy.mode_selection.{0,2,4,6,8}.*           -> mode_head.* (3 outputs)
+        A missing field, or a missing, unexpected or mis-shaped policy key, is a ValueError that names it.
+        """
+        import transformers
+        from safetensors import safe_open
+
+        from vidpress.models import adapter_class
+
+        path = Path(path)
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{path}: no released CaCoVID checkpoint here (expected config.json and the "
+                                    "model's safetensors)")
+        raw = json.loads(config_path.read_text())
+        vision = raw.get("vision_config") or {}
+        missing = [name for name in RELEASED_CONFIG_FIELDS if name not in vision]
+        if missing:
+            raise ValueError(f"{config_path}: vision_config lacks the released CaCoVID field(s) {', '.join(missing)}; "
+                             "is this a CaCoVID checkpoint?")
+        vlm_config = transformers.AutoConfig.from_pretrained(path)
+        adapter = adapter_class(vlm_config.model_type)
+        if adapter is None:
+            raise ValueError(f"{config_path}: model_type {vlm_config.model_type!r} is not a supported family")
+        text_config = vlm_config.get_text_config()
+        text_model = transformers.AutoModel._model_mapping[type(text_config)]
+        module = importlib.import_module(text_model.__module__)
+        layer = getattr(module, text_model.__name__.replace("Model", "DecoderLayer"))
+        rotary = getattr(module, text_model.__name__.replace("Model", "RotaryEmbedding"))
+        config = {
+            "model_type": vlm_config.model_type,
+            "hidden_size": text_config.hidden_size,
+            "rms_norm_eps": float(getattr(text_config, "rms_norm_eps", 1e-6)),
+            "mrope": adapter.mrope,
+            "layer_class": f"{layer.__module__}:{layer.__qualname__}",
+            "rotary_class": f"{rotary.__module__}:{rotary.__qualname__}",
+            "text_config_class": _class_path(text_config),
+            "text_config": text_config.to_dict(),
+            "mode_outputs": 3,
+            "released": {name: vision[name] for name in RELEASED_CONFIG_FIELDS},
+        }
+        policy = cls(config)
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted({file for key, file in weight_map.items() if key.startswith(RELEASED_PREFIX)})
+        elif (path / WEIGHTS_NAME).is_file():
+            files = [WEIGHTS_NAME]
+        else:
+            raise FileNotFoundError(f"{path}: neither {WEIGHTS_NAME} nor model.safetensors.index.json")
+        weights = {}
+        for file in files:
+            with safe_open(path / file, framework="pt", device=str(device)) as handle:
+                for key in handle.keys():
+                    if key.startswith(RELEASED_PREFIX):
+                        weights[_from_released_name(key)] = handle.get_tensor(key)
+        policy._load_checked(weights, f"{path} (keys {RELEASED_PREFIX}*)", released=True)
+        return policy.float().to(device).eval()
+
+    def _load_checked(self, weights: dict, source: str, released: bool = False) -> None:
+        """Load `weights` (this module's names) after checking them; errors name each key as the source spells it."""
+        name = _to_released_name if released else str
+        expected = self.state_dict()
+        missing = sorted(name(k) for k in set(expected) - set(weights))
+        unexpected = sorted(name(k) for k in set(weights) - set(expected))
+        misshaped = [f"{name(k)}: {tuple(weights[k].shape)} in the file, {tuple(expected[k].shape)} expected"
+                     for k in sorted(set(weights) & set(expected)) if weights[k].shape != expected[k].shape]
+        if missing or unexpected or misshaped:
+            problems = [f"{label} ({len(keys)}): {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
+                        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+                        if keys]
+            names = ("compression_policy.{layers.0.*, layernorm.weight, {token_compress,frame_compress,mode_selection}"
+                     ".{0,2,4,6,8}.weight/bias}" if released else
+                     "layer.* (the decoder layer), norm.weight, {token,frame,mode}_head.{0,2,4,6,8}.weight/bias")
+            raise ValueError(f"{source} does not match a CaCoVIDPolicy of width {self.hidden_size}: "
+                             + "; ".join(problems) + f". Expected names: {names}")
+        self.load_state_dict(weights)
 
     @property
     def hidden_size(self) -> int:
@@ -236,24 +335,25 @@ class CaCoVIDPolicy(nn.Module):
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{path}: no CaCoVID policy here (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
         policy = cls(json.loads((path / CONFIG_NAME).read_text()))
-        weights = load_file(path / WEIGHTS_NAME, device=str(device))
-        expected = policy.state_dict()
-        missing = sorted(set(expected) - set(weights))
-        unexpected = sorted(set(weights) - set(expected))
-        misshaped = [f"{k}: {tuple(weights[k].shape)} in the file, {tuple(expected[k].shape)} expected"
-                     for k in sorted(set(weights) & set(expected)) if weights[k].shape != expected[k].shape]
-        if missing or unexpected or misshaped:
-            problems = [f"{label} ({len(keys)}): {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
-                        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-                        if keys]
-            raise ValueError(
-                f"{path / WEIGHTS_NAME} does not match a CaCoVIDPolicy of width {policy.hidden_size}: "
-                + "; ".join(problems)
-                + ". Expected names: layer.* (the decoder layer), norm.weight, "
-                "{token,frame,mode}_head.{0,2,4,6,8}.weight/bias"
-            )
-        policy.load_state_dict(weights)
+        policy._load_checked(load_file(path / WEIGHTS_NAME, device=str(device)), str(path / WEIGHTS_NAME))
         return policy.float().to(device).eval()
+
+
+def _from_released_name(key: str) -> str:
+    """compression_policy.token_compress.0.weight -> token_head.0.weight (unknown names keep their released form)."""
+    key = key.removeprefix(RELEASED_PREFIX)
+    for released, ours in RELEASED_NAMES.items():
+        if key.startswith(released):
+            return ours + key.removeprefix(released)
+    return RELEASED_PREFIX + key
+
+
+def _to_released_name(key: str) -> str:
+    """token_head.0.weight -> compression_policy.token_compress.0.weight (the inverse of `_from_released_name`)."""
+    for released, ours in RELEASED_NAMES.items():
+        if key.startswith(ours):
+            return RELEASED_PREFIX + released + key.removeprefix(ours)
+    return key
 
 
 def _rows(position_ids: torch.Tensor, rows: int) -> torch.Tensor:
