@@ -116,8 +116,8 @@ class LayerPruner:
             owner.view(-1)[positions] = video
             kept = selection.keep_indices.to(positions.device)
             token.view(-1)[positions] = kept
-            r = self.press.frame_retention_fca(report.videos[video])
-            if r is not None:
+            if self.press.frame_budgets is not None:
+                r = self.press.frame_retention_fca(report.videos[video])
                 frames = report.videos[video].tokens_per_frame
                 frame.view(-1)[positions] = first_frame + kept // frames
                 self.frame_retention.append(r.to(input_ids.device))
@@ -223,18 +223,8 @@ class LayerPruner:
         sequence."""
         if self.scores is None:
             raise RuntimeError("vidpress: the scoring layer did not run before the pruning layer")
-        fraction = dict(self.stages)[layer_index]
         frame = (self.owner.gather(1, self.index) >= 0) & self.valid
-        scores = self.scores.masked_fill(~frame, float("-inf"))
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        if self.per_frame:
-            kept = self._keep_per_frame(order, frame, fraction)
-        else:
-            budget = self.press.stage_budget(fraction, self.visual_full)
-            rank = torch.empty_like(order).scatter_(
-                1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-            kept = rank < budget[:, None]
-        keep = (self.valid & ~frame) | (frame & kept)
+        keep = (self.valid & ~frame) | self.frame_tokens_kept(layer_index, frame)
         self.full_hidden = self._scatter_full(hidden)
         gather, valid = _repad_index(keep, self.left)
         hidden = hidden.gather(1, gather[..., None].expand(-1, -1, hidden.shape[-1])) * valid[..., None]
@@ -247,6 +237,20 @@ class LayerPruner:
         if layer_index == self.stages[-1][0]:
             self._finish()
         return hidden
+
+    def frame_tokens_kept(self, layer_index: int, frame: torch.Tensor) -> torch.Tensor:
+        """[rows, L'] mask of the frame tokens (`frame`, [rows, L'] over the current sequence) the stage at
+        `layer_index` keeps, best `self.scores` first (ties to the earlier token): the press's `stage_budget` per
+        sample, or with frame_budgets="vidcom2" its `stage_frame_budget` per frame. A pruner subclass that does more
+        with the dropped tokens takes its kept set from here, so both budget modes hold for it too."""
+        fraction = dict(self.stages)[layer_index]
+        order = torch.sort(self.scores.masked_fill(~frame, float("-inf")), dim=1, descending=True, stable=True).indices
+        if self.per_frame:
+            return self._keep_per_frame(order, frame, fraction)
+        budget = self.press.stage_budget(fraction, self.visual_full)
+        rank = torch.empty_like(order).scatter_(1, order,
+                                                torch.arange(order.shape[1], device=order.device).expand_as(order))
+        return frame & (rank < budget[:, None])
 
     def _keep_per_frame(self, order: torch.Tensor, frame: torch.Tensor, fraction: float) -> torch.Tensor:
         """[rows, L'] mask of the frame tokens each frame keeps at a stage keeping `fraction` of the video: its
