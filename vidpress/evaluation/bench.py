@@ -278,12 +278,12 @@ def write_results(rows: list[dict], out_dir) -> dict[str, Path]:
 
 
 # One colour and one marker per press: the tab20 palette's dark shades first, then its light ones, each with its
-# own marker, so no two presses share a colour or a marker up to 13 presses (then colour+marker stay unique).
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", "h", ">", "p", "d")
+# own marker, so no two presses share a colour or a marker up to 20 presses (then colour+marker stay unique).
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", "h", ">", "p", "d", "H", "8", "1", "2", "3", "4", "+")
 
 
 def press_styles(names: list[str]) -> dict[str, dict]:
-    """Matplotlib line styles {press: {"color", "marker"}}: distinct colours, and distinct markers up to 13."""
+    """Matplotlib line styles {press: {"color", "marker"}}: distinct colours, and distinct markers up to 20."""
     import matplotlib
 
     palette = matplotlib.colormaps["tab20"].colors
