@@ -90,6 +90,20 @@ def test_inspect_in_llm_press(tmp_path, capsys):
     assert kept == round(0.5 * 220)  # (2 * 220 + 2 * kept) / 4 = 0.75 * 220
 
 
+def test_frame_budgets_by_name_or_option(tmp_path, capsys):
+    """`--press NAME+fca` and `--press NAME --frame-budgets vidcom2` are the same press: VidCom²'s per-frame budgets."""
+    printed = []
+    for argv in (["--press", "fastv+fca"], ["--press", "fastv", "--frame-budgets", "vidcom2"]):
+        assert main(["inspect", *argv, "--num-frames", "8", "--retention", "0.75", "--out",
+                     str(tmp_path / "kept.png")]) == 0
+        printed.append(capsys.readouterr().out.split("\n", 1)[1])  # after the title line, which names the press
+    assert printed[0] == printed[1] and "per-frame budgets: [" in printed[0]
+    budgets = [int(n) for n in printed[0].split("per-frame budgets: [")[1].split("]")[0].split(",")]
+    assert len(set(budgets)) > 1  # not an even split
+    assert main(["inspect", "--press", "uniform", "--frame-budgets", "vidcom2"]) == 2
+    assert "UniformPress (uniform) does not take frame_budgets='vidcom2': it keeps whole" in one_line_error(capsys)
+
+
 def test_fastv_on_the_demo_model_explains_its_layer_floor(capsys):
     assert main(["generate", "--model", "demo", "--press", "fastv", "--num-frames", "4"]) == 2
     err = one_line_error(capsys)

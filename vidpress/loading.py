@@ -38,10 +38,18 @@ def load_model(path: str | None, attn: str = "sdpa", device: str = "cpu", dtype:
     return model, AutoProcessor.from_pretrained(path)
 
 
-def build_press(name: str, retention: float, policy=None):
+def build_press(name: str, retention: float, policy=None, frame_budgets: str | None = None):
     """The press registered as `name` at `retention`; a press that needs a trained policy gets the folder `policy`
-    (it loads it when applied to a model)."""
+    (it loads it when applied to a model). "<name>+fca" is `name` with frame_budgets="vidcom2" (VidCom²'s per-frame
+    budgets); `frame_budgets` passes that knob (the press refuses it, with its reason, where it does not apply)."""
     knobs = {"retention": check_retention(retention)}
+    if name in presses.fca_variants():
+        if frame_budgets not in (None, "vidcom2"):
+            raise ValueError(f"--press {name} already means frame_budgets='vidcom2'; got --frame-budgets "
+                             f"{frame_budgets}")
+        name, frame_budgets = presses.fca_variants()[name], "vidcom2"
+    if frame_budgets is not None:
+        knobs["frame_budgets"] = frame_budgets
     press_class = PRESSES.get(name)
     needs_policy = press_class is not None and press_class.needs_policy
     if policy is not None and not needs_policy:

@@ -147,12 +147,14 @@ def keep_all(press):
 
 
 def press_for(kind, family, retention, model=None):
+    """kind "pre": VidCom²; "llm": FastV; "llm+fca": FastV with VidCom²'s frame budgets (per-frame stage quotas);
+    any other kind: that registered in-LLM press with its defaults."""
     if kind == "pre":
         return VidCom2Press(retention=retention)
-    if kind == "llm":
+    if kind in ("llm", "llm+fca"):
         layer = in_llm_layer(family)
         return (KeepAllAfterLayer(retention=0.5, layer=layer) if retention == 1.0
-                else FastVPress(retention=retention, layer=layer))
+                else FastVPress(retention=retention, layer=layer, frame_budgets="vidcom2" if kind == "llm+fca" else None))
     press = presses.get(kind, retention=0.5 if retention == 1.0 else retention)
     try:
         press.pruner(get_adapter(model))  # its stages on this model (building the pruner installs nothing)
@@ -191,7 +193,7 @@ def test_nothing_dropped_is_the_unpressed_model(models, family, kind, mode):
 
 
 @pytest.mark.parametrize("mode", DETERMINISTIC)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "llm+fca"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_equals_per_sample(models, family, kind, mode):
     model, processor = models(family)

@@ -199,45 +199,75 @@ def test_press_needs_a_policy_and_a_query(tiny_model):
 # --- the press ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("R", [0.03, 0.05, 0.1, 0.15, 0.25, 0.5, 0.9])
-def test_press_retention_is_exact(tiny_model, R):
+def test_press_keeps_the_released_total_or_the_exact_one(tiny_model, R):
     policy = random_policy(tiny_model("qwen2_5_vl")[0])
     tokens, query = video_and_query(policy.hidden_size, T=8, M=16)
-    selection = CaCoVIDPress(policy=policy, retention=R).select(tokens, query)
-    assert selection.num_kept == round(R * 128)
-    assert int(selection.frame_budgets.sum()) == selection.num_kept and int(selection.frame_budgets.max()) <= 16
-    assert torch.equal(torch.bincount(selection.keep_indices // 16, minlength=8), selection.frame_budgets)
+    for budget, total in (("released", max(1, math.floor(R * 128 + 1e-9))), ("exact", round(R * 128))):
+        selection = CaCoVIDPress(policy=policy, retention=R, budget=budget).select(tokens, query)
+        assert selection.num_kept == total, budget
+        assert int(selection.frame_budgets.sum()) == selection.num_kept and int(selection.frame_budgets.max()) <= 16
+        assert torch.equal(torch.bincount(selection.keep_indices // 16, minlength=8), selection.frame_budgets)
+    with pytest.raises(ValueError, match="budget must be 'released'"):
+        CaCoVIDPress(policy=policy, budget="floor")
+
+
+def kept(keep):
+    return keep.flatten().nonzero().squeeze(1).tolist()
 
 
 def test_released_allocation_frame_blind_fill_crosses_frames():
-    """T=2, M=8, R=0.5: budget 8, top part floor(0.5 * 0.5 * 16) = 4. Frame logits [1, -1] -> rescaled [3, -3] ->
-    softmax [0.9975, 0.0025] -> clipped to [0.25, 0.75] -> shares [0.75, 0.25] -> [3, 1] top tokens (cap
-    int(0.5 * 8 * 1.5 * 0.5) = 3). The 12 other tokens in raster order get linspace(0, 11, 4).round() = [0, 4, 7, 11]
-    -> tokens 0, 4, 10, 14: the fill takes two tokens of frame 0 and one of frame 1, ignoring frames."""
+    """T=2, M=8, R=0.5: total floor(0.5 * 16) = 8, top part 4. Frame logits [1, -1] -> rescaled [3, -3] -> softmax
+    [0.9975, 0.0025] -> clipped to [0.25, 0.75] -> shares [0.75, 0.25] -> round([3, 1]) (cap int(0.5 * 8 * 1.5 * 0.5)
+    = 3). The 12 other tokens in raster order get linspace(0, 11, 4).round() = [0, 4, 7, 11] -> tokens 0, 4, 10, 14:
+    the fill takes two tokens of frame 0 and one of frame 1, ignoring frames."""
     token_scores = torch.arange(16.0).view(2, 8)  # best tokens: 7, 6, 5 in frame 0 and 15 in frame 1
-    keep = released_allocation(token_scores, torch.tensor([1.0, -1.0]), budget=8, retention=0.5)
-    assert keep.flatten().nonzero().squeeze(1).tolist() == [0, 4, 5, 6, 7, 10, 14, 15]
+    keep = released_allocation(token_scores, torch.tensor([1.0, -1.0]), retention=0.5)
+    assert kept(keep) == [0, 4, 5, 6, 7, 10, 14, 15]
     assert keep.sum(1).tolist() == [5, 3]
     # the logits are rescaled to max |f| = 3: their scale does not matter
-    assert torch.equal(released_allocation(token_scores, torch.tensor([100.0, -100.0]), 8, 0.5), keep)
+    assert torch.equal(released_allocation(token_scores, torch.tensor([100.0, -100.0]), 0.5), keep)
 
 
-def test_released_allocation_split_by_largest_remainder():
-    """T=4, M=4, R=0.5: budget 8, top part 4. Frame logits [3, 0, 0, 0]: softmax [0.870, 0.043 x 3] -> clipped to
-    [0.375, 0.125 x 3] -> renormalised [0.5, 1/6 x 3] -> ideal [2, 2/3, 2/3, 2/3] -> largest remainder (ties to the
-    earlier frame) [2, 1, 1, 0] (cap int(0.5 * 4 * 1.5) = 3). Top tokens: 2 and 0 (frame 0; ties to the lower index),
-    4, 8. The fill puts the other 4 at linspace(0, 11, 4).round() = [0, 4, 7, 11] of the 12 remaining tokens:
-    1, 7, 11, 15."""
-    token_scores = torch.zeros(4, 4)
-    token_scores[0, 2] = 1.0
-    keep = released_allocation(token_scores, torch.tensor([3.0, 0.0, 0.0, 0.0]), budget=8, retention=0.5)
-    assert keep.flatten().nonzero().squeeze(1).tolist() == [0, 1, 2, 4, 7, 8, 11, 15]
-    # small budgets keep their top part: R = 0.05 of 8 x 16 tokens -> budget 6, top part floor(3.2) = 3 tokens
+def test_released_allocation_cap_is_relative_to_the_retention():
+    """T=4, M=16, R=0.5: top part round(0.5 * 0.5 * 64) = 16. Frame logits [3, -3, -3, -3]: softmax [0.9926, 0.0025 x 3]
+    -> clipped to [0.375, 0.125 x 3] -> renormalised [0.5, 1/6 x 3] -> round([8, 2.67 x 3]) = [8, 3, 3, 3] -> cap
+    int(0.5 * 16 * 1.5 * 0.5) = 6 (relative to 1 it would be 12 and not bind) -> [6, 3, 3, 3], sum 15 < 16: the FIRST
+    frame with the smallest count takes one -> [6, 4, 3, 3]. With token score -m, frame t keeps its first c_t tokens;
+    the fill puts floor(0.5 * 64) - 16 = 16 tokens at linspace(0, 47, 16).round() of the 48 others."""
+    token_scores = -torch.arange(16.0).expand(4, 16)
+    keep = released_allocation(token_scores, torch.tensor([3.0, -3.0, -3.0, -3.0]), retention=0.5)
+    top = [0, 1, 2, 3, 4, 5, 16, 17, 18, 19, 32, 33, 34, 48, 49, 50]
+    others = [i for i in range(64) if i not in top]
+    fill = [others[round(j * 47 / 15)] for j in range(16)]  # linspace(0, 47, 16): no .5 ties here
+    assert kept(keep) == sorted(top + fill)
+    # relative to 1 (vidpress before): cap 12, [8, 3, 3, 3] then one taken from the largest -> 7 in frame 0
+    loose = released_allocation(token_scores, torch.tensor([3.0, -3.0, -3.0, -3.0]), retention=0.5, max_ratio=3.0)
+    assert kept(loose)[:7] == list(range(7))
+
+
+def test_released_allocation_round_then_fix_takes_from_the_first_largest():
+    """T=3, M=10, R=0.5: 0.5 * 0.5 * 30 = 7.5, round (half to even) 8, target floor 7. Equal frame logits -> shares 1/3
+    -> round(8 / 3) = 3 each (cap int(0.5 * 10 * 0.75) = 3) -> sum 9 > 7: the FIRST frame with the largest count gives
+    one, twice -> [2, 2, 3]. Token score -m: frames keep tokens 0, 1 | 10, 11 | 20, 21, 22. The fill puts
+    floor(15) - 7 = 8 tokens at linspace(0, 22, 8).round() = [0, 3, 6, 9, 13, 16, 19, 22] of the 23 others
+    (2..9, 12..19, 23..29): tokens 2, 5, 8, 13, 17, 23, 26, 29."""
+    token_scores = -torch.arange(10.0).expand(3, 10)
+    keep = released_allocation(token_scores, torch.zeros(3), retention=0.5)
+    assert kept(keep) == [0, 1, 2, 5, 8, 10, 11, 13, 17, 20, 21, 22, 23, 26, 29]
+    assert keep.sum(1).tolist() == [5, 4, 6]
+    # the exact total round(R * N): R = 0.25 of 30 = 7.5 -> 8 (released: floor, 7), one more fill token
+    assert released_allocation(token_scores, torch.zeros(3), retention=0.25).sum() == 7
+    assert released_allocation(token_scores, torch.zeros(3), retention=0.25, budget=8).sum() == 8
+
+
+def test_released_allocation_small_budgets_and_flat_logits():
+    # R = 0.05 of 8 x 16: total floor(6.4) = 6; top part round(3.2) = 3 shares; the cap int(0.5 * 16 * 0.075) = 0 wins
+    # over the lower bound 1 (torch.clamp order) -> all 0, then the 3 smallest-first additions go to frames 0, 1, 2
     scores = torch.zeros(8, 16)
     scores[torch.arange(8), torch.arange(8) + 3] = 1.0  # each frame's best token: 3, 4, ..., 10
-    small = released_allocation(scores, torch.tensor([3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), budget=6,
-                                retention=0.05)
+    small = released_allocation(scores, torch.tensor([3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), retention=0.05)
     assert small.sum() == 6 and small[0, 3] and small[1, 4] and small[2, 5]
-    flat = released_allocation(token_scores, torch.zeros(4), budget=8, retention=0.5)
+    flat = released_allocation(torch.zeros(4, 4), torch.zeros(4), retention=0.5)
     assert flat.sum() == 8  # all-zero frame logits: uniform shares, no division by zero
     with pytest.raises(ValueError, match="min_ratio"):
         CaCoVIDPress(max_ratio=0.9)
@@ -256,7 +286,7 @@ def test_retention_one_is_identical_and_pressing_works(tiny_model, family):
         with CaCoVIDPress(policy=policy, retention=0.25)(model) as pressed:
             model(**inputs)
     selection = pressed.last_report.selections[0]
-    assert selection.num_kept == round(0.25 * selection.num_tokens)
+    assert selection.num_kept == math.floor(0.25 * selection.num_tokens)
     assert torch.equal(model(**inputs).logits, reference)  # the model is unchanged after the block
 
 

@@ -4,7 +4,8 @@ A press declares what it needs only through the attributes of `Press` (and `Laye
 everything at retention 1, returns a valid Selection, keeps the budget its docstring promises, honours its
 `min_retention` floor, gets `post_init_from_model` on entry and leaves the model exactly as it found it. Selections
 are checked on random tokens [T, M, 128]; the rest on the shipped reference model (Qwen2.5-VL, 4 LLM layers, videos
-of 8 x 16 tokens) and, at retention 1, on the tiny model of every family. CaCoVID runs the shipped policy.
+of 8 x 16 tokens) and, at retention 1, on the tiny model of every family. CaCoVID runs the shipped policy. Every press
+that declares `supports_frame_budgets` is checked a second time as "<name>+fca" (frame_budgets="vidcom2").
 """
 
 import dataclasses
@@ -22,6 +23,9 @@ from vidpress.testing import FAMILIES, make_inputs, tiny_video
 from vidpress.types import Query, VideoTokens
 
 NAMES = presses.available()
+FCA = "+fca"
+#: every press, plus "<name>+fca" (VidCom²'s frame budgets) for each press that declares it takes them
+VARIANTS = NAMES + [name + FCA for name in NAMES if presses.PRESSES[name].supports_frame_budgets]
 CACOVID_POLICY = Path(vidpress.synthetic.__file__).parent / "cacovid_reference"
 WIDTH = 128  # the reference model's LLM width, which the shipped CaCoVID policy was trained for
 GENERATE = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
@@ -29,7 +33,7 @@ GENERATE = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_di
 #: The attributes through which a press declares what it needs (`Press`, `LayerPress`); every other public class
 #: attribute of a press must be a knob (a dataclass field).
 CONTRACT = {"name", "query_aware", "acts_in_llm", "needs_vision_stats", "vision_layer", "needs_policy", "scoring",
-            "compute_dtype"}
+            "compute_dtype", "supports_frame_budgets", "no_frame_budgets_because"}
 
 #: How far the effective retention may be from the target max(R, min_retention) on T frames of M tokens, as the
 #: press's docstring promises. Presses not listed keep exactly round(target * T * M) tokens.
@@ -40,12 +44,17 @@ GRANULARITY = {
     "evs": lambda T, M: 1 / (T * M),  # vLLM's count int(N * R), not round(N * R)
     # a pooled h' x w' grid per frame, each axis within one cell of sqrt(R) * side: (s + 1/side)^2 - s^2 at most
     "downsample": lambda T, M: 2 / math.isqrt(M) + 1 / M,
+    "cacovid": lambda T, M: 1 / (T * M),  # floor(R * T * M) as released
+    **{name: lambda T, M: 1 / M for name in VARIANTS if name.endswith(FCA)},  # VidCom²'s budgets, as vidcom2
 }
 
 
 def build(name: str, retention: float, policy) -> Press:
-    """The press by name at `retention`; CaCoVID with the shipped policy (a folder: loaded on entry)."""
+    """The press (or "<name>+fca" variant) at `retention`; CaCoVID with the shipped policy (a folder: loaded on
+    entry)."""
     knobs = {"policy": policy} if name == "cacovid" else {}
+    if name.endswith(FCA):
+        name, knobs = name.removesuffix(FCA), {"frame_budgets": "vidcom2"}
     return presses.get(name, retention=retention, **knobs)
 
 
@@ -91,10 +100,14 @@ def test_declares_the_contract(name):
     press = presses.get(name)
     assert cls.name == name and press.name == name
     assert type(presses.get(name.upper())) is cls
-    for flag in ("query_aware", "acts_in_llm", "needs_vision_stats", "needs_policy"):
+    for flag in ("query_aware", "acts_in_llm", "needs_vision_stats", "needs_policy", "supports_frame_budgets"):
         assert isinstance(getattr(press, flag), bool), flag
     assert press.vision_layer is None or isinstance(press.vision_layer, int)
     assert press.acts_in_llm == isinstance(press, LayerPress)  # the adapter runs a LayerPress's schedule in the LLM
+    if not press.supports_frame_budgets:  # refused by name, with the declared reason
+        assert isinstance(press.no_frame_budgets_because, str) and press.no_frame_budgets_because
+        with pytest.raises(ValueError, match=f"{cls.__name__} \\({name}\\) does not take frame_budgets"):
+            presses.get(name, frame_budgets="vidcom2")
     for frames in (1, 8, 13):
         for layers in (None, 4, 28):
             floor = press.min_retention(frames, layers)
@@ -118,7 +131,7 @@ def test_non_finite_features_are_rejected(name, bad):
 # --- selections ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("T", [1, 3, 8])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_retention_one_keeps_every_token(name, T, policy):
     tokens, query = video(T)
     selection = build(name, 1.0, policy).select(tokens, query)
@@ -128,7 +141,7 @@ def test_retention_one_keeps_every_token(name, T, policy):
 
 @pytest.mark.parametrize("R", [0.05, 0.25, 0.5])
 @pytest.mark.parametrize("T", [2, 8, 13])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_selection_is_valid_deterministic_and_keeps_the_promised_budget(name, T, R, policy):
     tokens, query = video(T)
     N, M, D = tokens.num_tokens, tokens.tokens_per_frame, tokens.features.shape[-1]
@@ -158,7 +171,7 @@ def test_selection_is_valid_deterministic_and_keeps_the_promised_budget(name, T,
 # --- on the model -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("R", [0.1, 0.75])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_min_retention_and_budget_in_the_model(name, R, reference):
     model, inputs, _ = reference
     press = build(name, R, CACOVID_POLICY)
@@ -172,8 +185,9 @@ def test_min_retention_and_budget_in_the_model(name, R, reference):
     floor = press.min_retention(T, len(get_adapter(model).text_layers()))
     target = max(R, floor)
     assert report.retention >= floor - 1e-9
-    if press.acts_in_llm:  # each stage keeps round(fraction * N) tokens per sample, at least one
-        assert abs(report.retention - target) <= 1 / N, report.retention
+    if press.acts_in_llm:  # each stage keeps round(fraction * N) tokens per sample (+fca: per frame), at least one
+        assert abs(report.retention - target) <= (GRANULARITY[name](T, M) if name in GRANULARITY else 1 / N), \
+            report.retention
     elif name in GRANULARITY:
         assert abs(report.retention - target) <= GRANULARITY[name](T, M) + 1e-9, report.retention
     else:
@@ -200,7 +214,7 @@ def test_post_init_from_model_runs_once_on_entry(name, reference):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_the_model_is_unchanged_after_the_block(name, reference):
     model, inputs, logits = reference
     state = {k: v.clone() for k, v in model.state_dict().items()}

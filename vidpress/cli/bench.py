@@ -104,7 +104,7 @@ def run(args) -> int:
     if args.presses is not None:
         names = parse_presses(args.presses)
     else:  # the learned rows' checkpoints are trained for the shipped reference model only
-        names = testbed.checkpoint_free_names() if args.model else testbed.bench_names()
+        names = testbed.checkpoint_free_names() if args.model else testbed.default_names()
     if args.retentions is not None:
         retentions = parse_retentions(args.retentions)
     else:

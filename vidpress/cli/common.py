@@ -102,12 +102,13 @@ def video_press_options(command: argparse.ArgumentParser, default_model: str) ->
     command.add_argument("--video", help="video file (default: the bundled sample clip)")
     command.add_argument("--question", default="What happens in this video?",
                          help="the question (default: %(default)r)")
-    command.add_argument("--press", default="vidcom2", choices=presses.available(),
-                         help="press name (default: %(default)s)")
+    command.add_argument("--press", default="vidcom2", choices=presses.available() + list(presses.fca_variants()),
+                         help="press name; NAME+fca is NAME with --frame-budgets vidcom2 (default: %(default)s)")
     command.add_argument("--retention", type=float, default=0.25,
                          help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
     command.add_argument("--num-frames", type=int, default=16,
                          help="frames sampled evenly from the video (default: %(default)s)")
+    frame_budgets_option(command)
     policy_option(command)
     command.add_argument("--device", default=default_device(), help="torch device (default: %(default)s)")
 
@@ -126,6 +127,14 @@ def runtime_options(command: argparse.ArgumentParser, dtype: str) -> None:
     command.add_argument("--dtype", default=dtype, choices=dtypes, help="weights dtype (default: %(default)s)")
     command.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"],
                          help="attention implementation (default: %(default)s)")
+
+
+def frame_budgets_option(command: argparse.ArgumentParser) -> None:
+    from vidpress import presses
+
+    hosts = ", ".join(presses.fca_variants().values())
+    command.add_argument("--frame-budgets", choices=["vidcom2"], help="per-frame budgets from VidCom²'s frame "
+                         f"uniqueness, the press's own ranking inside each frame (FCA; presses {hosts})")
 
 
 def policy_option(command: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vidpress.cli.common import policy_option, runtime_options
+from vidpress.cli.common import frame_budgets_option, policy_option, runtime_options
 
 
 def add_parser(subparsers) -> None:
@@ -22,10 +22,12 @@ def add_parser(subparsers) -> None:
     command.add_argument("--model", required=True, help="local model directory (from save_pretrained)")
     command.add_argument("--bench", required=True, choices=list(BENCHMARKS), help="benchmark")
     command.add_argument("--data", required=True, help="the benchmark's local folder, in its published layout")
-    command.add_argument("--press", default="vidcom2", choices=["none", *presses.available()],
-                         help="press name, or none for all tokens (default: %(default)s)")
+    command.add_argument("--press", default="vidcom2", choices=["none", *presses.available(), *presses.fca_variants()],
+                         help="press name (NAME+fca: with --frame-budgets vidcom2), or none for all tokens "
+                         "(default: %(default)s)")
     command.add_argument("--retention", type=float, default=0.25,
                          help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    frame_budgets_option(command)
     policy_option(command)
     command.add_argument("--num-frames", type=int, default=16, help="frames sampled per video (default: %(default)s)")
     command.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: %(default)s)")
@@ -46,7 +48,7 @@ def run(args) -> int:
     from vidpress.loading import build_press, load_model
 
     benchmark = benchmarks.get_benchmark(args.bench)
-    press = None if args.press == "none" else build_press(args.press, args.retention, args.policy)
+    press = None if args.press == "none" else build_press(args.press, args.retention, args.policy, args.frame_budgets)
     for name in ("num_frames", "max_new_tokens", "limit"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -56,17 +58,19 @@ def run(args) -> int:
         raise ValueError(f"--data {args.data}: no {args.bench} question has its video there")
     shard = runner.Shard(args.device)
     retention = 1.0 if press is None else args.retention
+    # one name for a press with VidCom²'s frame budgets, however it was asked for (NAME+fca or --frame-budgets)
+    label = f"{press.name}+fca" if press is not None and press.frame_budgets is not None else args.press
     settings = runner.run_settings(
-        benchmark=args.bench, model=args.model, data=args.data, press=press, press_name=args.press,
+        benchmark=args.bench, model=args.model, data=args.data, press=press, press_name=label,
         policy=args.policy, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
         attn=args.attn)
-    out = Path(args.out or f"eval-results/{args.bench}/{Path(args.model).name}-{args.press}-{retention:g}-"
+    out = Path(args.out or f"eval-results/{args.bench}/{Path(args.model).name}-{label}-{retention:g}-"
                f"{args.num_frames}f")
     # Every process checks, before the model loads: a refused resume costs nothing and no process is left waiting.
     runner.check_run_settings(out, settings, overwrite=args.overwrite, write=False)
     model, processor = load_model(args.model, args.attn, shard.device or args.device, args.dtype)
     if shard.is_main:
-        print(f"{args.bench}: {len(samples)} questions from {args.data}; press {args.press}"
+        print(f"{args.bench}: {len(samples)} questions from {args.data}; press {label}"
               f"{'' if press is None else f' at retention {retention:g}'}; {args.num_frames} frames; "
               f"{shard.world} process(es); results in {out}")
     summary = runner.run(model, processor, benchmark, samples, press, out, settings, shard, num_frames=args.num_frames,

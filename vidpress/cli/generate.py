@@ -49,7 +49,7 @@ def run(args) -> int:
     from vidpress.timing import frame_budgets, load_warning, time_prefill
 
     check_at_least(args, 1, "num_frames", "max_new_tokens", "repeats")
-    press = build_press(args.press, args.retention, args.policy)
+    press = build_press(args.press, args.retention, args.policy, args.frame_budgets)
     check_retrieve(args)
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
@@ -78,7 +78,8 @@ def run(args) -> int:
     timing = time_prefill(model, inputs, press, repeats=args.repeats)
 
     answer = processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0]
-    print(f"press: {args.press} (requested retention {args.retention:g})")
+    fca = " with VidCom²'s frame budgets" if press.frame_budgets and not args.press.endswith("+fca") else ""
+    print(f"press: {args.press}{fca} (requested retention {args.retention:g})")
     print(f"answer: {answer.strip()!r}")
     if report.layer_tokens:  # pressed inside the LLM: the prompt enters whole, the layers process fewer tokens
         print(f"visual tokens: {report.visual_tokens_before} enter the LLM; {layer_summary(report)}; "

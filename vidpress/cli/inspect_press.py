@@ -32,7 +32,7 @@ def run(args) -> int:
     check_at_least(args, 1, "num_frames")
     if Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: pass the path of a .png file to write (e.g. --out kept.png)")
-    press = build_press(args.press, args.retention, args.policy)
+    press = build_press(args.press, args.retention, args.policy, args.frame_budgets)
     video_path = Path(args.video) if args.video else video.sample_video()
     decoded = video.load(video_path, num_frames=args.num_frames)
     model, processor = load_bench_model(args.model, args.device)

@@ -8,6 +8,7 @@ from pathlib import Path
 from vidpress.cli.common import (
     check_layer_press,
     check_retrieve,
+    frame_budgets_option,
     make_retriever,
     policy_option,
     retrieve_options,
@@ -37,10 +38,11 @@ def add_parser(subparsers) -> None:
                          "before the processor's resizing (default: %(default)s)")
     command.add_argument("--video", help="profile on this video file instead of synthetic frames")
     command.add_argument("--question", default="What happens in this video?", help="the prompt's question")
-    command.add_argument("--press", default="vidcom2", choices=presses.available(),
-                         help="press name (default: %(default)s)")
+    command.add_argument("--press", default="vidcom2", choices=presses.available() + list(presses.fca_variants()),
+                         help="press name; NAME+fca is NAME with --frame-budgets vidcom2 (default: %(default)s)")
     command.add_argument("--retention", type=float, default=0.25,
                          help="fraction of video tokens kept, in (0, 1] (default: %(default)s)")
+    frame_budgets_option(command)
     policy_option(command)
     command.add_argument("--repeats", type=int, default=5,
                          help="timed runs per stage, after one warm-up; the full and pressed prefills alternate and "
@@ -70,7 +72,7 @@ def run(args) -> int:
     from vidpress.timing import load_warning
     from vidpress.tiny import tiny_video
 
-    press = build_press(args.press, args.retention, args.policy)
+    press = build_press(args.press, args.retention, args.policy, args.frame_budgets)
     for name in ("frames", "resolution", "repeats", "decode_tokens"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")

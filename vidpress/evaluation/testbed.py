@@ -64,18 +64,27 @@ class BenchRow:
     model: Path | None = None
 
 
-#: The learned rows, with the checkpoints shipped for the reference model.
+#: The learned rows, with the checkpoints shipped for the reference model, and "<host>+fca": every press that takes
+#: VidCom²'s frame budgets, with them (frame_budgets="vidcom2").
 BENCH_ROWS: dict[str, BenchRow] = {
     # the released allocation with its released knobs (imp_ratio 0.5, frame shares clipped to [0.5, 1.5] / T)
     "cacovid": BenchRow("cacovid", {"policy": CACOVID_REFERENCE_DIR}),
     # MarcPress on the shipped C-GRPO student
     "marc-cgrpo": BenchRow("marc", model=MARC_REFERENCE_DIR),
+    **{name: BenchRow(host, {"frame_budgets": "vidcom2"}) for name, host in press_registry.fca_variants().items()},
 }
 
 
 def bench_names() -> list[str]:
-    """Names `vidpress bench` accepts (and runs by default): the registered presses and the BENCH_ROWS entries."""
+    """Names `vidpress bench` accepts: the registered presses and the BENCH_ROWS entries ("<host>+fca" included)."""
     return sorted(set(press_registry.available()) | set(BENCH_ROWS))
+
+
+def default_names() -> list[str]:
+    """What `vidpress bench` runs without --presses: every registered press and the learned rows; the "<host>+fca"
+    compositions only when asked for (`--presses fastv,fastv+fca`), so the default run stays one row per method."""
+    variants = press_registry.fca_variants()
+    return [name for name in bench_names() if name not in variants]
 
 
 def checkpoint_free_names() -> list[str]:

@@ -116,13 +116,27 @@ class LayerPruner:
         owner = torch.full((B, L), -1, dtype=torch.long, device=input_ids.device)
         token = torch.full((B, L), -1, dtype=torch.long, device=input_ids.device)
         placeholders = ((input_ids == self.adapter.video_token_id) & valid).flatten().nonzero().squeeze(1)
+        # With per-frame budgets (frame_budgets="vidcom2"): the frame of every frame token, numbered over all videos.
+        frame = torch.full((B, L), -1, dtype=torch.long, device=input_ids.device)
+        self.frame_retention, self.frame_size, first_frame = [], [], 0
         offset = 0
         for video, (selection, extra) in enumerate(zip(report.selections, report.extra_tokens)):
             positions = placeholders[offset : offset + selection.num_kept]
             owner.view(-1)[positions] = video
-            token.view(-1)[positions] = selection.keep_indices.to(positions.device)
+            kept = selection.keep_indices.to(positions.device)
+            token.view(-1)[positions] = kept
+            if self.press.frame_budgets is not None:
+                r = self.press.frame_retention_fca(report.videos[video])
+                frames = report.videos[video].tokens_per_frame
+                frame.view(-1)[positions] = first_frame + kept // frames
+                self.frame_retention.append(r.to(input_ids.device))
+                self.frame_size.append(torch.full_like(r, frames, dtype=torch.long, device=input_ids.device))
+                first_frame += r.numel()
             offset += selection.num_kept + extra
-        self.prompt = (owner, token, valid)
+        self.per_frame = bool(self.frame_retention)
+        if self.per_frame:
+            self.frame_retention, self.frame_size = torch.cat(self.frame_retention), torch.cat(self.frame_size)
+        self.prompt = (owner, token, valid, frame)
         # Ranking query: each row's last real prompt token, also when later steps re-run the prefill with the
         # generated tokens appended (use_cache=False), so the ranking is the same with and without a cache.
         self.query_position = L - 1 - valid.flip(1).int().argmax(1)
@@ -132,19 +146,19 @@ class LayerPruner:
     def _start(self, rows: int, length: int):
         """Maps for a prefill of [rows, length]: generate expands each prompt into `rows / B` copies (beams, several
         return sequences) and, without a cache, appends the generated tokens (never video, always attended)."""
-        owner, token, valid = self.prompt
+        owner, token, valid, frame = self.prompt
         B, L = owner.shape
         if rows % B or length < L:
             raise RuntimeError(
                 f"vidpress: the LLM got [{rows}, {length}] hidden states for a pressed prompt of [{B}, {L}]")
         self.copies = rows // B
-        owner, token, valid, query = (t.repeat_interleave(self.copies, dim=0)
-                                      for t in (*self.prompt, self.query_position))
+        owner, token, valid, frame, query = (t.repeat_interleave(self.copies, dim=0)
+                                             for t in (*self.prompt, self.query_position))
         if length > L:
             pad = (0, length - L)
-            owner, token = F.pad(owner, pad, value=-1), F.pad(token, pad, value=-1)
+            owner, token, frame = (F.pad(t, pad, value=-1) for t in (owner, token, frame))
             valid = F.pad(valid, pad, value=True)
-        self.owner, self.token, self.full_valid, self.query_full = owner, token, valid, query
+        self.owner, self.token, self.frame, self.full_valid, self.query_full = owner, token, frame, valid, query
         self.visual_full = (owner >= 0).sum(1)  # [rows] frame tokens per row before any stage
         # current sequence -> full positions
         self.index = torch.arange(length, device=valid.device).expand(rows, length)
@@ -221,14 +235,8 @@ class LayerPruner:
         sequence."""
         if self.scores is None:
             raise RuntimeError("vidpress: the scoring layer did not run before the pruning layer")
-        fraction = dict(self.stages)[layer_index]
         frame = (self.owner.gather(1, self.index) >= 0) & self.valid
-        budget = self.press.stage_budget(fraction, self.visual_full)
-        scores = self.scores.masked_fill(~frame, float("-inf"))
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        rank = torch.empty_like(order).scatter_(1, order,
-                                                torch.arange(order.shape[1], device=order.device).expand_as(order))
-        keep = (self.valid & ~frame) | (frame & (rank < budget[:, None]))
+        keep = (self.valid & ~frame) | self.frame_tokens_kept(layer_index, frame)
         self.full_hidden = self._scatter_full(hidden)
         gather, valid = repad_index(keep, self.left)
         hidden = hidden.gather(1, gather[..., None].expand(-1, -1, hidden.shape[-1])) * valid[..., None]
@@ -241,6 +249,33 @@ class LayerPruner:
         if layer_index == self.stages[-1][0]:
             self._finish()
         return hidden
+
+    def frame_tokens_kept(self, layer_index: int, frame: torch.Tensor) -> torch.Tensor:
+        """[rows, L'] mask of the frame tokens (`frame`, [rows, L'] over the current sequence) the stage at
+        `layer_index` keeps, best `self.scores` first (ties to the earlier token): the press's `stage_budget` per
+        sample, or with frame_budgets="vidcom2" its `stage_frame_budget` per frame. A pruner subclass that does more
+        with the dropped tokens takes its kept set from here, so both budget modes hold for it too."""
+        fraction = dict(self.stages)[layer_index]
+        order = torch.sort(self.scores.masked_fill(~frame, float("-inf")), dim=1, descending=True, stable=True).indices
+        if self.per_frame:
+            return self._keep_per_frame(order, frame, fraction)
+        budget = self.press.stage_budget(fraction, self.visual_full)
+        rank = torch.empty_like(order).scatter_(1, order,
+                                                torch.arange(order.shape[1], device=order.device).expand_as(order))
+        return frame & (rank < budget[:, None])
+
+    def _keep_per_frame(self, order: torch.Tensor, frame: torch.Tensor, fraction: float) -> torch.Tensor:
+        """[rows, L'] mask of the frame tokens each frame keeps at a stage keeping `fraction` of the video: its
+        `stage_frame_budget` best, by the score order `order` [rows, L'] (best first, ties to the earlier token)."""
+        quota = self.press.stage_frame_budget(fraction, self.frame_retention, self.frame_size)  # [frames]
+        group = self.frame.gather(1, self.index).masked_fill(~frame, -1)  # [rows, L'], -1: not a frame token
+        # Stable sort by frame of the score order: each frame's tokens best first, then rank = place - frame start.
+        by_frame = order.gather(1, torch.sort(group.gather(1, order), dim=1, stable=True).indices)
+        sorted_group = group.gather(1, by_frame).contiguous()
+        place = torch.arange(order.shape[1], device=order.device).expand_as(order)
+        rank = place - torch.searchsorted(sorted_group, sorted_group)
+        kept = (sorted_group >= 0) & (rank < quota[sorted_group.clamp(min=0)])
+        return torch.zeros_like(kept).scatter_(1, by_frame, kept)
 
     def _scatter_full(self, hidden: torch.Tensor) -> torch.Tensor:
         """The full-length hidden states [rows, length, D] with the current sequence's real rows written in."""

@@ -36,6 +36,15 @@ def press_key(name: str) -> str:
     return name.strip().lower().replace("²", "2").replace("-", "_")
 
 
+#: A press name followed by this ("fastv+fca") is that press with VidCom²'s frame budgets, frame_budgets="vidcom2".
+FCA_SUFFIX = "+fca"
+
+
+def fca_variants() -> dict[str, str]:
+    """{"<name>+fca": name} for every registered press that takes VidCom²'s frame budgets (`supports_frame_budgets`)."""
+    return {name + FCA_SUFFIX: name for name in available() if PRESSES[name].supports_frame_budgets}
+
+
 def get(name: str, **knobs) -> Press:
     """Build the press registered as `name` (see `press_key`) with its knobs, e.g. get("vidcom2", retention=0.25)."""
     key = press_key(name)
@@ -44,7 +53,7 @@ def get(name: str, **knobs) -> Press:
     return PRESSES[key](**knobs)
 
 
-__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DownsamplePress", "DyCokePress", "EVSPress",
-           "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press",
+__all__ = ["FCA_SUFFIX", "PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DownsamplePress", "DyCokePress",
+           "EVSPress", "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press",
            "RandomPress", "STCPress", "ScorePress", "SparseVLMPress", "UniformPress", "VidCom2Press", "VisionZipPress",
-           "available", "get", "press_key", "register"]
+           "available", "fca_variants", "get", "press_key", "register"]

@@ -8,11 +8,12 @@ model on exit. Score-based presses only say how good each token is and how many 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
 import torch
 
+from vidpress.presses.fca import FRAME_BUDGETS, frame_budgets, stage_frame_budgets, vidcom2_frame_retention
 from vidpress.types import Query, Selection, VideoTokens, check_retention
 
 #: The press registry: the name users type -> the class. Filled by `@register("name")` on each press class.
@@ -50,6 +51,9 @@ class Press(metaclass=_ChecksKnobs):
 
     Args:
         retention: fraction of video tokens to keep, in (0, 1]; 1.0 keeps every token.
+        frame_budgets: None (the press's own budgets) or "vidcom2": VidCom²'s per-frame budgets (its Frame
+            Compression Adjustment, `vidpress.presses.fca`), the press's own ranking inside each frame ("<name>+fca");
+            only for presses with `supports_frame_budgets`. Keyword-only.
 
     Knobs are checked when set, at construction and after it: `press.retention = 1.5` raises the same error as
     `Press(retention=1.5)`, and a press never holds a value its checks refuse.
@@ -59,6 +63,7 @@ class Press(metaclass=_ChecksKnobs):
     """
 
     retention: float = 0.25
+    frame_budgets: str | None = field(default=None, kw_only=True)
 
     #: the registered name (set by `@register`); None for an unregistered press
     name: ClassVar[str | None] = None
@@ -75,9 +80,37 @@ class Press(metaclass=_ChecksKnobs):
     #: True when the press needs trained weights (a policy) to drop anything; it loads them in
     #: `post_init_from_model`, and built by name without them it only works at retention 1.
     needs_policy: ClassVar[bool] = False
+    #: True when the press ranks tokens itself and can keep VidCom²'s per-frame budgets (`frame_budgets="vidcom2"`);
+    #: a press without it says why in `no_frame_budgets_because`.
+    supports_frame_budgets: ClassVar[bool] = False
+    no_frame_budgets_because: ClassVar[str] = "it does not rank tokens inside frames"
 
     def __post_init__(self):
         self.retention = check_retention(self.retention)
+        self.check_frame_budgets()
+
+    def check_frame_budgets(self) -> None:
+        """A clear error for a `frame_budgets` value this press does not take (`supports_frame_budgets`)."""
+        if self.frame_budgets is not None:
+            if self.frame_budgets not in FRAME_BUDGETS:
+                raise ValueError(f"frame_budgets must be None (the press's own) or one of "
+                                 f"{', '.join(map(repr, FRAME_BUDGETS))}; got {self.frame_budgets!r}")
+            if not self.supports_frame_budgets:
+                raise ValueError(f"{type(self).__name__} ({self.name}) does not take frame_budgets="
+                                 f"{self.frame_budgets!r}: {self.no_frame_budgets_because}")
+
+    def frame_retention_fca(self, tokens: VideoTokens) -> torch.Tensor | None:
+        """VidCom²'s per-frame retention r[t] [T] (clamped to 1) of `tokens` at this press's retention when
+        frame_budgets="vidcom2", else None."""
+        if self.frame_budgets is None:
+            return None
+        return vidcom2_frame_retention(tokens.features, self.retention)
+
+    def frame_budgets_fca(self, tokens: VideoTokens) -> torch.Tensor | None:
+        """VidCom²'s per-frame budgets k[t] = max(1, round(r[t] * M)), LongTensor [T], when frame_budgets="vidcom2",
+        else None."""
+        r = self.frame_retention_fca(tokens)
+        return None if r is None else frame_budgets(r, tokens.tokens_per_frame).cpu()
 
     def __setattr__(self, name, value):
         # A knob set on a built press goes through the class's own checks: a copy is built with the new value
@@ -156,6 +189,8 @@ class LayerPress(Press):
     """
 
     acts_in_llm: ClassVar[bool] = True
+    #: with frame_budgets="vidcom2", each stage keeps VidCom²'s share of every frame (`stage_frame_budget`)
+    supports_frame_budgets: ClassVar[bool] = True
     #: where the ranking attention comes from (see the class docstring)
     scoring = "previous_layer"
     #: how the ranking attention is computed (see `check_compute_dtype`); FastV/PDrop make it a knob. Like `scoring`,
@@ -182,6 +217,12 @@ class LayerPress(Press):
     def stage_budget(self, fraction: float, frame_tokens: torch.Tensor) -> torch.Tensor:
         """Frame tokens kept per sample at a stage: round(fraction * frame_tokens), at least 1. [B] -> [B]."""
         return (fraction * frame_tokens.float()).round().long().clamp(min=1)
+
+    def stage_frame_budget(self, fraction: float, frame_retention: torch.Tensor, tokens_per_frame) -> torch.Tensor:
+        """With frame_budgets="vidcom2": tokens kept per frame at a stage keeping `fraction` of the video, max(1,
+        round(fraction * M * r[t] / R)) and at most M. frame_retention r [G] (`frame_retention_fca`, frames of all
+        videos), tokens_per_frame M int or [G] -> [G]."""
+        return stage_frame_budgets(frame_retention, self.retention, fraction, tokens_per_frame)
 
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         # Nothing is dropped before the LLM; the pruning happens between decoder layers.
@@ -284,8 +325,11 @@ class ScorePress(Press):
     """A press defined by a score per token and, optionally, a token budget per frame.
 
     Subclasses implement `rank`, returning scores [T, M] (higher = keep first) and either per-frame budgets
-    (LongTensor [T], each in [0, M]) or None to keep the top round(R * T * M) tokens of the whole video.
+    (LongTensor [T], each in [0, M]) or None to keep the top round(R * T * M) tokens of the whole video. With
+    frame_budgets="vidcom2" the scores are kept and VidCom²'s per-frame budgets replace the press's own.
     """
+
+    supports_frame_budgets: ClassVar[bool] = True
 
     def rank(self, tokens: VideoTokens, query: Query | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
@@ -296,6 +340,8 @@ class ScorePress(Press):
 
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         scores, budgets = self.rank(tokens, query)
+        if self.frame_budgets is not None:
+            budgets = self.frame_budgets_fca(tokens)
         if budgets is None:
             keep = keep_top(scores, token_budget(self.retention, tokens.num_tokens))
             budgets = torch.bincount(keep // tokens.tokens_per_frame, minlength=tokens.num_frames)

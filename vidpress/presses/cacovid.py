@@ -3,10 +3,8 @@
 A small policy (one decoder layer copied from the VLM's first LLM layer, run without a causal mask over the whole
 prompt: system text, video, question) scores every token and every frame; it is trained by combinatorial policy
 optimisation against the frozen VLM (`vidpress.training.cacovid`). At inference (the allocation of the authors'
-release, e.g. the checkpoint moraleyc/CaCoVID_LLaVA-OneVision with imp_ratio 0.5 and frame shares clipped to
-[0.5/T, 1.5/T]; see `released_allocation`) the frame head splits the top-scored part of the budget over frames, each
-frame takes its top tokens by token score, and an evenly spaced, frame-blind fill over all remaining tokens completes
-the budget.
+release, `released_allocation`) the frame head splits the top-scored part of the budget over frames, each frame takes
+its top tokens by token score, and an evenly spaced, frame-blind fill over all remaining tokens completes the budget.
 """
 
 from __future__ import annotations
@@ -29,6 +27,15 @@ WEIGHTS_NAME = "model.safetensors"
 #: The fields of cacovid_config.json (`CaCoVIDPolicy.from_vlm`); rms_norm_eps is optional.
 CONFIG_KEYS = ("model_type", "hidden_size", "mrope", "layer_class", "rotary_class", "text_config_class", "text_config")
 
+#: The released checkpoint (a whole VLM folder): the policy's weights sit under this prefix, next to the VLM's own.
+RELEASED_PREFIX = "compression_policy."
+#: Released parameter names (after the prefix) -> CaCoVIDPolicy's.
+RELEASED_NAMES = {"layers.0.": "layer.", "layernorm.": "norm.", "token_compress.": "token_head.",
+                  "frame_compress.": "frame_head.", "mode_selection.": "mode_head."}
+#: The CaCoVID fields of the released config.json's vision_config.
+RELEASED_CONFIG_FIELDS = ("apply_compression", "compression_policy", "imp_ratio", "max_sample_ratio_for_each_frame",
+                          "topk", "max_sample_rate", "frame_ratio", "group_size", "max_group_prob", "sample_mode_num")
+
 
 def _class_path(obj) -> str:
     return f"{type(obj).__module__}:{type(obj).__qualname__}"
@@ -41,10 +48,10 @@ def _load_class(path: str):
     return getattr(importlib.import_module(module), name)
 
 
-def head_mlp(width: int) -> nn.Sequential:
-    """The released head MLP D -> D/2 -> D/4 -> D/8 -> D/16 -> 2 with SiLU between: Linear layers at indices
+def head_mlp(width: int, outputs: int = 2) -> nn.Sequential:
+    """The released head MLP D -> D/2 -> D/4 -> D/8 -> D/16 -> outputs with SiLU between: Linear layers at indices
     0, 2, 4, 6, 8 of the Sequential (weights [out, in], biases [out]); the last one starts at zero (neutral scores)."""
-    dims = [width, width // 2, width // 4, width // 8, width // 16, 2]
+    dims = [width, width // 2, width // 4, width // 8, width // 16, outputs]
     layers: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:]):
         layers += [nn.Linear(a, b), nn.SiLU()]
@@ -76,9 +83,9 @@ class CaCoVIDPolicy(nn.Module):
       {token,frame,mode}_head.2.weight/bias  [D/4, D/2] / [D/4]
       {token,frame,mode}_head.4.weight/bias  [D/8, D/4] / [D/8]
       {token,frame,mode}_head.6.weight/bias  [D/16, D/8] / [D/16]
-      {token,frame,mode}_head.8.weight/bias  [2, D/16] / [2]
+      {token,frame,mode}_head.8.weight/bias  [2, D/16] / [2] (mode head: [3, D/16] / [3] in the release)
     A folder holds cacovid_config.json (`from_vlm(model).config`: width, family, the transformers classes and text
-    config of the layer) and model.safetensors.
+    config of the layer) and model.safetensors. `from_released` reads the authors' released checkpoint folder instead.
     """
 
     def __init__(self, config: dict, layer: nn.Module | None = None, rotary: nn.Module | None = None):
@@ -102,7 +109,7 @@ class CaCoVIDPolicy(nn.Module):
         self.norm = nn.RMSNorm(width, eps=float(config.get("rms_norm_eps", 1e-6)))
         self.token_head = head_mlp(width)
         self.frame_head = head_mlp(width)
-        self.mode_head = head_mlp(width)
+        self.mode_head = head_mlp(width, int(config.get("mode_outputs", 2)))
 
     @classmethod
     def from_vlm(cls, model) -> CaCoVIDPolicy:
@@ -133,6 +140,99 @@ class CaCoVIDPolicy(nn.Module):
             "text_config": text_config.to_dict(),
         }
         return cls(config, layer, rotary).float()
+
+    @classmethod
+    def from_released(cls, path, device="cpu") -> CaCoVIDPolicy:
+        """The policy of the authors' released checkpoint folder (e.g. moraleyc/CaCoVID_LLaVA-OneVision): the whole VLM
+        saved with the policy inside it. The VLM itself loads from the same folder with the usual `from_pretrained`
+        (its `compression_policy.*` weights are then unused keys).
+
+        Read from the folder:
+          config.json: the VLM's text config (the policy's decoder layer is one layer of that LLM) and, in its
+            vision_config, the CaCoVID fields (RELEASED_CONFIG_FIELDS), kept as `config["released"]`;
+          model.safetensors, or the shards listed in model.safetensors.index.json: only the keys
+            compression_policy.layers.0.*             -> layer.*   (one decoder layer of the LLM)
+            compression_policy.layernorm.weight        -> norm.weight
+            compression_policy.token_compress.{0,2,4,6,8}.{weight,bias} -> token_head.*
+            compression_policy.frame_compress.{0,2,4,6,8}.*           -> frame_head.*
+            compression_policy.mode_selection.{0,2,4,6,8}.*           -> mode_head.* (3 outputs)
+        A missing field, or a missing, unexpected or mis-shaped policy key, is a ValueError that names it.
+        """
+        import transformers
+        from safetensors import safe_open
+
+        from vidpress.models import adapter_class
+
+        path = Path(path)
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{path}: no released CaCoVID checkpoint here (expected config.json and the "
+                                    "model's safetensors)")
+        raw = read_json(config_path, "released CaCoVID checkpoint config")
+        vision = raw.get("vision_config") or {}
+        missing = [name for name in RELEASED_CONFIG_FIELDS if name not in vision]
+        if missing:
+            raise ValueError(f"{config_path}: vision_config lacks the released CaCoVID field(s) {', '.join(missing)}; "
+                             "is this a CaCoVID checkpoint?")
+        vlm_config = transformers.AutoConfig.from_pretrained(path)
+        adapter = adapter_class(vlm_config.model_type)
+        if adapter is None:
+            raise ValueError(f"{config_path}: model_type {vlm_config.model_type!r} is not a supported family")
+        text_config = vlm_config.get_text_config()
+        text_model = transformers.AutoModel._model_mapping[type(text_config)]
+        module = importlib.import_module(text_model.__module__)
+        layer = getattr(module, text_model.__name__.replace("Model", "DecoderLayer"))
+        rotary = getattr(module, text_model.__name__.replace("Model", "RotaryEmbedding"))
+        config = {
+            "model_type": vlm_config.model_type,
+            "hidden_size": text_config.hidden_size,
+            "rms_norm_eps": float(getattr(text_config, "rms_norm_eps", 1e-6)),
+            "mrope": adapter.mrope,
+            "layer_class": f"{layer.__module__}:{layer.__qualname__}",
+            "rotary_class": f"{rotary.__module__}:{rotary.__qualname__}",
+            "text_config_class": _class_path(text_config),
+            "text_config": text_config.to_dict(),
+            "mode_outputs": 3,
+            "released": {name: vision[name] for name in RELEASED_CONFIG_FIELDS},
+        }
+        policy = cls(config)
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = read_json(index, "safetensors index")
+            require_keys(weight_map, ("weight_map",), str(index))
+            weight_map = weight_map["weight_map"]
+            files = sorted({file for key, file in weight_map.items() if key.startswith(RELEASED_PREFIX)})
+        elif (path / WEIGHTS_NAME).is_file():
+            files = [WEIGHTS_NAME]
+        else:
+            raise FileNotFoundError(f"{path}: neither {WEIGHTS_NAME} nor model.safetensors.index.json")
+        weights = {}
+        for file in files:
+            with safe_open(path / file, framework="pt", device=str(device)) as handle:
+                for key in handle.keys():
+                    if key.startswith(RELEASED_PREFIX):
+                        weights[_from_released_name(key)] = handle.get_tensor(key)
+        policy._load_checked(weights, f"{path} (keys {RELEASED_PREFIX}*)", released=True)
+        return policy.float().to(device).eval()
+
+    def _load_checked(self, weights: dict, source: str, released: bool = False) -> None:
+        """Load `weights` (this module's names) after checking them; errors name each key as the source spells it."""
+        name = _to_released_name if released else str
+        expected = self.state_dict()
+        missing = sorted(name(k) for k in set(expected) - set(weights))
+        unexpected = sorted(name(k) for k in set(weights) - set(expected))
+        misshaped = [f"{name(k)}: {tuple(weights[k].shape)} in the file, {tuple(expected[k].shape)} expected"
+                     for k in sorted(set(weights) & set(expected)) if weights[k].shape != expected[k].shape]
+        if missing or unexpected or misshaped:
+            problems = [f"{label} ({len(keys)}): {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
+                        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+                        if keys]
+            names = ("compression_policy.{layers.0.*, layernorm.weight, {token_compress,frame_compress,mode_selection}"
+                     ".{0,2,4,6,8}.weight/bias}" if released else
+                     "layer.* (the decoder layer), norm.weight, {token,frame,mode}_head.{0,2,4,6,8}.weight/bias")
+            raise ValueError(f"{source} does not match a CaCoVIDPolicy of width {self.hidden_size}: "
+                             + "; ".join(problems) + f". Expected names: {names}")
+        self.load_state_dict(weights)
 
     @property
     def hidden_size(self) -> int:
@@ -250,23 +350,25 @@ class CaCoVIDPolicy(nn.Module):
             raise ValueError(f"{config_path}: cannot build a CaCoVID policy from this config ({type(error).__name__}: "
                              f"{error}); write it with `vidpress train cacovid` (save_pretrained)") from None
         weights = load_safetensors(path / WEIGHTS_NAME, "CaCoVID policy weights", device)
-        expected = policy.state_dict()
-        missing = sorted(set(expected) - set(weights))
-        unexpected = sorted(set(weights) - set(expected))
-        misshaped = [f"{k}: {tuple(weights[k].shape)} in the file, {tuple(expected[k].shape)} expected"
-                     for k in sorted(set(weights) & set(expected)) if weights[k].shape != expected[k].shape]
-        if missing or unexpected or misshaped:
-            problems = [f"{label} ({len(keys)}): {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
-                        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-                        if keys]
-            raise ValueError(
-                f"{path / WEIGHTS_NAME} does not match a CaCoVIDPolicy of width {policy.hidden_size}: "
-                + "; ".join(problems)
-                + ". Expected names: layer.* (the decoder layer), norm.weight, "
-                "{token,frame,mode}_head.{0,2,4,6,8}.weight/bias"
-            )
-        policy.load_state_dict(weights)
+        policy._load_checked(weights, str(path / WEIGHTS_NAME))
         return policy.float().to(device).eval()
+
+
+def _from_released_name(key: str) -> str:
+    """compression_policy.token_compress.0.weight -> token_head.0.weight (unknown names keep their released form)."""
+    key = key.removeprefix(RELEASED_PREFIX)
+    for released, ours in RELEASED_NAMES.items():
+        if key.startswith(released):
+            return ours + key.removeprefix(released)
+    return RELEASED_PREFIX + key
+
+
+def _to_released_name(key: str) -> str:
+    """token_head.0.weight -> compression_policy.token_compress.0.weight (the inverse of `_from_released_name`)."""
+    for released, ours in RELEASED_NAMES.items():
+        if key.startswith(ours):
+            return RELEASED_PREFIX + released + key.removeprefix(ours)
+    return key
 
 
 def _rows(position_ids: torch.Tensor, rows: int) -> torch.Tensor:
@@ -280,20 +382,23 @@ def _rows(position_ids: torch.Tensor, rows: int) -> torch.Tensor:
     return pos.long()
 
 
-def released_allocation(token_scores: torch.Tensor, frame_scores: torch.Tensor, budget: int, retention: float,
+def released_allocation(token_scores: torch.Tensor, frame_scores: torch.Tensor, retention: float,
                         imp_ratio: float = 0.5, min_ratio: float = 0.5, max_ratio: float = 1.5,
-                        frame_logit_max: float = 3.0) -> torch.Tensor:
-    """The released inference allocation; keep mask [T, M] with exactly `budget` tokens.
+                        frame_logit_max: float = 3.0, budget: int | None = None) -> torch.Tensor:
+    """The released inference allocation; keep mask [T, M].
 
-    token_scores [T, M], frame_scores [T], budget = round(R * N) (N = T * M), retention R.
+    token_scores [T, M] and frame_scores [T] are logit differences (keep - drop); N = T * M; R = retention;
+    s = max_ratio * R (the release's max_sample_ratio_for_each_frame, 1.5 * R in its evaluation).
     1. f = frame_scores rescaled so max |f| = frame_logit_max; shares = softmax(f) clipped to
-       [min_ratio / T, max_ratio / T] and renormalised.
-    2. Top part: floor(imp_ratio * R * N) tokens, split over the frames by the shares (largest remainder, ties to the
-       earlier frame) with the per-frame cap int(imp_ratio * M * max_ratio); frame t keeps its top tokens by token
-       score.
-    3. Fill: the rest of the budget at linspace(0, n - 1, k).round() over the n not-yet-kept tokens of the whole
-       video in raster order (frame-blind, may cross frames).
-    Rounding: what the cap leaves of the top part goes to the fill, so the total is exactly `budget`.
+       [min_ratio / T, max_ratio / T] (= [1/(2T), s/(T R)]) and renormalised to sum 1.
+    2. Top counts c_t = round(shares_t * round(imp_ratio * R * N)), clipped to [1, int(imp_ratio * M * s)] (the
+       upper bound wins if it is below 1, as torch.clamp does); then fixed one token at a time to
+       floor(imp_ratio * R * N): while the sum is too large, the FIRST frame with the largest c_t gives one; while
+       too small, the FIRST frame with the smallest c_t takes one (additions ignore the cap). round() is
+       half-to-even. Frame t keeps its c_t tokens of highest token score (ties to the lower index).
+    3. Fill: the rest of the budget, budget - sum(c_t), at linspace(0, n - 1, k).round() (float32, as torch's
+       default) over the n not-yet-kept tokens of the whole video in raster order, ignoring frames.
+    budget: the total; None (released) floor(R * N), at least 1.
     """
     T, M = token_scores.shape
     N = T * M
@@ -303,21 +408,22 @@ def released_allocation(token_scores: torch.Tensor, frame_scores: torch.Tensor, 
         f = f * (frame_logit_max / peak)
     shares = torch.softmax(f, dim=0).clamp(min_ratio / T, max_ratio / T)
     shares = shares / shares.sum()
-    top_total = min(budget, math.floor(imp_ratio * retention * N + 1e-9))
-    cap = min(M, int(imp_ratio * M * max_ratio + 1e-9))
-    ideal = shares * top_total
-    per_frame = (ideal + 1e-9).floor().long().clamp(max=cap)
-    short = top_total - int(per_frame.sum())
-    if short > 0:  # largest remainders first (stable: ties go to the earlier frame), only frames below the cap
-        remainder = (ideal - per_frame).masked_fill(per_frame >= cap, -1.0)
-        order = torch.sort(remainder, descending=True, stable=True).indices
-        per_frame[order[: min(short, int((per_frame < cap).sum()))]] += 1
+    top = imp_ratio * retention * N
+    cap = math.floor(imp_ratio * M * max_ratio * retention + 1e-9)
+    counts = torch.round(shares * round(top)).long().clamp(min=1).clamp(max=cap).tolist()
+    target = math.floor(top + 1e-9)
+    while sum(counts) > target:
+        counts[counts.index(max(counts))] -= 1
+    while sum(counts) < target:
+        counts[counts.index(min(counts))] += 1
+    if budget is None:
+        budget = max(1, math.floor(retention * N + 1e-9))
     keep = torch.zeros(N, dtype=torch.bool, device=token_scores.device)
-    keep[keep_top_per_frame(token_scores, per_frame)] = True
-    rest = budget - int(per_frame.sum())
+    keep[keep_top_per_frame(token_scores, torch.tensor(counts).clamp(max=M))] = True
+    rest = budget - int(keep.sum())
     if rest > 0:
         remaining = (~keep).nonzero().squeeze(1)
-        picks = torch.linspace(0, remaining.numel() - 1, rest, dtype=torch.float64).round().long()
+        picks = torch.linspace(0, remaining.numel() - 1, rest).round().long()
         keep[remaining[picks.to(remaining.device)]] = True
     return keep.view(T, M)
 
@@ -328,14 +434,18 @@ class CaCoVIDPress(Press):
     """CaCoVID token selection with a trained `CaCoVIDPolicy`, by the released allocation (`released_allocation`):
     frame logits rescaled to max |f| = frame_logit_max, frame shares softmax-clipped to [min_ratio / T,
     max_ratio / T]; the top-scored part floor(imp_ratio * R * N) split over frames by the shares (per-frame cap
-    int(imp_ratio * M * max_ratio)); the rest an evenly spaced fill over all remaining tokens, frame-blind.
+    int(imp_ratio * M * max_ratio * R), rounded then fixed one token at a time as released); the rest an evenly
+    spaced fill over all remaining tokens, frame-blind.
 
     Args:
         policy: the trained policy, built for the model it runs on: a `CaCoVIDPolicy`, or the folder one was saved to
             (`vidpress train cacovid` writes it), loaded onto the model's device when the press is applied.
-        retention: R; exactly token_budget(R, T * M) = round(R * N) tokens are kept.
+        retention: R, fraction of the N = T * M tokens kept.
+        budget: "released" keeps floor(R * N) tokens as the release does (at least 1); "exact" keeps round(R * N),
+            one more fill token where they differ.
         imp_ratio: share of the budget taken by the token head's top tokens (0.5 released).
-        min_ratio, max_ratio: clip of the frame shares relative to the uniform 1 / T (0.5 and 1.5 released).
+        min_ratio, max_ratio: clip of the frame shares relative to the uniform 1 / T (0.5 and 1.5 released);
+            max_ratio * R is the release's max_sample_ratio_for_each_frame, which also caps each frame's top count.
         frame_logit_max: the frame logits are rescaled so their largest magnitude is this (3 released).
     """
 
@@ -344,9 +454,11 @@ class CaCoVIDPress(Press):
     min_ratio: float = 0.5
     max_ratio: float = 1.5
     frame_logit_max: float = 3.0
+    budget: str = "released"
 
     query_aware = True
     needs_policy = True
+    no_frame_budgets_because = "its trained frame head sets the per-frame budgets itself (the release's allocation)"
 
     def __post_init__(self):
         super().__post_init__()
@@ -364,6 +476,9 @@ class CaCoVIDPress(Press):
         check_number("min_ratio", self.min_ratio, f"a number in [0, 1] {clip}", lambda v: 0 <= v <= 1)
         check_number("max_ratio", self.max_ratio, f"a number >= 1 {clip}", lambda v: v >= 1)
         check_number("frame_logit_max", self.frame_logit_max, "a number > 0", lambda v: v > 0)
+        if self.budget not in ("released", "exact"):
+            raise ValueError(f"budget must be 'released' (floor(R * N) tokens, as the release) or 'exact' "
+                             f"(round(R * N)); got {self.budget!r}")
 
     def post_init_from_model(self, model) -> None:
         """Load a policy given as a folder onto the model's device, and check it was built for a model this wide."""
@@ -388,7 +503,8 @@ class CaCoVIDPress(Press):
         if not (torch.isfinite(token_scores).all() and torch.isfinite(frame_scores).all()):
             raise ValueError(
                 "the CaCoVID policy gave non-finite scores for this video; is it the policy trained for this model?")
-        keep = released_allocation(token_scores, frame_scores, token_budget(self.retention, T * M), self.retention,
-                                   self.imp_ratio, self.min_ratio, self.max_ratio, self.frame_logit_max)
+        total = token_budget(self.retention, T * M) if self.budget == "exact" else None
+        keep = released_allocation(token_scores, frame_scores, self.retention, self.imp_ratio, self.min_ratio,
+                                   self.max_ratio, self.frame_logit_max, budget=total)
         keep_indices = keep.flatten().nonzero().squeeze(1).to(tokens.features.device)
         return Selection(keep_indices, T * M, frame_budgets=keep.sum(1).cpu())

@@ -33,6 +33,8 @@ class DivPrunePress(Press):
       2. Then, until round(R * T * M) tokens are kept: add the token whose minimum distance to the kept set is largest,
          argmax_{i not kept} min_{j kept} d(i, j). Ties go to the lower index.
     Effective retention: exactly round(R * T * M) / (T * M). Kept tokens keep their features (no merging).
+    With frame_budgets="vidcom2" (vidpress's composition with VidCom²'s budgets): the same greedy rule inside each
+    frame t, for its k[t] tokens; the effective retention is then sum k[t] / (T * M).
 
     Cost: step 1 needs every pair once (N^2 D / 2 multiply-adds, in blocks of 1024 rows); step 2 keeps a running [N]
     min-distance vector, updated by one matrix product with the newest picks every 64 picks; in between, only the
@@ -50,6 +52,8 @@ class DivPrunePress(Press):
 
     compute_dtype: str = "float32"
 
+    supports_frame_budgets = True
+
     def __post_init__(self):
         super().__post_init__()
         self.compute_dtype = check_compute_dtype(self.compute_dtype)
@@ -60,6 +64,13 @@ class DivPrunePress(Press):
         budget = token_budget(self.retention, N)
         x = in_compute_dtype(tokens.features.reshape(N, -1), self.compute_dtype)
         x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
+        per_frame = self.frame_budgets_fca(tokens)
+        if per_frame is not None:
+            frames = x.view(T, M, -1)
+            picks = [torch.arange(M) if k >= M else torch.tensor(greedy_max_min(frames[t], k)).sort().values
+                     for t, k in enumerate(per_frame.tolist())]
+            keep = torch.cat([p + t * M for t, p in enumerate(picks)]).to(x.device)
+            return Selection(keep, N, frame_budgets=per_frame)
         if budget >= N:
             keep = torch.arange(N, device=x.device)
         else:

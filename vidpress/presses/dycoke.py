@@ -70,6 +70,9 @@ class DyCokePress(Press):
     edges: str = "uniform"
     compute_dtype: str = "float32"
 
+    no_frame_budgets_because = ("its budgets follow its temporal windows (each window's first frame kept whole, the "
+                                "others pruned against their reference frame)")
+
     def __post_init__(self):
         super().__post_init__()
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 2:
@@ -127,7 +130,7 @@ class DyCokePress(Press):
             sim[o::W] = dot / (norm[o::W] * norm[r::W][:n]).clamp_min(1e-12)
         return sim
 
-    def frame_budgets(self, num_frames: int, tokens_per_frame: int) -> torch.Tensor:
+    def split_budget(self, num_frames: int, tokens_per_frame: int) -> torch.Tensor:
         """Tokens kept per frame, LongTensor [T]: M for frames kept whole, 0 for dropped ones, the rest of the budget
         spread evenly over the other frames."""
         T, M = num_frames, tokens_per_frame
@@ -153,7 +156,7 @@ class DyCokePress(Press):
 
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         T, M = tokens.num_frames, tokens.tokens_per_frame
-        budgets = self.frame_budgets(T, M)
+        budgets = self.split_budget(T, M)
         sim = self.similarity(tokens)
         keep = keep_top_per_frame(-sim.float(), budgets)  # least similar first; whole frames keep all M
         features = None

@@ -88,6 +88,9 @@ class FastVIDPress(Press):
     budget: str = "exact"
     compute_dtype: str = "float32"
 
+    no_frame_budgets_because = ("it splits the budget over its own temporal segments and merges each segment's "
+                                "tokens into context tokens of its anchor frames, across frames")
+
     def __post_init__(self):
         super().__post_init__()
         for name in ("min_segments", "anchor_interval", "knn"):
@@ -146,7 +149,7 @@ class FastVIDPress(Press):
         return list(zip(bounds[:-1], bounds[1:]))
 
     # -- STPrune ------------------------------------------------------------------------------------------
-    def frame_budgets(self, segments: list[tuple[int, int]], M: int) -> list[list[int]]:
+    def segment_budgets(self, segments: list[tuple[int, int]], M: int) -> list[list[int]]:
         """Per segment, the budget b_f of each of its frames (step 2)."""
         T = segments[-1][1]
         if self.budget == "per_frame":
@@ -165,7 +168,7 @@ class FastVIDPress(Press):
         x = in_compute_dtype(tokens.features, self.compute_dtype)
         segments = self._segments(x, self._total_budget(T, M))
         keep_parts, feature_parts = [], []
-        for (start, end), budgets in zip(segments, self.frame_budgets(segments, M)):
+        for (start, end), budgets in zip(segments, self.segment_budgets(segments, M)):
             local_keep, local_features = self._segment(x[start:end], budgets)
             keep_parts.append(local_keep + start * M)
             feature_parts.append(local_features)

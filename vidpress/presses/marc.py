@@ -57,12 +57,15 @@ class MarcPress(Press):
     compute_dtype: str = "float32"
 
     query_aware = True
+    no_frame_budgets_because = ("it merges whole frames (the retrieved clips averaged down to a number of frames) "
+                                "instead of ranking tokens inside frames")
 
     def __post_init__(self):
         if self.retention is not None and self.budget_tokens is not None:
             raise ValueError("give MarcPress either retention or budget_tokens, not both")
         if self.retention is not None:
             self.retention = check_retention(self.retention)
+        self.check_frame_budgets()
         if self.budget_tokens is not None and (
             isinstance(self.budget_tokens, bool) or not isinstance(self.budget_tokens, int) or self.budget_tokens < 1
         ):

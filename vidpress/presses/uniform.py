@@ -18,6 +18,10 @@ class UniformPress(ScorePress):
     The effective retention is (kept frames) / T, which can differ from R when R * T is not a whole number.
     """
 
+    supports_frame_budgets = False
+    no_frame_budgets_because = ("it keeps whole, evenly spaced frames: choosing frames is the whole method, and there "
+                                "is no ranking inside a frame to keep")
+
     def min_retention(self, num_frames: int, num_layers: int | None = None) -> float:
         """One whole frame is always kept: 1 / num_frames."""
         return 1 / num_frames

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vidpress.presses import fca
 from vidpress.presses.base import ScorePress, check_compute_dtype, in_compute_dtype, register
 from vidpress.types import Query, VideoTokens, check_number
 
@@ -34,11 +35,14 @@ class VidCom2Press(ScorePress):
     Follows the released code exactly in float32 (and the released precision with compute_dtype="model").
     """
 
-    tau: float = 0.01
-    alphas: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0)
-    channel_ratio: float = 0.5
+    tau: float = fca.TAU
+    alphas: tuple[float, ...] = fca.ALPHAS
+    channel_ratio: float = fca.CHANNEL_RATIO
     similarity: str = "gaussian"
     compute_dtype: str = "float32"
+
+    supports_frame_budgets = False
+    no_frame_budgets_because = "these budgets are VidCom²'s own (it always uses them)"
 
     def __post_init__(self):
         super().__post_init__()
@@ -55,34 +59,8 @@ class VidCom2Press(ScorePress):
 
     def similarities(self, tokens: VideoTokens) -> tuple[torch.Tensor, torch.Tensor]:
         """Similarity of every token to the video centre (sv) and to its frame centre (sf), both [T, M]."""
-        x = in_compute_dtype(tokens.features, self.compute_dtype)
-        T, M, D = x.shape
-        num_channels = max(1, int(D * self.channel_ratio))
-        # Low-variance channels carry the shared "background"; similarity on them separates redundant tokens.
-        variance = _channel_variance(x.reshape(T * M, D))
-        channels = torch.topk(variance, num_channels, largest=False).indices
-        raw = x[..., channels]
-        norm = torch.linalg.vector_norm(raw, dim=-1, keepdim=True)
-        x = raw / norm.clamp_min(1e-12)
-        video_centre = x.mean(dim=(0, 1))  # [d]
-        frame_centres = x.mean(dim=1)  # [T, d]
-        dot_video = x @ video_centre  # [T, M]
-        dot_frame = torch.einsum("tmd,td->tm", x, frame_centres)
-        if self.similarity == "cosine":
-            return (
-                dot_video / video_centre.norm().clamp_min(1e-12),
-                dot_frame / frame_centres.norm(dim=-1, keepdim=True).clamp_min(1e-12),
-            )
-        # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, with ||x||^2 = 1 for every non-zero token: no [T, M, d] temporaries.
-        sq_norm = (norm.squeeze(-1) / norm.squeeze(-1).clamp_min(1e-12)).pow(2)
-        sq_video = (sq_norm - 2 * dot_video + video_centre.pow(2).sum()).clamp_min(0)
-        sq_frame = (sq_norm - 2 * dot_frame + frame_centres.pow(2).sum(-1, keepdim=True)).clamp_min(0)
-        alphas = torch.tensor(self.alphas, device=x.device, dtype=x.dtype)
-
-        def kernel(sq_dist):  # [T, M] -> [T, M]
-            return torch.exp(-sq_dist[..., None] / (2 * alphas)).sum(-1)
-
-        return kernel(sq_video), kernel(sq_frame)
+        return fca.similarities(in_compute_dtype(tokens.features, self.compute_dtype), self.alphas,
+                                self.channel_ratio, self.similarity)
 
     def frame_retention(self, tokens: VideoTokens) -> torch.Tensor:
         """Unclamped per-frame retention r[t] = R * (1 + p[t] - 1/T), [T]; it averages to R."""
@@ -90,24 +68,10 @@ class VidCom2Press(ScorePress):
         return self._frame_retention(sv)
 
     def _frame_retention(self, sv: torch.Tensor) -> torch.Tensor:
-        uniqueness = -sv.mean(dim=1)  # [T]
-        p = torch.softmax((uniqueness - uniqueness.max()) / self.tau, dim=0)
-        return self.retention * (1 + p - 1 / sv.shape[0])
+        return fca.frame_retention(sv, self.retention, self.tau)
 
     def rank(self, tokens: VideoTokens, query: Query | None) -> tuple[torch.Tensor, torch.Tensor]:
         sv, sf = self.similarities(tokens)
-        r = self._frame_retention(sv).clamp(max=1.0)
-        M = tokens.tokens_per_frame
-        budgets = torch.round(r * M).long().clamp(min=1, max=M)
+        budgets = fca.frame_budgets(self._frame_retention(sv), tokens.tokens_per_frame)
         return -(sv + sf).float(), budgets  # most distinct from the video and frame centres first
 
-
-def _channel_variance(x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """Biased variance of each column of x [N, D], two-pass over row chunks: exact like torch.var, ~4x faster on
-    CPU for large N, and never more than one chunk of temporaries."""
-    mean = x.mean(dim=0)
-    total = torch.zeros_like(mean)
-    for rows in x.split(chunk):
-        centred = rows - mean
-        total += (centred * centred).sum(dim=0)
-    return total / x.shape[0]

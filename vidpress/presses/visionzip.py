@@ -47,7 +47,8 @@ class VisionZipPress(Press):
          feature is target + mean(assigned tokens) (the target alone when none are assigned);
          `contextual_merge="mean"` (vidpress before 0.x) takes the mean over the target and its assigned tokens.
          The feature sits at the target's position (`Selection.features`). With c_t = 0 the rest are dropped.
-    Effective retention: exactly K / (T * M).
+    Effective retention: exactly K / (T * M). With frame_budgets="vidcom2" (vidpress's composition with VidCom²'s
+    budgets), k_t is VidCom²'s k[t] instead of the even split, and the effective retention sum k[t] / (T * M).
 
     The statistics come as VideoTokens side features "vision_attention" [T, M] and "vision_keys" [T, M, d], mapped
     from encoder patches to the LLM's tokens by the model adapter (mean over merged / pooled patches). Unlike the
@@ -73,6 +74,8 @@ class VisionZipPress(Press):
 
     #: the adapter records vision-encoder attention statistics for this press (see `Adapter.encode_videos`)
     needs_vision_stats = True
+    #: with frame_budgets="vidcom2", frame t's k[t] is split by `dominant_ratio` like the even split
+    supports_frame_budgets = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -89,7 +92,7 @@ class VisionZipPress(Press):
                              f"got {self.contextual_merge!r}")
         self.compute_dtype = check_compute_dtype(self.compute_dtype)
 
-    def frame_budgets(self, num_frames: int, tokens_per_frame: int) -> torch.Tensor:
+    def split_budget(self, num_frames: int, tokens_per_frame: int) -> torch.Tensor:
         """Tokens kept per frame [T]: round(R * T * M) split evenly, the remainder to evenly spaced frames."""
         budget = token_budget(self.retention, num_frames * tokens_per_frame)
         base, extra = divmod(budget, num_frames)
@@ -100,7 +103,8 @@ class VisionZipPress(Press):
         attention, keys = _vision_stats(tokens)
         T, M = tokens.num_frames, tokens.tokens_per_frame
         device = tokens.features.device
-        budgets = self.frame_budgets(T, M)
+        budgets = self.frame_budgets_fca(tokens)
+        budgets = self.split_budget(T, M) if budgets is None else budgets
         dominant_budgets = torch.round(self.dominant_ratio * budgets.double()).long()
         dominant = torch.zeros(T * M, dtype=torch.bool, device=device)
         dominant[keep_top_per_frame(attention.float(), dominant_budgets)] = True
