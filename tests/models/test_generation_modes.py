@@ -154,7 +154,8 @@ def press_for(kind, family, retention, model=None):
     if kind in ("llm", "llm+fca"):
         layer = in_llm_layer(family)
         return (KeepAllAfterLayer(retention=0.5, layer=layer) if retention == 1.0
-                else FastVPress(retention=retention, layer=layer, frame_budgets="vidcom2" if kind == "llm+fca" else None))
+                else FastVPress(retention=retention, layer=layer,
+                                frame_budgets="vidcom2" if kind == "llm+fca" else None))
     press = presses.get(kind, retention=0.5 if retention == 1.0 else retention)
     try:
         press.pruner(get_adapter(model))  # its stages on this model (building the pruner installs nothing)

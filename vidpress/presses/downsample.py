@@ -48,6 +48,10 @@ class DownsamplePress(ScorePress):
         retention: R, the share of each frame's tokens kept (0.25: 2 x 2 pooling).
     """
 
+    supports_frame_budgets = False
+    no_frame_budgets_because = ("it pools every frame's grid by one factor (a control); per-frame budgets would "
+                                "need a pooling factor per frame")
+
     def grid(self, h: int, w: int) -> tuple[int, int, int | None]:
         """The pooled grid (h', w') of an h x w frame and the integer pooling factor (None: bilinear)."""
         factor = 1 / math.sqrt(self.retention)

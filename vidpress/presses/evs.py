@@ -49,6 +49,10 @@ class EVSPress(ScorePress):
             bf16 vLLM deployment; see `vidpress.presses.base.check_compute_dtype`).
     """
 
+    supports_frame_budgets = False
+    no_frame_budgets_because = ("its count and kept set are vLLM's EVS rule over the whole video (max(M, int(N(1-q))) "
+                                "tokens, the first frame whole), so that offline results equal a vLLM deployment's")
+
     deepstack: bool = True
     compute_dtype: str = "float32"
 

@@ -95,6 +95,10 @@ class SparseVLMPress(LayerPress):
         compute_dtype: "float32" (default) or "model" (see `vidpress.presses.base.check_compute_dtype`).
     """
 
+    supports_frame_budgets = False
+    no_frame_budgets_because = ("each stage splits its budget between kept and recycled (merged) tokens over the "
+                                "whole video; VidCom²'s per-frame budgets with that recycling are not implemented yet")
+
     layers: tuple[int, ...] = (2, 6, 15)
     layer_scale: bool | None = None
     budget: str = "layer_average"
