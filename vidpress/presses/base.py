@@ -54,8 +54,13 @@ class Press:
     query_aware: ClassVar[bool] = False
     #: True when the press acts between LLM decoder layers (a `LayerPress`) instead of before the LLM.
     acts_in_llm: ClassVar[bool] = False
+    #: True for a press acting inside the LLM whose `select` also drops or merges tokens before it (FlashVID: a
+    #: vision-side stage, then an in-LLM stage); False: a `LayerPress`'s select keeps every token.
+    prunes_before_llm: ClassVar[bool] = False
     #: True when the press reads the vision encoder's attention statistics, `VideoTokens.side_features`
-    #: "vision_attention" [T, M] and "vision_keys" [T, M, d]; the adapter records them while the encoder runs.
+    #: "vision_attention" [T, M] (the [CLS] query's attention where the encoder has a [CLS], else "vision_received"),
+    #: "vision_received" [T, M] (attention each token receives: mean over heads and all queries) and "vision_keys"
+    #: [T, M, d]; the adapter records them while the encoder runs.
     needs_vision_stats: ClassVar[bool] = False
     #: the vision-encoder block those statistics come from (Python indexing; None: the adapter's default block).
     #: Not annotated, so that a press may make it a dataclass knob in its own field order.
