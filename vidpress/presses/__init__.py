@@ -13,6 +13,7 @@ from vidpress.presses.dycoke import DyCokePress
 from vidpress.presses.fastv import FastVPress
 from vidpress.presses.fastvid import FastVIDPress
 from vidpress.presses.flashvid import FlashVIDPress
+from vidpress.presses.holitom import HoliTomPress
 from vidpress.presses.marc import MarcPress
 from vidpress.presses.pdrop import PDropPress
 from vidpress.presses.planned import PlannedPress  # a tool for training loops, not registered
@@ -35,6 +36,7 @@ def get(name: str, **knobs) -> Press:
     return PRESSES[key](**knobs)
 
 
-__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress", "FlashVIDPress",
-           "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press", "RandomPress", "ScorePress",
-           "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get", "register"]
+__all__ = ["PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DyCokePress", "FastVIDPress", "FastVPress",
+           "FlashVIDPress", "HoliTomPress", "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press",
+           "RandomPress", "ScorePress", "UniformPress", "VidCom2Press", "VisionZipPress", "available", "get",
+           "register"]

@@ -14,7 +14,7 @@ DENSITY_NOISE = 1e-6
 
 
 def dpc_knn(x: torch.Tensor, num_centres: int, knn: int = 7, generator: torch.Generator | None = None,
-            noise: float = DENSITY_NOISE) -> tuple[torch.Tensor, torch.Tensor]:
+            noise: float = DENSITY_NOISE, sort_centres: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster the rows of x [C, D] around `num_centres` density peaks.
 
     Rule (released):
@@ -24,10 +24,11 @@ def dpc_knn(x: torch.Tensor, num_centres: int, knn: int = 7, generator: torch.Ge
         makes the clustering reproducible and independent of other random draws);
       - delta_i = distance to the nearest row of strictly higher density, or the largest distance of the whole matrix
         for the densest row;
-      - centres = the `num_centres` largest rho * delta (ties to the lower index), in descending score order;
-      - every row joins its nearest centre (first centre on ties); a centre joins itself.
+      - centres = the `num_centres` largest rho * delta (ties to the lower index), in descending score order
+        (FlashVID), or in index order with `sort_centres` (HoliTom);
+      - every row joins its nearest centre (the first in that order on ties); a centre joins itself.
 
-    Returns (centres LongTensor [c] in descending score order, assignment LongTensor [C] of positions in `centres`).
+    Returns (centres LongTensor [c], assignment LongTensor [C] of positions in `centres`).
     With num_centres >= C every row is its own centre.
     """
     C, D = x.shape
@@ -47,6 +48,8 @@ def dpc_knn(x: torch.Tensor, num_centres: int, knn: int = 7, generator: torch.Ge
     delta = torch.where(denser.any(dim=1), delta, dist.max())
     score = density * delta
     centres = torch.sort(score, descending=True, stable=True).indices[:num_centres]
+    if sort_centres:
+        centres = centres.sort().values
     assignment = dist[:, centres].argmin(dim=1)  # torch.argmin returns the first minimum
     assignment[centres] = torch.arange(num_centres, device=x.device)
     return centres, assignment

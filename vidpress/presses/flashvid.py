@@ -261,7 +261,7 @@ class FlashVIDPress(LayerPress):
         if b >= M:  # every token fits the budget (the release crashes here)
             return Selection(torch.arange(T * M, device=tokens.features.device), T * M,
                              frame_budgets=torch.full((T,), M, dtype=torch.long))
-        attention = _received(tokens, type(self).__name__)
+        attention = vision_received(tokens, type(self).__name__)
         x = in_compute_dtype(tokens.features, self.compute_dtype)
         variant = self.adts or self.released("adts")
         generator = torch.Generator().manual_seed(self.seed)
@@ -302,7 +302,7 @@ class FlashVIDPress(LayerPress):
         return Selection(keep, T * M, features=features, frame_budgets=torch.bincount(keep.cpu() // M, minlength=T))
 
 
-def _received(tokens: VideoTokens, press: str) -> torch.Tensor:
+def vision_received(tokens: VideoTokens, press: str) -> torch.Tensor:
     """The "vision_received" side feature [T, M], or a ValueError that says how to get it."""
     attention = tokens.side_features.get("vision_received")
     if attention is None:
