@@ -11,7 +11,7 @@ from vidpress.presses.base import ScorePress
 from vidpress.serving.vllm import applicable_presses, press_from_config, select_exact
 
 WORKING = ["divprune", "dycoke", "fastvid", "random", "uniform", "vidcom2"]
-REFUSED = ["cacovid", "fastv", "marc", "pdrop", "visionzip"]
+REFUSED = ["cacovid", "fastv", "flashvid", "holitom", "marc", "pdrop", "visionzip"]
 
 
 def video(T=8, M=16, D=32, seed=0):
