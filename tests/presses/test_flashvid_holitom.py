@@ -220,6 +220,31 @@ def test_static_cluster_is_centre_weighted():
                           frames[0, centre])
 
 
+def test_inner_merge_folds_by_sequential_pairwise_averages():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, 6, 8, generator=g)
+    hidden[0, 2] = 2 * hidden[0, 1] + 0.01  # rows 2 and 3 are most similar to kept row 1, row 5 to kept row 4
+    hidden[0, 3] = 3 * hidden[0, 1] - 0.01
+    hidden[0, 5] = -hidden[0, 4] * 0.5 + 0.001 * torch.randn(8, generator=g) + hidden[0, 4] * 1.5
+    keep = torch.tensor([[True, True, False, False, True, False]])
+    frame = torch.tensor([[False, True, True, True, True, True]])  # row 0 is text
+    out = HoliTomPress().fold_pruned(hidden, keep, frame)
+    h = hidden[0]
+    assert torch.allclose(out[0, 1], ((h[1] + h[2]) / 2 + h[3]) / 2, atol=1e-6)  # later tokens weigh more
+    assert torch.allclose(out[0, 4], (h[4] + h[5]) / 2, atol=1e-6)
+    assert torch.equal(out[0, 0], h[0]) and torch.equal(out[0, 2:4], hidden[0, 2:4])  # text and dropped rows as-is
+
+
+def test_inner_merge_layer_as_released():
+    assert HoliTomPress().schedule(28) == [(18, 0.5)]
+    assert HoliTomPress(llm_merge=False).schedule(28) == [(18, 1.0)]
+    assert HoliTomPress().schedule(4) == [(2, 0.5)]
+    with pytest.raises(ValueError, match="llm_merge=False"):
+        HoliTomPress(llm_layer=4).schedule(4)
+    with pytest.raises(ValueError, match="llm_merge_ratio"):
+        HoliTomPress(llm_merge_ratio=1.0)
+
+
 # --- on the models ------------------------------------------------------------------------------------------------
 
 def family_model(family):

@@ -218,6 +218,7 @@ class LayerPruner:
                                                 torch.arange(order.shape[1], device=order.device).expand_as(order))
         keep = (self.valid & ~frame) | (frame & (rank < budget[:, None]))
         self.full_hidden = self._scatter_full(hidden)
+        hidden = self.press.fold_pruned(hidden, keep, frame)  # merging presses (HoliTom) fold the pruned tokens in
         gather, valid = _repad_index(keep, self.left)
         hidden = hidden.gather(1, gather[..., None].expand(-1, -1, hidden.shape[-1])) * valid[..., None]
         self.index, self.valid = self.index.gather(1, gather), valid

@@ -55,7 +55,7 @@ class Press:
     #: True when the press acts between LLM decoder layers (a `LayerPress`) instead of before the LLM.
     acts_in_llm: ClassVar[bool] = False
     #: True for a press acting inside the LLM whose `select` also drops or merges tokens before it (FlashVID: a
-    #: vision-side stage, then an in-LLM stage); False: a `LayerPress`'s select keeps every token.
+    #: vision-side stage, then an in-LLM stage; HoliTom); False: a `LayerPress`'s select keeps every token.
     prunes_before_llm: ClassVar[bool] = False
     #: True when the press reads the vision encoder's attention statistics, `VideoTokens.side_features`
     #: "vision_attention" [T, M] (the [CLS] query's attention where the encoder has a [CLS], else "vision_received"),
@@ -145,6 +145,12 @@ class LayerPress(Press):
     def stage_budget(self, fraction: float, frame_tokens: torch.Tensor) -> torch.Tensor:
         """Frame tokens kept per sample at a stage: round(fraction * frame_tokens), at least 1. [B] -> [B]."""
         return (fraction * frame_tokens.float()).round().long().clamp(min=1)
+
+    def fold_pruned(self, hidden: torch.Tensor, keep: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+        """At a stage, before the dropped tokens leave: the hidden states [B, L, D] entering the stage layer, with
+        `keep` [B, L] (rows that stay) and `frame` [B, L] (rows holding frame tokens). A merging press returns them
+        with the dropped frame tokens folded into kept ones; the default drops them unchanged."""
+        return hidden
 
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         # Nothing is dropped before the LLM; the pruning happens between decoder layers.

@@ -1,9 +1,10 @@
-"""HoliTom (arXiv 2505.21334, NeurIPS 2025): holistic token merging, the outer-LLM part as the authors release it.
+"""HoliTom (arXiv 2505.21334, NeurIPS 2025): holistic token merging, as the authors release it.
 
-The frames are split into windows by dynamic programming so that as many tokens as possible stay the same (cosine
-above tau) at their position through a window; such static tokens become one window-mean token each, clustered by
-DPC-kNN; every frame keeps its dynamic tokens that receive the most vision-encoder attention. The budget of what is
-left is scaled so the video keeps about R of its tokens. Acts on the projector output, before the LLM.
+Outside the LLM, the frames are split into windows by dynamic programming so that as many tokens as possible stay the
+same (cosine above tau) at their position through a window; such static tokens become one window-mean token each,
+clustered by DPC-kNN; every frame keeps its dynamic tokens that receive the most vision-encoder attention. The budget
+of what is left is scaled so the video keeps about R of its tokens. Inside the LLM, at one layer, the half of the
+video tokens the last prompt token attends to least is folded into the most similar kept tokens.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vidpress.presses.base import Press, check_compute_dtype, in_compute_dtype, register
+from vidpress.presses.base import LayerPress, check_compute_dtype, in_compute_dtype, register
 from vidpress.presses.dpc_knn import dpc_knn
 from vidpress.presses.flashvid import vision_received
 from vidpress.types import Query, Selection, VideoTokens
@@ -22,8 +23,8 @@ from vidpress.types import Query, Selection, VideoTokens
 
 @register("holitom")
 @dataclass
-class HoliTomPress(Press):
-    """HoliTom without its inner-LLM merge (the release's "HoliTom (w/o M)").
+class HoliTomPress(LayerPress):
+    """HoliTom: outer-LLM windows, static clusters and dynamic tokens, then the inner-LLM merge.
 
     Rule per video X [T, M, D] with vision attention a [T, M] ("vision_received": attention each token receives in
     the vision encoder's last used block, mean over heads and all queries, pooled / merged like the features):
@@ -40,8 +41,18 @@ class HoliTomPress(Press):
          `knn`), centres in index order); a centre with members becomes `cluster_weight` * centre + (1 -
          `cluster_weight`) * mean(members) (released 0.6 / 0.4), else stays itself; at the centre's position. c = 0
          drops the window's static tokens (released).
-    About R * N tokens are kept (a little more from the ceilings, fewer when the static windows alone leave less than
-    R * N). `threshold` None is the released choice: 0.65 at R <= 0.10 (the OV-7B script at 10 %), else 0.8.
+    About R * N tokens enter the LLM (a little more from the ceilings, fewer when the static windows alone leave less
+    than R * N): `PressReport.retention_before_llm`. `threshold` None is the released choice: 0.65 at R <= 0.10 (the
+    OV-7B script at 10 %), else 0.8.
+      H8 Inside the LLM (prefill), at the input of layer K (released 18 of 28; other depths K = floor(18 * Lyr / 28),
+         at least the first layer the model allows): the last prompt token's head-averaged attention in layer K - 1
+         ranks the L_v frame tokens; round(L_v * (1 - `llm_merge_ratio`)) stay (released r = 0.5). Cosine
+         similarities of the hidden states entering layer K are computed once; every other frame token i, in
+         ascending order, is folded into its most similar kept token j as h_j := (h_j + h_i) / 2 (released: in
+         sequence, so later tokens weigh more; vidpress computes the same sequence in closed form,
+         h_j / 2^n + sum_k h_(i_k) / 2^(n - k + 1)). Kept tokens keep their position ids. `llm_merge=False` is the
+         release's "HoliTom (w/o M)" (the stage then keeps every token). `PressReport.retention` is the layer
+         average, (K + (Lyr - K) * (1 - r)) / Lyr of what enters the LLM: R, as released, is the outer retention.
 
     Families: released for LLaVA-OneVision / LLaVA-Video only. vidpress runs the same rule on every family: on
     Qwen2-VL / 2.5-VL / 3-VL X is the merger output (a "frame" is a temporal patch of two frames) and a is the
@@ -50,10 +61,10 @@ class HoliTomPress(Press):
     DeepStack features are gathered at the kept indices. (The VidCom2 authors' `qwen` port ranks dynamic tokens by
     their L2 norm instead and has no inner merge.)
 
-    Departures from the release: the inner-LLM merge (H8: at layer 18, the pruned half folded into their most similar
-    kept tokens) is not implemented; tokens are emitted in index order (the released LLaVA-Video "grid" order without
-    newlines; for LLaVA-OneVision the release puts a window's static tokens before frame s's dynamic tokens) and keep
-    their original position ids (the release renumbers them); the DPC-kNN density noise comes from a generator
+    Departures from the release: H8 ranks and merges the frame tokens only (the release's visual span also holds
+    the video block's newline tokens); tokens are emitted in index order (the released LLaVA-Video "grid" order
+    without newlines; for LLaVA-OneVision the release puts a window's static tokens before frame s's dynamic tokens)
+    and keep their original position ids (the release renumbers them); the DPC-kNN density noise comes from a generator
     seeded with `seed` per video (the release: the global RNG); similarities in float32 by default
     (`compute_dtype`); batches of any size (the release: 1); if nothing at all would be kept, the token of frame 0
     with the highest attention is.
@@ -65,8 +76,11 @@ class HoliTomPress(Press):
         knn: neighbours of the DPC-kNN density (7).
         max_window: longest window in frames (1024 released: unlimited in practice).
         seed: seed of the DPC-kNN density noise.
-        compute_dtype: "float32" (default) or "model": similarities and means in the features' dtype, as released
-            (DPC distances are float32 in both).
+        llm_merge: run H8 inside the LLM (released "HoliTom"); False: "HoliTom (w/o M)".
+        llm_layer: K; None: the released layer 18 of 28 scaled to the model's depth.
+        llm_merge_ratio: r, the share of frame tokens folded away at layer K (0.5).
+        compute_dtype: "float32" (default) or "model": similarities, means and the LLM ranking in the model's dtype,
+            as released (DPC distances are float32 in both).
     """
 
     threshold: float | None = None
@@ -74,9 +88,13 @@ class HoliTomPress(Press):
     knn: int = 7
     max_window: int = 1024
     seed: int = 0
+    llm_merge: bool = True
+    llm_layer: int | None = None
+    llm_merge_ratio: float = 0.5
     compute_dtype: str = "float32"
 
     needs_vision_stats = True
+    prunes_before_llm = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -94,7 +112,59 @@ class HoliTomPress(Press):
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer; got {self.seed!r}")
+        if not isinstance(self.llm_merge, bool):
+            raise ValueError(f"llm_merge must be True or False; got {self.llm_merge!r}")
+        if self.llm_layer is not None and (isinstance(self.llm_layer, bool) or not isinstance(self.llm_layer, int)
+                                           or self.llm_layer < 1):
+            raise ValueError(f"llm_layer must be None or an integer >= 1; got {self.llm_layer!r}")
+        ratio = self.llm_merge_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+            raise ValueError(f"llm_merge_ratio must be a share in [0, 1); got {ratio!r}")
         self.compute_dtype = check_compute_dtype(self.compute_dtype)
+        self._first_layer = 1
+
+    def post_init_from_model(self, model) -> None:
+        """The first LLM layer the model lets a stage start at (Qwen3-VL: after its DeepStack layers)."""
+        from vidpress.models import get_adapter
+
+        self._first_layer = get_adapter(model).min_prune_layer
+
+    # -- the inner-LLM merge (H8) -----------------------------------------------------------------------------
+    def schedule(self, num_layers: int) -> list[tuple[int, float]]:
+        """[(K, 1 - r)], or [(K, 1.0)] with `llm_merge=False`."""
+        K = self.llm_layer if self.llm_layer is not None else max(self._first_layer, 1, 18 * num_layers // 28)
+        if K >= num_layers:
+            raise ValueError(f"HoliTom's LLM merge at layer {K} does not fit a model of {num_layers} LLM layers; pass "
+                             "llm_layer below that, or llm_merge=False (the outer part alone)")
+        return [(K, 1.0 - self.llm_merge_ratio if self.llm_merge else 1.0)]
+
+    def min_retention(self, num_frames: int, num_layers: int | None = None) -> float:
+        """Any retention is reached up to the per-frame rounding: the outer part acts before the first layer."""
+        return 0.0
+
+    def fold_pruned(self, hidden: torch.Tensor, keep: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+        """H8's merge: each dropped frame token of a row folded into its most cosine-similar kept frame token by
+        sequential pairwise averaging in ascending order. hidden [B, L, D], keep / frame [B, L] -> [B, L, D]."""
+        out = hidden.clone()
+        for row in range(hidden.shape[0]):
+            kept = (frame[row] & keep[row]).nonzero().squeeze(1)
+            folded = (frame[row] & ~keep[row]).nonzero().squeeze(1)  # ascending
+            if kept.numel() == 0 or folded.numel() == 0:
+                continue
+            h = in_compute_dtype(hidden[row], self.compute_dtype)
+            unit = F.normalize(h, dim=-1)
+            target = (unit[folded] @ unit[kept].T).argmax(dim=1)  # [P] into kept, first maximum
+            counts = torch.bincount(target, minlength=kept.numel())  # n per kept token
+            order = torch.sort(target, stable=True).indices  # by target, ascending position inside each
+            starts = counts.cumsum(0) - counts
+            rank = torch.empty_like(target)
+            rank[order] = torch.arange(target.numel(), device=target.device) - starts[target[order]]  # 0-based
+            # after n averages: h_j / 2^n + the k-th folded token (rank k - 1) / 2^(n - k + 1)
+            weights = torch.pow(2.0, (rank - counts[target]).to(h.dtype))
+            merged = h[kept] * torch.pow(2.0, -counts.to(h.dtype))[:, None]
+            merged.index_add_(0, target, h[folded] * weights[:, None])
+            out[row, kept] = merged.to(hidden.dtype)
+        return out
 
     @property
     def tau(self) -> float:
