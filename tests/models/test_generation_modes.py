@@ -164,6 +164,14 @@ def press_for(kind, family, retention, model=None):
     return keep_all(press) if retention == 1.0 else press
 
 
+#: The registered presses whose path through the model differs from the two above (VidCom² before the LLM, FastV in
+#: it): those that record vision-encoder statistics while the model encodes, and those acting both before and inside
+#: the LLM; each in every deterministic mode on a family with M-RoPE and one with 1-D positions and a newline token.
+OTHER_PATHS = [name for name in presses.available()
+               if presses.PRESSES[name].needs_vision_stats or presses.PRESSES[name].prunes_before_llm]
+OTHER_PATH_FAMILIES = ["qwen2_5_vl", "llava_onevision"]
+
+
 def assert_restored(model):
     assert "generate" not in vars(model) and "_vidpress_pressed" not in vars(model)
     assert not model._forward_pre_hooks and not model._forward_hooks
@@ -362,3 +370,26 @@ def test_a_streamer_sees_the_callers_prompt(models):
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False, streamer=streamer)
     assert torch.equal(streamer.chunks[0], inputs["input_ids"]) and streamer.ended
     assert torch.equal(torch.cat([c.view(1, -1) for c in streamer.chunks], 1), out)
+
+
+@pytest.mark.parametrize("mode", DETERMINISTIC)
+@pytest.mark.parametrize("family", OTHER_PATH_FAMILIES)
+@pytest.mark.parametrize("name", OTHER_PATHS)
+def test_other_press_paths_batched_equals_per_sample(models, name, family, mode):
+    """Below retention 1, each press of OTHER_PATHS gives a batch of two prompts their per-sample results in every
+    deterministic mode, and leaves the model as it found it."""
+    model, processor = models(family)
+    batch = batch_inputs(processor, family)
+    press = presses.get(name, retention=0.5)
+    with press(model) as pressed:
+        seq, logits, _ = call(model, batch, mode)
+        kept_batch = [s.keep_indices for s in pressed.last_report.selections]
+        L = batch["input_ids"].shape[1]
+        copies, beams = seq.shape[0] // 2, logits.shape[1] // 2
+        for i in range(2):
+            single = batch_inputs(processor, family, samples=(i,))
+            s_seq, s_logits, _ = call(model, single, mode)
+            assert torch.equal(pressed.last_report.selections[0].keep_indices, kept_batch[i])
+            assert torch.equal(s_seq[:, single["input_ids"].shape[1]:], seq[i * copies : (i + 1) * copies, L:])
+            assert torch.allclose(s_logits, logits[:, i * beams : (i + 1) * beams], atol=1e-5, rtol=0)
+    assert_restored(model)

@@ -275,7 +275,8 @@ def test_marc_retrieves_with_the_question_tokens_only():
 
 # --- compute_dtype ------------------------------------------------------------------------------------------------
 
-PRESSES_WITH_DTYPE = ["vidcom2", "divprune", "dycoke", "fastvid", "visionzip", "marc", "fastv", "pdrop"]
+PRESSES_WITH_DTYPE = ["vidcom2", "divprune", "dycoke", "fastvid", "visionzip", "marc", "fastv", "pdrop", "flashvid",
+                      "holitom"]
 
 
 @pytest.mark.parametrize("name", PRESSES_WITH_DTYPE)

@@ -44,13 +44,19 @@ def check_layer_press(press, model, args, demo: bool = False) -> None:
 
 def layer_summary(report) -> str:
     """'LLM layers processed 128, 128, 35, 35 of them (layer average 0.637)' for a press acting inside the LLM."""
+    before = (f"; {report.retention_before_llm:.3f} enter the LLM (the press also acts before it)"
+              if report.retention_before_llm < 1 else "")
     return (f"LLM layers processed {', '.join(str(n) for n in report.layer_tokens)} of them "
-            f"(layer average {report.retention:.3f} = effective retention)")
+            f"(layer average {report.retention:.3f} = effective retention{before})")
 
 
 def floor_note(report, requested: float) -> None:
     """Print why the effective retention is above the requested one, when it is."""
-    if report.layer_tokens and report.retention > requested + 0.01:
+    if report.layer_tokens and report.retention > requested + 0.01 and report.retention_before_llm < 1:
+        print(f"note: effective retention {report.retention:.3f} > requested {requested:g}: the press rounds its "
+              f"budgets up (per frame before the LLM, which keeps {report.retention_before_llm:.3f}, and per sample "
+              "inside it)")
+    elif report.layer_tokens and report.retention > requested + 0.01:
         print(f"note: effective retention {report.retention:.3f} > requested {requested:g}: the LLM layers before "
               "the press's first stage see every token, so it cannot go lower on this model's "
               f"{len(report.layer_tokens)} layers")

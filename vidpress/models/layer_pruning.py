@@ -238,6 +238,7 @@ class LayerPruner:
         frame = (self.owner.gather(1, self.index) >= 0) & self.valid
         keep = (self.valid & ~frame) | self.frame_tokens_kept(layer_index, frame)
         self.full_hidden = self._scatter_full(hidden)
+        hidden = self.press.fold_pruned(hidden, keep, frame)  # merging presses (HoliTom) fold the pruned tokens in
         gather, valid = repad_index(keep, self.left)
         hidden = hidden.gather(1, gather[..., None].expand(-1, -1, hidden.shape[-1])) * valid[..., None]
         self.index, self.valid = self.index.gather(1, gather), valid

@@ -77,20 +77,21 @@ class LlavaVideoAdapter(Adapter):
     def vision_token_stats(self, recorder, inputs: dict, layouts: list[VideoLayout]) -> list[dict]:
         """Per-patch statistics of every frame -> that frame's LLM tokens: the [CLS] query's attention where the
         model drops a [CLS] token ("default" strategy on a tower with a class embedding; VisionZip's rule), else the
-        mean attention each patch receives; the first token dropped as the "default" strategy drops it; then the
-        family's spatial pooling (`pool_stats`)."""
+        mean attention each patch receives; "vision_received" is always that mean (over heads and every query, [CLS]
+        included); the first token dropped as the "default" strategy drops it; then the family's spatial pooling
+        (`pool_stats`)."""
         received, first_row, keys = recorder.stacked()  # [F, n], [F, n], [F, n, d], frames of all videos in order
         _, strategy = self.feature_select(inputs)
         tower = self.base.vision_tower
         has_cls = hasattr(getattr(getattr(tower, "vision_model", tower), "embeddings", None), "class_embedding")
         attention = first_row if strategy == "default" and has_cls else received
         if strategy == "default":
-            attention, keys = attention[:, 1:], keys[:, 1:]
+            attention, keys, received = attention[:, 1:], keys[:, 1:], received[:, 1:]
         side = math.isqrt(attention.shape[1])
         if side * side != attention.shape[1]:
             raise ValueError(f"{self.family}: {attention.shape[1]} vision tokens per frame do not form a square grid")
-        stats = self.pool_stats(
-            torch.cat([attention[..., None], keys], dim=-1).view(-1, side, side, 1 + keys.shape[-1]))
+        stats = self.pool_stats(torch.cat([attention[..., None], received[..., None], keys], dim=-1)
+                                .view(-1, side, side, 2 + keys.shape[-1]))
         frames = sum(layout.tokens.num_frames for layout in layouts)
         if stats.shape[0] != frames:
             raise RuntimeError(
@@ -99,7 +100,8 @@ class LlavaVideoAdapter(Adapter):
         for layout in layouts:
             T, M = layout.tokens.num_frames, layout.tokens.tokens_per_frame
             chunk = stats[start : start + T].reshape(T, M, -1)
-            out.append({"vision_attention": chunk[..., 0], "vision_keys": chunk[..., 1:]})
+            out.append({"vision_attention": chunk[..., 0], "vision_received": chunk[..., 1],
+                        "vision_keys": chunk[..., 2:]})
             start += T
         return out
 

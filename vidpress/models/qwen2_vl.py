@@ -45,8 +45,10 @@ class Qwen2VLAdapter(Adapter):
     def vision_token_stats(self, recorder, inputs: dict, layouts: list[VideoLayout]) -> list[dict]:
         """Per-patch statistics -> merged tokens: the vision attention runs per frame (non-flash implementations
         get one call per cu_seqlens chunk) over patches in the processor's order, where every spatial_merge_size^2
-        consecutive patches form one merged token; a merged token gets their mean. Qwen2.5-VL first permutes merged
-        units into attention windows (`get_window_index`): undone here, as the model undoes it after its merger."""
+        consecutive patches form one merged token; a merged token gets their mean (no [CLS]: "vision_attention" and
+        "vision_received" are both the attention received, mean over heads and queries). Qwen2.5-VL first permutes
+        merged units into attention windows (`get_window_index`): undone here, as the model undoes it after its
+        merger."""
         received, _, keys = recorder.packed()
         grids = inputs["video_grid_thw"]
         unit = self.merge**2
@@ -64,7 +66,8 @@ class Qwen2VLAdapter(Adapter):
         stats, start = [], 0
         for layout in layouts:
             T, M = layout.tokens.num_frames, layout.tokens.tokens_per_frame
-            stats.append({"vision_attention": received[start : start + T * M].view(T, M),
+            attention = received[start : start + T * M].view(T, M)
+            stats.append({"vision_attention": attention, "vision_received": attention,
                           "vision_keys": keys[start : start + T * M].view(T, M, -1)})
             start += T * M
         return stats

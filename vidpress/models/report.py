@@ -50,3 +50,12 @@ class PressReport:
         if self.layer_tokens:
             return sum(self.layer_tokens) / len(self.layer_tokens) / before
         return self.visual_tokens_after / before
+
+    @property
+    def retention_before_llm(self) -> float:
+        """Frame tokens entering the LLM's first layer / all frame tokens (for presses acting before the LLM, the
+        same as `retention`; FlashVID: its vision side)."""
+        before = self.visual_tokens_before
+        if not before:
+            return 1.0
+        return (self.layer_tokens[0] if self.layer_tokens else self.visual_tokens_after) / before

@@ -14,6 +14,8 @@ from vidpress.presses.dycoke import DyCokePress
 from vidpress.presses.evs import EVSPress
 from vidpress.presses.fastv import FastVPress
 from vidpress.presses.fastvid import FastVIDPress
+from vidpress.presses.flashvid import FlashVIDPress
+from vidpress.presses.holitom import HoliTomPress
 from vidpress.presses.marc import MarcPress
 from vidpress.presses.pdrop import PDropPress
 from vidpress.presses.planned import PlannedPress  # a tool for training loops, not registered
@@ -54,6 +56,7 @@ def get(name: str, **knobs) -> Press:
 
 
 __all__ = ["FCA_SUFFIX", "PRESSES", "CaCoVIDPolicy", "CaCoVIDPress", "DivPrunePress", "DownsamplePress", "DyCokePress",
-           "EVSPress", "FastVIDPress", "FastVPress", "LayerPress", "MarcPress", "PDropPress", "PlannedPress", "Press",
-           "RandomPress", "STCPress", "ScorePress", "SparseVLMPress", "UniformPress", "VidCom2Press", "VisionZipPress",
-           "available", "fca_variants", "get", "press_key", "register"]
+           "EVSPress", "FastVIDPress", "FastVPress", "FlashVIDPress", "HoliTomPress", "LayerPress", "MarcPress",
+           "PDropPress", "PlannedPress", "Press", "RandomPress", "STCPress", "ScorePress", "SparseVLMPress",
+           "UniformPress", "VidCom2Press", "VisionZipPress", "available", "fca_variants", "get", "press_key",
+           "register"]

@@ -71,8 +71,13 @@ class Press(metaclass=_ChecksKnobs):
     query_aware: ClassVar[bool] = False
     #: True when the press acts between LLM decoder layers (a `LayerPress`) instead of before the LLM.
     acts_in_llm: ClassVar[bool] = False
+    #: True for a press acting inside the LLM whose `select` also drops or merges tokens before it (FlashVID: a
+    #: vision-side stage, then an in-LLM stage; HoliTom); False: a `LayerPress`'s select keeps every token.
+    prunes_before_llm: ClassVar[bool] = False
     #: True when the press reads the vision encoder's attention statistics, `VideoTokens.side_features`
-    #: "vision_attention" [T, M] and "vision_keys" [T, M, d]; the adapter records them while the encoder runs.
+    #: "vision_attention" [T, M] (the [CLS] query's attention where the encoder has a [CLS], else "vision_received"),
+    #: "vision_received" [T, M] (attention each token receives: mean over heads and all queries) and "vision_keys"
+    #: [T, M, d]; the adapter records them while the encoder runs.
     needs_vision_stats: ClassVar[bool] = False
     #: the vision-encoder block those statistics come from (Python indexing; None: the adapter's default block).
     #: Not annotated, so that a press may make it a dataclass knob in its own field order.
@@ -223,6 +228,12 @@ class LayerPress(Press):
         round(fraction * M * r[t] / R)) and at most M. frame_retention r [G] (`frame_retention_fca`, frames of all
         videos), tokens_per_frame M int or [G] -> [G]."""
         return stage_frame_budgets(frame_retention, self.retention, fraction, tokens_per_frame)
+
+    def fold_pruned(self, hidden: torch.Tensor, keep: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+        """At a stage, before the dropped tokens leave: the hidden states [B, L, D] entering the stage layer, with
+        `keep` [B, L] (rows that stay) and `frame` [B, L] (rows holding frame tokens). A merging press returns them
+        with the dropped frame tokens folded into kept ones; the default drops them unchanged."""
+        return hidden
 
     def compress(self, tokens: VideoTokens, query: Query | None) -> Selection:
         # Nothing is dropped before the LLM; the pruning happens between decoder layers.
