@@ -23,6 +23,8 @@ FRAMES, LAYERS = 16, 28
 
 
 def acts_on(cls) -> str:
+    if cls.acts_in_llm and cls.prunes_before_llm:
+        return "projector output (ranked by vision-encoder attention) and inside the LLM"
     if cls.acts_in_llm:
         return "inside the LLM (between decoder layers)"
     if cls.needs_vision_stats:
@@ -33,6 +35,8 @@ def acts_on(cls) -> str:
 def attention(cls) -> str:
     # What the press reads of attention decides which implementations it works with; every route below is computed
     # next to the model's own attention call, so eager, SDPA and FlashAttention all work.
+    if cls.acts_in_llm and cls.needs_vision_stats:
+        return "all (vision attention recorded and one LLM attention row recomputed beside the model's)"
     if cls.acts_in_llm:
         return "all (one attention row recomputed beside the model's)"
     if cls.needs_vision_stats:
@@ -50,7 +54,7 @@ def rows() -> list[list[str]]:
     shape = "x".join(str(n) for n in setup.get("features", []))
     if shape:
         load = max(overhead.get("load_average", [0]))
-        shape += (f", median of {setup.get('repeats')}, {setup.get('threads')} thread, load average {load} on "
+        shape += (f", median of {setup.get('repeats')}, {setup.get('threads')} threads, load average {load} on "
                   f"{setup.get('cores')} cores")
     out = []
     for name in presses.available():
