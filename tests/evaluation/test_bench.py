@@ -233,10 +233,10 @@ def test_a_killed_bench_process_resumes_to_the_same_table(tmp_path):
 
 
 def test_accuracy_plot_styles_and_legend_outside_the_data():
-    from vidpress.evaluation.testbed import bench_names
+    from vidpress.evaluation.testbed import default_names
     from vidpress.evaluation.testbed_plots import figure, press_styles
 
-    names = bench_names()
+    names = default_names()  # every row of the default run (the "+fca" rows come on request)
     rows = [{"press": FULL, "retention": 1.0, "effective_retention": 1.0, "accuracy": 0.9, "evidence_recall": 1.0,
              "examples": 6, "accuracy_ci": [0.8, 0.95]}]
     rows += [{"press": name, "retention": r, "effective_retention": r, "accuracy": 0.5, "evidence_recall": 0.5,
@@ -248,8 +248,8 @@ def test_accuracy_plot_styles_and_legend_outside_the_data():
         assert [c.get_label() for c in containers] == names
         lines = [c.lines[0] for c in containers]
         styles = {(line.get_color() if isinstance(line.get_color(), str) else tuple(line.get_color()),
-                   line.get_marker()) for line in lines}
-        assert len({s[0] for s in styles}) == len(names) and len({s[1] for s in styles}) == len(names)
+                   line.get_marker(), line.get_linestyle()) for line in lines}
+        assert len({s[0] for s in styles}) == len(names) and len({s[1:] for s in styles}) == len(names)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     (legend,) = fig.legends

@@ -103,7 +103,7 @@ def test_eval_records_its_settings_and_refuses_other_ones(model_dir, tmp_path, c
     assert main(eval_args(model_dir, data, out, "--press", "random", "--limit", "3")) == 0
     settings = json.loads((out / "run.json").read_text())
     assert settings["data"] == str(data.resolve()) and settings["model"] == str(Path(model_dir).resolve())
-    assert settings["press_knobs"] == {"seed": 0} and settings["policy"] is None
+    assert settings["press_knobs"] == {"seed": 0, "frame_budgets": None} and settings["policy"] is None
     capsys.readouterr()
 
     # The same questions from another data folder: refused before the model loads, naming the folders.

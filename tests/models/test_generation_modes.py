@@ -41,8 +41,10 @@ MODES = {
 }
 # Sampling draws one random number stream for the whole batch, so per-sample runs legitimately differ.
 DETERMINISTIC = [m for m in MODES if m not in ("sample", "return_sequences")]
-#: the registered in-LLM presses besides FastV (which runs as "llm"), each a kind of its own
-OTHER_IN_LLM = [name for name, cls in sorted(presses.PRESSES.items()) if cls.acts_in_llm and cls is not FastVPress]
+#: the registered presses acting only inside the LLM besides FastV (which runs as "llm"), each a kind of its own; those
+#: that also prune before the LLM (FlashVID, HoliTom) cannot keep everything by their stages alone: OTHER_PATHS below
+OTHER_IN_LLM = [name for name, cls in sorted(presses.PRESSES.items())
+                if cls.acts_in_llm and not cls.prunes_before_llm and cls is not FastVPress]
 KINDS = ["pre", "llm", *OTHER_IN_LLM]
 
 

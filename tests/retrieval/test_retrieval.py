@@ -310,7 +310,8 @@ def test_profile_reports_the_vision_encoder_saving(tmp_path, capsys):
     assert retrieval["visual_tokens_retrieved"] * 4 == retrieval["visual_tokens_full"]
     assert 3.5 < retrieval["vision_flops_full"] / retrieval["vision_flops_retrieved"] < 4.5
     assert retrieval["index_ms"] > 0 and retrieval["query_ms"] > 0 and retrieval["index_flops"] > 0
-    assert retrieval["setup"]["retrieve"] == 1 and set(data) == {"full", "pressed", "retrieval"}
+    assert retrieval["setup"]["retrieve"] == 1 and set(data) == {"full", "pressed", "retrieval", "prefill_speedup",
+                                                                 "prefill_speedups"}
 
 
 def test_profile_retrieve_with_a_clip_embedder_on_a_video_file(dual_encoders, capsys):

@@ -111,6 +111,9 @@ class SparseVLMPress(LayerPress):
 
     def __post_init__(self):
         super().__post_init__()
+        if isinstance(self.layers, (str, bytes)) or not isinstance(self.layers, (list, tuple)):
+            raise ValueError(f"layers must be a list of increasing layer indices >= 0 (0-based pruning layers); got "
+                             f"{self.layers!r}")
         self.layers = tuple(self.layers)
         if not self.layers or any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in self.layers) \
                 or list(self.layers) != sorted(set(self.layers)):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vidpress.presses.base import Press, register
-from vidpress.types import Query, Selection, VideoTokens
+from vidpress.types import Query, Selection, VideoTokens, check_number
 
 
 @dataclass
@@ -66,11 +66,11 @@ class STCPress(Press):
         super().__post_init__()
         if isinstance(self.chunk_frames, bool) or not isinstance(self.chunk_frames, int) or self.chunk_frames < 1:
             raise ValueError(f"chunk_frames must be a positive integer; got {self.chunk_frames!r}")
-        if not 0 < self.channel_ratio <= 1:
-            raise ValueError(f"channel_ratio must be in (0, 1]; got {self.channel_ratio!r}")
-        self.alphas = tuple(float(a) for a in self.alphas)
-        if not self.alphas or not all(a > 0 for a in self.alphas):
-            raise ValueError(f"alphas must be a non-empty list of positive kernel bandwidths; got {self.alphas!r}")
+        check_number("channel_ratio", self.channel_ratio, "a number in (0, 1]", lambda v: 0 < v <= 1)
+        accepted = "a non-empty list of positive kernel bandwidths (numbers > 0)"
+        if isinstance(self.alphas, (str, bytes)) or not isinstance(self.alphas, (list, tuple)) or not self.alphas:
+            raise ValueError(f"alphas must be {accepted}; got {self.alphas!r}")
+        self.alphas = tuple(check_number("alphas", a, accepted, lambda v: v > 0) for a in self.alphas)
 
     def stream_memory(self) -> STCMemory:
         return STCMemory()
