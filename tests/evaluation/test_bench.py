@@ -75,6 +75,9 @@ def test_rows_at_the_floor_run_once_and_equal_a_run_of_their_own(reference):
         [{k: r[k] for k in r if k != "retention"} for r in grid[("fastv", 0.25)][1]]
     assert [(r["answer"], r["kept_tokens"]) for r in copied[1]] == [(r["answer"], r["kept_tokens"]) for r in own[1]]
     assert calls == [FULL, "fastv", "fastv"]
+    # two rows copying one (each copy is finished once, also when the first copy's finish reaches the second)
+    three = run_grid(model, processor, examples, ["fastv"], [0.25, 0.15, 0.1], batch_size=4, progress=False)
+    assert [three[("fastv", r)][0]["accuracy"] for r in (0.25, 0.15, 0.1)] == [copied[0]["accuracy"]] * 3
 
 
 def test_bench_command(tmp_path, capsys):

@@ -387,8 +387,8 @@ def run_grid(model, processor, examples, press_names, retentions, batch_size: in
             on_row(row, records)
         bar.update()
         for copy, source in list(copies.items()):
-            if source in results:
-                del copies[copy]
+            # pop: a copy finished by the recursive call of an earlier copy is gone from `copies` by now
+            if source in results and copies.pop(copy, None) is not None:
                 finish(copy, results[source][0], results[source][1])
 
     for key in [c for c, source in copies.items() if source in results]:  # copies of rows done before
