@@ -241,15 +241,20 @@ class LayerPruner:
         hidden = self.press.fold_pruned(hidden, keep, frame)  # merging presses (HoliTom) fold the pruned tokens in
         gather, valid = repad_index(keep, self.left)
         hidden = hidden.gather(1, gather[..., None].expand(-1, -1, hidden.shape[-1])) * valid[..., None]
-        self.index, self.valid = self.index.gather(1, gather), valid
-        self.stage_state[layer_index] = (self.index, self.valid)
-        kept = int((self.owner.gather(1, self.index) >= 0).logical_and(valid)[:: self.copies].sum())
+        self.end_stage(layer_index, self.index.gather(1, gather), valid)
+        return hidden
+
+    def end_stage(self, layer_index: int, index: torch.Tensor, valid: torch.Tensor) -> None:
+        """After the stage at `layer_index` cut the sequence to `index` / `valid` [rows, L']: keep them for the
+        layers after it, count the frame tokens those layers process, and finish after the last stage."""
+        self.index, self.valid = index, valid
+        self.stage_state[layer_index] = (index, valid)
+        kept = int((self.owner.gather(1, index) >= 0).logical_and(valid)[:: self.copies].sum())
         for layer in range(layer_index, len(self.layers)):
             self.layer_tokens[layer] = kept
         self.scores = None
         if layer_index == self.stages[-1][0]:
             self._finish()
-        return hidden
 
     def frame_tokens_kept(self, layer_index: int, frame: torch.Tensor) -> torch.Tensor:
         """[rows, L'] mask of the frame tokens (`frame`, [rows, L'] over the current sequence) the stage at

@@ -319,14 +319,8 @@ class SparseVLMPruner(LayerPruner):
             rows_hidden.append(torch.cat([hidden[row, places[:split]], merged, hidden[row, places[split:]]]))
             recycled.append(self.index[row, centres])
         self.recycled[layer_index] = recycled[:: self.copies]
-        self.index, self.valid, hidden = self._pad(rows_index, rows_hidden)
-        self.stage_state[layer_index] = (self.index, self.valid)
-        kept = int((self.owner.gather(1, self.index) >= 0).logical_and(self.valid)[:: self.copies].sum())
-        for layer in range(layer_index, len(self.layers)):
-            self.layer_tokens[layer] = kept
-        self.scores = None
-        if layer_index == self.stages[-1][0]:
-            self._finish()
+        index, valid, hidden = self._pad(rows_index, rows_hidden)
+        self.end_stage(layer_index, index, valid)
         return hidden
 
     def _pad(self, rows_index: list[torch.Tensor], rows_hidden: list[torch.Tensor]):
