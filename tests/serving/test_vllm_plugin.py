@@ -190,6 +190,20 @@ def test_presses_match_transformers(model_dir, hf_model, family):
     assert not failures, failures
 
 
+def served_and_encoded(llm, model, processor, seed):
+    """One square tiny video (seeded) through the served Qwen3-VL and through transformers' encoder: (the served
+    kept indices [K], the video's grid [t, h, w], transformers' merged features [N, D] and its DeepStack levels)."""
+    num_frames, height, width, fps = SHAPES["square"]
+    frames = tiny_video(num_frames, height, width, seed=seed)
+    run(llm, processor, frames, fps)
+    keep = last_keep(llm)[0].cpu()
+    inputs = make_inputs(processor, [frames], QUESTION, fps=fps)
+    with torch.no_grad():
+        out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True)
+    levels = [level[0] for level in out.deepstack_features]
+    return keep, inputs["video_grid_thw"][0].tolist(), out.pooler_output[0], levels
+
+
 def test_vidcom2_reproduces_vllm_vidcom2_on_qwen3(model_dir, hf_model):
     """With score_deepstack (the features vLLM scores) and vLLM's VidCom2 count, the vidcom2 press keeps exactly the
     tokens of vLLM's own VidCom2 mask, computed here from transformers' encoder output of the same video."""
@@ -197,17 +211,10 @@ def test_vidcom2_reproduces_vllm_vidcom2_on_qwen3(model_dir, hf_model):
 
     llm = engine(model_dir, "qwen3_vl", press="vidcom2", method="vidcom2", score_deepstack=True)
     model, processor = hf_model("qwen3_vl")
-    num_frames, height, width, fps = SHAPES["square"]
+    num_frames, height, width, _ = SHAPES["square"]
     for seed in range(3):
-        frames = tiny_video(num_frames, height, width, seed=100 + seed)
-        run(llm, processor, frames, fps)
-        keep = last_keep(llm)[0].cpu()
-        inputs = make_inputs(processor, [frames], QUESTION, fps=fps)
-        with torch.no_grad():
-            out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"],
-                                                 return_dict=True)
-        rows = torch.cat([out.pooler_output[0], *[level[0] for level in out.deepstack_features]], -1)  # [N, 4D]
-        mask = vidcom2.compute_retention_mask(rows, inputs["video_grid_thw"][0].tolist(), 2, RATE)
+        keep, grid, main, levels = served_and_encoded(llm, model, processor, seed=100 + seed)
+        mask = vidcom2.compute_retention_mask(torch.cat([main, *levels], -1), grid, 2, RATE)  # rows [N, 4D]
         assert keep.numel() == int(mask.sum()) == contract("vidcom2", (num_frames // 2, height // 28, width // 28))
         assert torch.equal(keep, mask.nonzero().squeeze(1)), seed
 
@@ -223,19 +230,11 @@ def test_evs_reproduces_vllm_evs_on_qwen3(model_dir, hf_model):
 
     llm = engine(model_dir, "qwen3_vl", press="evs", method="evs", score_deepstack=True)
     model, processor = hf_model("qwen3_vl")
-    num_frames, height, width, fps = SHAPES["square"]
+    num_frames, height, width, _ = SHAPES["square"]
     T, h, w = num_frames // 2, height // 28, width // 28
     for seed in range(3):
-        frames = tiny_video(num_frames, height, width, seed=200 + seed)
-        run(llm, processor, frames, fps)
-        keep = last_keep(llm)[0].cpu()
-        inputs = make_inputs(processor, [frames], QUESTION, fps=fps)
-        with torch.no_grad():
-            out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"],
-                                                 return_dict=True)
-        main = out.pooler_output[0]
-        levels = [level[0] for level in out.deepstack_features]
-        mask = evs.compute_retention_mask(torch.cat([main, *levels], -1), inputs["video_grid_thw"][0].tolist(), 2, RATE)
+        keep, grid, main, levels = served_and_encoded(llm, model, processor, seed=200 + seed)
+        mask = evs.compute_retention_mask(torch.cat([main, *levels], -1), grid, 2, RATE)
         offline = get("evs", retention=1 - RATE).select(VideoTokens(
             main.reshape(T, h * w, -1), (T, h, w),
             side_features={f"deepstack.{i}": level.reshape(T, h * w, -1) for i, level in enumerate(levels)}))
