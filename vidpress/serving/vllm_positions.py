@@ -43,7 +43,7 @@ class MediaItem:
 def grid_positions(grid: tuple[int, int, int], interval: float = 1.0) -> torch.Tensor:
     """(t, h, w) positions [3, t * rows * cols] of a grid starting at 0, raster order (t, then h, then w)."""
     t, rows, cols = grid
-    temporal = (torch.arange(t, dtype=torch.float64) * interval).long()
+    temporal = (torch.arange(t) * interval).long()  # float32 product, truncated: as transformers
     tt, hh, ww = torch.meshgrid(temporal, torch.arange(rows), torch.arange(cols), indexing="ij")
     return torch.stack([tt, hh, ww]).reshape(3, -1)
 
