@@ -193,7 +193,7 @@ def test_qwen2_5_vl_serves_every_media_mix(server):
     assert "knobs {'frame_budgets': None, 'compute_dtype': 'float32'}" in log
     lines = re.findall(r"vidpress: divprune kept (\d+) of (\d+) video tokens \(grid (\d+)x(\d+)x(\d+)\) in [\d.]+ ms",
                        log)
-    assert len(lines) >= 8, log[-3000:]  # one per video sent
+    assert len(lines) >= len(VIDEOS), log[-3000:]  # one per video encoded (vLLM caches a repeated video's encoding)
     for kept, total, t, h, w in (map(int, line) for line in lines):
         assert total == t * h * w and kept == max(h * w, int(total * (1 - RATE))), (kept, total, t, h, w)
 

@@ -14,8 +14,10 @@ Qwen2.5-VL / Qwen3-VL classes with that one step replaced: the press, run at ret
 its count is trimmed or topped up to the contract by the press's own scores (`select_exact`); kept tokens keep their
 original positions; merging presses put their merged features into the kept rows.
 
-Presses that cannot act at that step are refused when the model loads: query-aware ones (MARC, CaCoVID) do not get
-the question there, VisionZip needs attention inside the vision encoder, FastV / PDrop act inside the LLM.
+Presses that cannot act at that step are refused: query-aware ones (MARC, CaCoVID) do not get the question there,
+VisionZip needs attention inside the vision encoder, FastV / PDrop act inside the LLM. The configuration is checked
+while vLLM builds it, in the API server before any worker starts (`check_vllm_config`); the active press is logged
+there, and each pruned video's kept count and press time in the worker's log.
 
 This module imports vLLM only inside `register()` and `main()`; the model classes live in
 `vidpress.serving.vllm_models`.
