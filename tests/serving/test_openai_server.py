@@ -233,8 +233,9 @@ BAD_CONFIGS = {
                        "vidpress: press 'vidcom2' refuses {'tau': -1}: tau must be > 0"),
     "missing rate": (ARCH["qwen2_5_vl"], {"press": FIRST_WORKING}, None,
                      f"vidpress: press '{FIRST_WORKING}' needs --video-pruning-rate in (0, 1)"),
-    "rate out of range": (ARCH["qwen3_vl"], {"press": FIRST_WORKING}, 1.0,
-                          f"vidpress: press '{FIRST_WORKING}' needs --video-pruning-rate in (0, 1)"),
+    # 0 turns vLLM's pruning off (vLLM itself refuses a rate >= 1 or < 0 with its own one-line message)
+    "zero rate": (ARCH["qwen3_vl"], {"press": FIRST_WORKING}, 0.0,
+                  f"vidpress: press '{FIRST_WORKING}' needs --video-pruning-rate in (0, 1)"),
     "retention given": (ARCH["qwen2_5_vl"], {"press": FIRST_WORKING, "retention": 0.3}, RATE,
                         "vidpress: the retention comes from --video-pruning-rate"),
     "no vidpress architecture": (None, {"press": FIRST_WORKING}, RATE,
