@@ -148,8 +148,8 @@ class VidpressQwen2_5_VLForConditionalGeneration(_TransformersPositions, _Presse
             # transformers multiplies by the float, so positions follow transformers here.
             second = 1.0 if seconds is None else float(seconds[v])
             positions = evs.compute_mrope_for_media((t, h, w), merge, tokens_per_second, second)
-            # Channel 3 is how far the text after the video moves on. vLLM writes the grid width there; transformers
-            # moves on by max(rows, cols), so the two disagree for portrait frames. Follow transformers.
+            # Channel 3 (vLLM's step to the text after the video) is not read: `_TransformersPositions` places the
+            # text as transformers does; kept equal to that step, max(rows, cols), for any reader of the channels.
             positions[:, 3] = max(rows, cols)
             out.append(torch.cat([kept, positions.to(emb.device)[mask].to(kept.dtype)], dim=1))
             keeps.append(mask.nonzero().squeeze(1))
