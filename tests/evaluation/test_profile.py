@@ -10,7 +10,7 @@ from vidpress.evaluation import checkpoints
 from vidpress.evaluation.profiler import profile
 from vidpress.testing import make_inputs, tiny_video
 
-FIELDS = {"vision_ms", "press_ms", "llm_prefill_ms", "decode_ms_per_token", "visual_tokens", "sequence_length",
+FIELDS = {"vision_ms", "press_ms", "llm_prefill_ms", "decode_ms_per_token", "generate_ms", "visual_tokens", "sequence_length",
           "peak_mem_mb", "flops"}
 
 
@@ -28,6 +28,9 @@ def test_profile_measures_both_sides(tiny_model):
     assert 1.5 < flops_ratio < full.sequence_length / pressed.sequence_length + 0.5
     times = (full.llm_prefill_ms, pressed.llm_prefill_ms, full.decode_ms_per_token, pressed.decode_ms_per_token)
     assert all(t > 0 for t in times)
+    # One generate call holds a prefill and decode_tokens - 1 decode steps.
+    for side in (full, pressed):
+        assert side.generate_ms > side.decode_ms_per_token * 2
     assert result.sequence_ratio == pytest.approx(full.sequence_length / pressed.sequence_length)
     assert result.prefill_speedups == [pytest.approx(full.llm_prefill_ms / pressed.llm_prefill_ms)]
 
