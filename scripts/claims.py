@@ -231,7 +231,8 @@ def marc_rows(bench: dict | None, bench_path: Path, long_bench: dict | None, lon
     if pipeline is None:
         rows.append([name, CLAIM["marc-efficiency"], "visual tokens, memory and latency of retrieve-then-compress "
                      "against all frames, Qwen2.5-VL-3B shapes", NOT_MEASURED,
-                     "`vidpress profile --config qwen2.5-vl-3b --press marc --retrieve 3 --pipeline --json "
+                     "`vidpress profile --config qwen2.5-vl-3b --layers 2 --vision-layers 2 --frames 64 --resolution 224 "
+                     "--press marc --retention 0.03125 --retrieve 3 --pipeline --repeats 3 --json "
                      f"{rel(pipeline_path)}`", ""])
         return rows
     full, retrieved, setup = pipeline["full"], pipeline["retrieved"], pipeline["setup"]
@@ -330,7 +331,9 @@ def stream_section(args) -> str:
     data = load(path)
     if data is None:
         return (f"{START}\n### One chunk at published shapes (`vidpress profile --stream`)\n\n{NOT_MEASURED}: "
-                f"run `vidpress profile --config qwen2.5-vl-7b --stream N --json {rel(path)}`, then "
+                "run `vidpress profile --config qwen2.5-vl-7b --layers 2 --vision-layers 2 --stream 6 --chunk-frames 2 "
+                "--resolution 448 --press stc --retention 0.25 --memory-tokens 256 --decode-tokens 4 --json "
+                f"{rel(path)}` (about 6.5 GB of memory in float32), then "
                 f"`python scripts/claims.py`.\n{END}")
     stream, setup = data["stream"], data["stream"]["setup"]
     medians = stream["stage_ms_median"]

@@ -43,7 +43,7 @@ def test_missing_inputs_are_not_measured_yet_and_present_ones_are_read(tmp_path)
     text = page.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "arXiv" in line]
     assert len(rows) == 9 and all("not measured yet" in row for row in rows)
-    assert "not measured yet: run `vidpress profile --config qwen2.5-vl-7b --stream" in streaming.read_text()
+    assert "not measured yet: run `vidpress profile --config qwen2.5-vl-7b --layers 2" in streaming.read_text()
 
     bench, long_bench = tmp_path / "bench.json", tmp_path / "long.json"
     bench.write_text(json.dumps(bench_results([("none", 1.0, 0.8), ("vidcom2", 0.25, 0.7), ("marc", 0.125, 0.4)])))
