@@ -231,8 +231,8 @@ def marc_rows(bench: dict | None, bench_path: Path, long_bench: dict | None, lon
     if pipeline is None:
         rows.append([name, CLAIM["marc-efficiency"], "visual tokens, memory and latency of retrieve-then-compress "
                      "against all frames, Qwen2.5-VL-3B shapes", NOT_MEASURED,
-                     "`vidpress profile --config qwen2.5-vl-3b --layers 2 --vision-layers 2 --frames 64 --resolution 224 "
-                     "--press marc --retention 0.03125 --retrieve 3 --pipeline --repeats 3 --json "
+                     "`vidpress profile --config qwen2.5-vl-3b --layers 2 --vision-layers 2 --frames 64 "
+                     "--resolution 224 --press marc --retention 0.03125 --retrieve 3 --pipeline --repeats 3 --json "
                      f"{rel(pipeline_path)}`", ""])
         return rows
     full, retrieved, setup = pipeline["full"], pipeline["retrieved"], pipeline["setup"]
