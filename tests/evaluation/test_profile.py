@@ -10,8 +10,8 @@ from vidpress.evaluation import checkpoints
 from vidpress.evaluation.profiler import profile
 from vidpress.testing import make_inputs, tiny_video
 
-FIELDS = {"vision_ms", "press_ms", "llm_prefill_ms", "decode_ms_per_token", "visual_tokens", "sequence_length",
-          "peak_mem_mb", "flops"}
+FIELDS = {"vision_ms", "press_ms", "llm_prefill_ms", "decode_ms_per_token", "generate_ms", "visual_tokens",
+          "sequence_length", "peak_mem_mb", "flops"}
 
 
 def test_profile_measures_both_sides(tiny_model):
@@ -28,6 +28,9 @@ def test_profile_measures_both_sides(tiny_model):
     assert 1.5 < flops_ratio < full.sequence_length / pressed.sequence_length + 0.5
     times = (full.llm_prefill_ms, pressed.llm_prefill_ms, full.decode_ms_per_token, pressed.decode_ms_per_token)
     assert all(t > 0 for t in times)
+    # One generate call holds a prefill and decode_tokens - 1 decode steps.
+    for side in (full, pressed):
+        assert side.generate_ms > side.decode_ms_per_token * 2
     assert result.sequence_ratio == pytest.approx(full.sequence_length / pressed.sequence_length)
     assert result.prefill_speedups == [pytest.approx(full.llm_prefill_ms / pressed.llm_prefill_ms)]
 
@@ -105,3 +108,69 @@ def test_a_model_too_large_for_memory_is_refused_before_allocating(monkeypatch):
     with pytest.raises(ValueError,
                        match=r"qwen2.5-vl-3b with 36 decoder layers needs 14.0 GiB .* 1.0 GiB are available"):
         checkpoints.build("qwen2.5-vl-3b")
+
+
+@pytest.mark.slow
+def test_profile_pipeline_retrieves_before_the_encoder_then_presses_to_a_share_of_the_full_video(tmp_path, capsys):
+    """--pipeline: all 16 frames (8 groups x 16 tokens) against the top-1 of 4 scenes (4 frames, 32 tokens) merged
+    by MarcPress to 0.125 of the FULL video's 128 tokens: one frame's 16 tokens."""
+    path = tmp_path / "pipeline.json"
+    argv = ["profile", "--frames", "16", "--resolution", "112", "--repeats", "1", "--retrieve", "1", "--pipeline",
+            "--press", "marc", "--retention", "0.125", "--json", str(path), "--quiet"]
+    assert main(argv) == 0
+    assert "retrieve-then-press: top-1 of 4 event clips" in capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert set(data) == {"pipeline"}
+    pipeline = data["pipeline"]
+    full, retrieved = pipeline["full"], pipeline["retrieved"]
+    assert (full["frames_encoded"], retrieved["frames_encoded"]) == (16, 4)
+    assert (full["visual_tokens_encoded"], retrieved["visual_tokens_encoded"]) == (128, 32)
+    assert (full["visual_tokens"], retrieved["visual_tokens"]) == (128, 16)
+    assert full["sequence_length"] - retrieved["sequence_length"] == 128 - 16
+    assert 3.5 < full["vision_flops"] / retrieved["vision_flops"] < 4.5
+    assert full["llm_prefill_flops"] > 3 * retrieved["llm_prefill_flops"]
+    assert full["retrieve_ms"] == full["press_ms"] == 0 and retrieved["retrieve_ms"] > 0 and retrieved["press_ms"] > 0
+    for side in (full, retrieved):
+        stages = side["retrieve_ms"] + side["vision_ms"] + side["press_ms"] + side["llm_prefill_ms"]
+        assert side["total_ms"] == pytest.approx(stages)
+    assert pipeline["clips"] == 4 and pipeline["clips_retrieved"] == 1 and pipeline["index_ms"] > 0
+    assert len(pipeline["prefill_speedups"]) == 1 and pipeline["setup"]["load_average"]
+
+
+def test_profile_pipeline_refuses_a_press_inside_the_llm(tiny_model):
+    from vidpress.evaluation.profiler import profile_pipeline
+
+    model, processor = tiny_model("qwen2_5_vl", "sdpa")
+    with pytest.raises(ValueError, match="fastv acts inside the LLM"):
+        profile_pipeline(model, processor, retriever=None, press=presses.get("fastv", retention=0.5),
+                         frames=tiny_video(8, 56, 56), question="What?", retention=0.5)
+
+
+def test_profile_stream_times_each_stage_of_each_chunk(tmp_path, capsys):
+    """--stream 3: three timed chunks of 2 frames (1 group of 4 tokens each, 2 kept by STC at 0.5) with a cap of 5
+    visual tokens, so the third chunk evicts."""
+    path = tmp_path / "stream.json"
+    argv = ["profile", "--stream", "3", "--resolution", "56", "--frames", "2", "--press", "stc", "--retention", "0.5",
+            "--memory-tokens", "5", "--decode-tokens", "2", "--json", str(path), "--quiet"]
+    assert main(argv) == 0
+    assert "prefill-append" in capsys.readouterr().out
+    stream = json.loads(path.read_text())["stream"]
+    assert stream["chunks"] == 3 and stream["chunk_frames"] == 2
+    assert (stream["visual_tokens_per_chunk"], stream["kept_tokens_per_chunk"]) == (4, 2)
+    assert all(len(stream["stage_ms"][stage]) == 3 for stage in ("encode", "press", "evict", "prefill", "ask"))
+    assert all(ms > 0 for stage in ("encode", "press", "prefill", "ask") for ms in stream["stage_ms"][stage])
+    assert stream["visual_tokens_in_memory"] <= 5
+    assert stream["kv_cache_mb"] == pytest.approx(stream["kv_cache_mb_per_layer"] * stream["layers"])
+    assert stream["chunk_ms"] == pytest.approx(sum(stream["stage_ms_median"][s]
+                                                   for s in ("encode", "press", "evict", "prefill")))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pipeline"], "--pipeline profiles retrieve-then-press: pass --retrieve K too"),
+    (["--stream", "2", "--retrieve", "1"], "it does not take --retrieve or --video"),
+    (["--stream", "0"], "--stream must be a positive integer"),
+    (["--stream", "2", "--memory-tokens", "0"], "--memory-tokens must be a positive integer"),
+])
+def test_profile_pipeline_and_stream_bad_options(argv, message, capsys):
+    assert main(["profile", "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err

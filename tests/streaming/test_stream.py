@@ -250,3 +250,20 @@ def test_any_pre_llm_press_presses_each_chunk_alone(tiny_model):
         tokens = adapter.video_layouts(adapter.encode("video", inputs), inputs)[0].tokens
     keep = VidCom2Press(retention=0.5).select(tokens).keep_indices
     torch.testing.assert_close(stream.visual_features[:2], tokens.features.reshape(4, -1)[keep].float())
+
+
+def test_stats_time_each_stage_of_each_chunk_and_question(tiny_model):
+    model, processor = tiny_model("qwen2_5_vl")
+    stream = stream_clip(model, processor, tiny_video(6), memory_tokens=4)
+    stream.ask(QUESTION, max_new_tokens=2)
+    times = {stage: stream.stage_times(stage) for stage in ("encode", "press", "evict", "prefill", "ask")}
+    assert [len(t) for t in times.values()] == [3, 3, 3, 3, 1]
+    assert all(ms > 0 for stage in ("encode", "prefill", "ask") for ms in times[stage])
+    # the stage laps partition the chunk: together they stay within its measured wall time
+    chunk_ms = list(stream._stats.ms_per_chunk)
+    assert all(sum(times[s][c] for s in ("encode", "press", "evict", "prefill")) <= chunk_ms[c] + 1e-6
+               for c in range(3))
+    medians = stream.stats()["stage_ms_median"]
+    assert set(medians) == set(times) and medians["ask"] == times["ask"][0]
+    with pytest.raises(ValueError, match="unknown stage 'decode'; accepted: encode, press, evict, prefill, ask"):
+        stream.stage_times("decode")

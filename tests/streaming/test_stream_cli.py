@@ -20,6 +20,8 @@ def test_stream_cli_answers_at_stream_times(tiny_cache, tiny_model, capsys):
     stats = dict(part.rsplit(" ", 1) for part in out.split("stats: ")[1].strip().split(", "))
     assert stats["chunks"] == "5" and stats["frames"] == "10" and stats["questions"] == "2"
     assert int(stats["visual_tokens_in_memory"]) <= 120
+    stages = out.split("ms per stage (median): ")[1].splitlines()[0].split(", ")
+    assert [part.split(" ")[0] for part in stages] == ["encode", "press", "evict", "prefill", "ask"]
 
 
 def test_chunks_follow_the_source_clock():

@@ -50,9 +50,26 @@ def add_parser(subparsers) -> None:
     command.add_argument("--decode-tokens", type=int, default=16,
                          help="tokens generated to time decoding (default: %(default)s)")
     runtime_options(command, dtype="float32")
-    command.add_argument("--json", help="write {\"full\": {...}, \"pressed\": {...}} (and \"retrieval\") to this file")
+    command.add_argument("--json", help="write {\"full\": {...}, \"pressed\": {...}} (and \"retrieval\"; with "
+                         "--pipeline: {\"pipeline\": {...}}; with --stream: {\"stream\": {...}}) to this file")
     retrieve_options(command, "also report the vision encoder's frames, time and FLOPs with all frames and with only "
                       "the frames of the top-K event clips (MARC's retrieval), and the retrieval step's own cost")
+    command.add_argument("--pipeline", action="store_true",
+                         help="with --retrieve: profile MARC's retrieve-then-press end to end instead (retrieve the "
+                         "top-K clips' frames before the vision encoder, encode only them, press them to --retention "
+                         "of the FULL video's visual tokens, prefill) against every frame and every token, stage by "
+                         "stage; JSON key \"pipeline\". With --press marc, MarcPress's own token-level retrieval is "
+                         "turned off (the frames are already retrieved)")
+    command.add_argument("--stream", type=int, metavar="N",
+                         help="profile a VideoStream instead: N chunks of --chunk-frames frames appended one by one "
+                         "(encode, press, evict, prefill-append) with a question after each (--decode-tokens greedy "
+                         "tokens), after a warm-up chunk and question on a stream that is then reset; JSON key "
+                         "\"stream\". The press must act before the LLM "
+                         "without reading the question (e.g. stc, vidcom2)")
+    command.add_argument("--chunk-frames", type=int, default=2, help="frames per chunk for --stream (default: "
+                         "%(default)s, 1 s at 2 fps)")
+    command.add_argument("--memory-tokens", type=int, help="the stream's cap on visual tokens for --stream (default: "
+                         "none)")
     command.add_argument("--quiet", action="store_true", help="no progress bar")
     command.set_defaults(run=run)
 
@@ -60,13 +77,23 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import dataclasses
     import json
+    import os
 
     import numpy as np
     import torch
 
     from vidpress import video
     from vidpress.evaluation import checkpoints
-    from vidpress.evaluation.profiler import format_profile, format_retrieval, profile, profile_retrieval
+    from vidpress.evaluation.profiler import (
+        format_pipeline,
+        format_profile,
+        format_retrieval,
+        format_stream,
+        profile,
+        profile_pipeline,
+        profile_retrieval,
+        profile_stream,
+    )
     from vidpress.inputs import build_inputs, video_inputs
     from vidpress.loading import build_press, load_model
     from vidpress.timing import load_warning
@@ -79,6 +106,13 @@ def run(args) -> int:
     if args.model and (args.layers is not None or args.vision_layers is not None):
         raise ValueError("--layers / --vision-layers scale a --config's random model; they do not apply to --model")
     check_retrieve(args)
+    if args.pipeline and args.retrieve is None:
+        raise ValueError("--pipeline profiles retrieve-then-press: pass --retrieve K too")
+    if args.stream is not None and (args.retrieve is not None or args.video):
+        raise ValueError("--stream profiles a stream of synthetic frames; it does not take --retrieve or --video")
+    for name in ("stream", "chunk_frames", "memory_tokens"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
     if not args.model:  # the depth is known before the model is built: check a press acting inside the LLM now
         check_layer_press(press, checkpoints.depths(args.config, args.layers, args.vision_layers)[0], args)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
@@ -117,11 +151,30 @@ def run(args) -> int:
         print(warning, file=sys.stderr)
     print(f"{described}\n{source}; press {args.press} at retention {args.retention:g}; {args.device}, {args.dtype}, "
           f"{args.attn} attention, {torch.get_num_threads()} threads", flush=True)
-    result = profile(model, inputs, press, repeats=args.repeats, decode_tokens=args.decode_tokens,
-                     progress=not args.quiet)
-    print(format_profile(result))
-    retrieval = None
-    if args.retrieve is not None:
+    load_start = os.getloadavg()
+    result = retrieval = pipeline = stream = None
+    if args.stream is not None:
+        frames = tiny_video(args.stream * args.chunk_frames, args.resolution, args.resolution)
+        stream = profile_stream(model, processor, press, frames, chunk_frames=args.chunk_frames,
+                                memory_tokens=args.memory_tokens, question=args.question,
+                                answer_tokens=args.decode_tokens, progress=not args.quiet)
+        print(format_stream(stream, f"{args.press} at {args.retention:g}"))
+    elif args.pipeline:
+        from vidpress.presses.marc import MarcPress
+
+        if isinstance(press, MarcPress):  # the frames are retrieved before the encoder: no second retrieval
+            press = dataclasses.replace(press, top_k=None)
+        retriever, embedder = make_retriever(args, model, processor)
+        pipeline = profile_pipeline(model, processor, retriever, press, frames, args.question, args.retention,
+                                    video=indexed, frame_indices=frame_indices, fps=fps, repeats=args.repeats,
+                                    progress=not args.quiet)
+        print(format_pipeline(pipeline, args.retrieve, f"{args.press} to {args.retention:g} of the full video's "
+                              f"visual tokens; embedder {embedder}"))
+    else:
+        result = profile(model, inputs, press, repeats=args.repeats, decode_tokens=args.decode_tokens,
+                         progress=not args.quiet)
+        print(format_profile(result))
+    if args.retrieve is not None and not args.pipeline:
         retriever, embedder = make_retriever(args, model, processor)
         retrieval = profile_retrieval(model, processor, retriever, frames, args.question, video=indexed,
                                       frame_indices=frame_indices, fps=fps, repeats=args.repeats,
@@ -133,8 +186,15 @@ def run(args) -> int:
                  "resolution": None if args.video else args.resolution, "video": args.video, "press": args.press,
                  "retention": args.retention, "device": str(model.device),
                  "dtype": args.dtype, "attn": args.attn, "repeats": args.repeats, "threads": torch.get_num_threads(),
-                 "retrieve": args.retrieve, "embedder": args.embedder}
-        data = result.to_json(setup)
+                 "retrieve": args.retrieve, "embedder": args.embedder, "stream": args.stream,
+                 "chunk_frames": args.chunk_frames, "memory_tokens": args.memory_tokens,
+                 "decode_tokens": args.decode_tokens,
+                 # the machine's 1-minute load average when profiling started and ended (timings under load)
+                 "load_average": [round(load_start[0], 2), round(os.getloadavg()[0], 2)]}
+        if result is not None:
+            data = result.to_json(setup)
+        else:
+            data = {"pipeline": pipeline.to_json(setup)} if pipeline is not None else {"stream": stream.to_json(setup)}
         if retrieval is not None:
             data["retrieval"] = {**dataclasses.asdict(retrieval), "setup": setup}
         path = Path(args.json)

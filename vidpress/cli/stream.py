@@ -86,5 +86,7 @@ def run(args) -> int:
         for when, question in questions:
             answer(when, question, now)
     stats = stream.stats()
+    stages = stats.pop("stage_ms_median")
+    print("ms per stage (median): " + ", ".join(f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in stages.items()))
     print("stats: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
     return 1 if failed else 0

@@ -35,6 +35,25 @@ from vidpress.streaming.stc import STCEncoderCache
 
 # What each cache slot holds.
 PREFIX, VISUAL, CHUNK_TEXT = 0, 1, 2
+STAGES = ("encode", "press", "evict", "prefill", "ask")
+
+
+class _Clock:
+    """Wall ms since the last `lap` (CUDA work finished first, so a stage is charged its own kernels)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.last = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self._now()
+        elapsed, self.last = (now - self.last) * 1000, now
+        return elapsed
 
 
 @dataclass
@@ -65,6 +84,9 @@ class StreamStats:
     encoder_work_saved: float = 0.0
     #: the latest chunks' wall times (a bounded window, so a stream's state stays constant-size)
     ms_per_chunk: deque = field(default_factory=lambda: deque(maxlen=1000))
+    #: the same window per stage: "encode" (vision encoder, STC's cache included), "press", "evict" (0 when
+    #: nothing left), "prefill" (appending the kept tokens to the cache), and "ask" (one question, end to end)
+    stage_ms: dict = field(default_factory=lambda: {stage: deque(maxlen=1000) for stage in STAGES})
     questions: int = 0
 
     def as_dict(self) -> dict:
@@ -76,6 +98,7 @@ class StreamStats:
             "visual_tokens_evicted": self.visual_tokens_evicted, "encoder_work_saved": self.encoder_work_saved,
             "ms_per_chunk_median": float(np.median(list(ms))) if ms else None,  # over the last 1000 chunks
             "ms_per_chunk_last": ms[-1] if ms else None, "questions": self.questions,
+            "stage_ms_median": {stage: float(np.median(list(v))) if v else None for stage, v in self.stage_ms.items()},
         }
 
 
@@ -220,7 +243,9 @@ class VideoStream:
         inputs = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         if inputs["pixel_values_videos"].is_floating_point():
             inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.model.dtype)
+        clock, stage_ms = _Clock(self.model.device), {}
         output, layout = self._encode(inputs)
+        stage_ms["encode"] = clock.lap()
         tokens = layout.tokens
         selection = (self.press.select_chunk(tokens, self.press_memory) if self.press is not None
                      else Press(retention=1.0).select(tokens))
@@ -253,8 +278,10 @@ class VideoStream:
             raise ValueError(f"one chunk brings {need} visual tokens, more than memory_tokens={self.memory_tokens}; "
                              "raise memory_tokens, send shorter chunks or press harder (lower retention)")
         packed = self.adapter.pack_videos(output, [rows], [kept])
+        stage_ms["press"] = clock.lap()
         if self.memory_tokens is not None and self.visual_tokens + need > self.memory_tokens:
             self._evict_for(need, kept.float().cpu(), frame_of_row)
+        stage_ms["evict"] = clock.lap()
         index = self._stats.chunks
         try:
             self._prefill(chunk_ids, chunk_positions, {"video": packed}, inputs)
@@ -262,6 +289,7 @@ class VideoStream:
             self.layout.next_text, self.layout.groups, self.layout.spatial = layout_before
             self._crop_to(int(self.slot_kind.numel()))
             raise
+        stage_ms["prefill"] = clock.lap()
         kinds = torch.full((chunk_ids.shape[1],), CHUNK_TEXT, dtype=torch.long)
         kinds[(chunk_ids[0] == self.adapter.video_token_id).cpu()] = VISUAL
         self._add_slots(kinds, index, chunk_ids[0].cpu(), chunk_positions)
@@ -282,6 +310,8 @@ class VideoStream:
         stats.frames += len(frames)
         stats.visual_tokens_seen += tokens.num_tokens
         stats.visual_tokens_pressed_out += tokens.num_tokens - selection.num_kept
+        for stage, ms in stage_ms.items():
+            stats.stage_ms[stage].append(ms)
         return need
 
     def _encode(self, inputs: dict):
@@ -400,6 +430,7 @@ class VideoStream:
         cropped back afterwards, so the stream continues exactly as before the question."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer; got {max_new_tokens!r}")
+        clock = _Clock(self.model.device)
         length = self.cache_length
         ids = self.template.question_ids(question).to(self.model.device)
         eos = self._eos_ids()
@@ -420,6 +451,7 @@ class VideoStream:
         finally:
             self._crop_to(length)
         self._stats.questions += 1
+        self._stats.stage_ms["ask"].append(clock.lap())
         return self.template.tokenizer.decode(answer, skip_special_tokens=True)
 
     def _eos_ids(self) -> set[int]:
@@ -433,8 +465,15 @@ class VideoStream:
             self._prefill(record.input_ids.to(self.model.device)[None], record.positions, {"video": record.packed},
                           {"video_grid_thw": record.grid})
 
+    def stage_times(self, stage: str) -> list[float]:
+        """The latest chunks' (or questions', for "ask") wall ms of `stage`, one of STAGES, oldest first."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; accepted: {', '.join(STAGES)}")
+        return list(self._stats.stage_ms[stage])
+
     def stats(self) -> dict:
         """Tokens in memory, evicted, pressed out, encoder work saved (share of vision-encoder work skipped by
-        STC's cache), ms per chunk (median, last), cache length."""
+        STC's cache), ms per chunk (median, last) and per stage (median: encode, press, evict, prefill, ask), cache
+        length."""
         self._stats.cache_tokens = self.cache_length
         return self._stats.as_dict()
