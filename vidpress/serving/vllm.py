@@ -31,6 +31,7 @@ import torch
 
 from vidpress import presses
 from vidpress.presses.base import Press
+from vidpress.serving.encoder_reuse import reuse_threshold_from
 from vidpress.types import VideoTokens
 
 logger = logging.getLogger("vidpress")
@@ -127,10 +128,13 @@ class ServingPress:
     score_deepstack: Qwen3-VL only: the press sees each token's main features concatenated with its DeepStack
         features (what vLLM's own EVS / VidCom2 score) instead of the main features alone (what
         `with press(model)` gives it in transformers).
+    encoder_reuse_threshold: None (off), or the pixel-change threshold below which a temporal group reuses its
+        reference group's vision-encoder output (`vidpress.serving.encoder_reuse`).
     """
 
     press: Press
     score_deepstack: bool = False
+    encoder_reuse_threshold: float | None = None
 
 
 def check_family(model_type: str, architecture: str | None = None) -> None:
@@ -159,6 +163,7 @@ def press_from_config(additional_config, model_type: str, video_pruning_rate: fl
         )
     settings = dict(settings)
     name = settings.pop("press")
+    encoder_reuse_threshold = reuse_threshold_from(settings)
     score_deepstack = settings.pop("score_deepstack", False)
     if not isinstance(score_deepstack, bool):
         raise ValueError(f"vidpress: score_deepstack must be true or false; got {score_deepstack!r}")
@@ -187,7 +192,7 @@ def press_from_config(additional_config, model_type: str, video_pruning_rate: fl
             f"sizes the prompt from it); got {video_pruning_rate!r}"
         )
     press = presses.get(key, retention=1.0 - float(video_pruning_rate), **settings)
-    return ServingPress(press, score_deepstack)
+    return ServingPress(press, score_deepstack, encoder_reuse_threshold)
 
 
 # -- the keep mask at vLLM's retained count -------------------------------------------------------------------

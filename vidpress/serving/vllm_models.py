@@ -25,6 +25,7 @@ from vllm.model_executor.models.qwen3_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.video_prune import evs, vidcom2
 
+from vidpress.serving.encoder_reuse import encode_with_reuse
 from vidpress.serving.vllm import check_family, press_from_config, select_exact
 from vidpress.types import VideoTokens
 
@@ -79,10 +80,35 @@ class _PressedVideo:
         self.vidpress_last_keep: list[torch.Tensor] = []  # kept indices [K] per video of the latest encoder batch
 
 
+class _ReusedEncoder:
+    """Encoder reuse (`"encoder_reuse_threshold"` in the vidpress settings; `vidpress.serving.encoder_reuse`): the
+    vision tower encodes only the temporal groups whose pixels changed; the others take their reference group's
+    features. Off (vLLM's own `_process_video_input`) without the setting, for precomputed embeddings and with
+    the data-parallel vision tower."""
+
+    def _process_video_input(self, video_input):
+        """Per video: encoder rows [T*M, D] (Qwen3-VL: main features then DeepStack levels), reused groups'
+        rows copied from their reference group; `vidpress_last_reuse` keeps each video's source groups [T]."""
+        threshold = self.vidpress.encoder_reuse_threshold
+        if threshold is None or video_input["type"] != "pixel_values_videos" or self.use_data_parallel:
+            self.vidpress_last_reuse = []
+            return super()._process_video_input(video_input)
+        grids = video_input["video_grid_thw"].tolist()
+        features, plans = encode_with_reuse(
+            lambda rows, sizes: self.visual(rows, grid_thw=sizes),
+            video_input["pixel_values_videos"],
+            grids,
+            self.visual.spatial_merge_size,
+            threshold,
+        )
+        self.vidpress_last_reuse = plans
+        return features
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     Qwen2_5_VLMultiModalProcessor, info=_Qwen2_5_VLInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
 )
-class VidpressQwen2_5_VLForConditionalGeneration(_PressedVideo, Qwen2_5_VLForConditionalGeneration):
+class VidpressQwen2_5_VLForConditionalGeneration(_PressedVideo, _ReusedEncoder, Qwen2_5_VLForConditionalGeneration):
     """Qwen2.5-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS contract)."""
 
     def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
@@ -113,7 +139,7 @@ class VidpressQwen2_5_VLForConditionalGeneration(_PressedVideo, Qwen2_5_VLForCon
 @MULTIMODAL_REGISTRY.register_processor(
     Qwen3VLMultiModalProcessor, info=_Qwen3VLInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
 )
-class VidpressQwen3VLForConditionalGeneration(_PressedVideo, Qwen3VLForConditionalGeneration):
+class VidpressQwen3VLForConditionalGeneration(_PressedVideo, _ReusedEncoder, Qwen3VLForConditionalGeneration):
     """Qwen3-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS or VidCom2 contract,
     by --video-pruning-method). DeepStack features of kept tokens are kept with them."""
 
