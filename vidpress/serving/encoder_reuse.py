@@ -72,21 +72,25 @@ def encode_with_reuse(
     grids: list[list[int]],
     merge: int,
     threshold: float,
+    normalized: torch.Tensor | None = None,
 ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]:
     """Encode the videos of one batch, reusing unchanged temporal groups.
 
     encode: the vision tower, (patch rows [R, C], grids [[t, h, w], ...]) -> features [sum t*h*w / merge^2, D].
-    pixel_values: every video's patch rows [sum t*h*w, C], grids: each video's (t, h, w) in patches.
+    pixel_values: every video's patch rows [sum t*h*w, C] as the tower takes them, grids: each video's (t, h, w)
+    in patches. normalized: the same rows as normalised float pixels, in which the threshold is stated (vLLM may
+    pass raw uint8 rows that its tower normalises); None: pixel_values are normalised already.
     Returns (features per video [t*h*w / merge^2, D], source per video [t] as in `reuse_plan`). When nothing is
     reused the tower runs once on the inputs as given (identical to the plain encoder).
     """
     unit = merge * merge
+    normalized = pixel_values if normalized is None else normalized
     plans, rows = [], []
     start = 0
     for t, h, w in grids:
         video = pixel_values[start : start + t * h * w].reshape(t, h * w, -1)
+        plans.append(reuse_plan(normalized[start : start + t * h * w].reshape(t, h * w, -1).float(), unit, threshold))
         start += t * h * w
-        plans.append(reuse_plan(video, unit, threshold))
         rows.append(video)
     if all(bool((plan == torch.arange(len(plan))).all()) for plan in plans):
         features = encode(pixel_values, grids)

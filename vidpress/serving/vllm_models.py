@@ -93,13 +93,16 @@ class _ReusedEncoder:
         if threshold is None or video_input["type"] != "pixel_values_videos" or self.use_data_parallel:
             self.vidpress_last_reuse = []
             return super()._process_video_input(video_input)
-        grids = video_input["video_grid_thw"].tolist()
+        pixels = video_input["pixel_values_videos"]
+        # vLLM may hand the tower raw uint8 rows that it normalises itself; the threshold is in normalised units
+        normalized = self.visual.input_norm(pixels, torch.float32)
         features, plans = encode_with_reuse(
             lambda rows, sizes: self.visual(rows, grid_thw=sizes),
-            video_input["pixel_values_videos"],
-            grids,
+            pixels,
+            video_input["video_grid_thw"].tolist(),
             self.visual.spatial_merge_size,
             threshold,
+            normalized,
         )
         self.vidpress_last_reuse = plans
         return features
