@@ -15,7 +15,7 @@ runs all its rounds back to back. The load average (`os.getloadavg`) is printed 
 
 Settings (`--settings`): `none` (the stock model, no pruning), `vllm-evs` (the stock model with vLLM's EVS at
 `--rate`), or a vidpress press with optional knobs, `NAME[:knob=value,...]`, e.g. `vidcom2` or
-`evs:encoder_reuse_threshold=0.1` (the knobs go into `--additional-config '{"vidpress": {...}}'`; values are read as
+`evs:encoder_reuse_threshold=0.05` (the knobs go into `--additional-config '{"vidpress": {...}}'`; values are read as
 JSON, else kept as strings). All pruned settings keep vLLM's EVS count max(M, int(N (1 - rate))).
 
 Videos (`--video`): `testbed` clips of the synthetic video-QA world (`vidpress.synthetic`: shapes on a static noisy
@@ -237,9 +237,9 @@ def spread(values) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=list(SIZES), default="30m", help="random-weight model size (default 30m)")
-    parser.add_argument("--settings", nargs="+", default=["vllm-evs", "vidcom2", "evs:encoder_reuse_threshold=0.1"],
+    parser.add_argument("--settings", nargs="+", default=["vllm-evs", "vidcom2", "evs:encoder_reuse_threshold=0.05"],
                         help="none | vllm-evs | PRESS[:knob=value,...] (default: vllm-evs vidcom2 "
-                             "evs:encoder_reuse_threshold=0.1)")
+                             "evs:encoder_reuse_threshold=0.05)")
     parser.add_argument("--baseline", default="vllm-evs", help="the setting ratios are computed against")
     parser.add_argument("--rate", type=float, default=0.75, help="video pruning rate of every pruned setting")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at most (default 8)")
