@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vidpress import VideoTokens, presses
-from vidpress.serving.vllm import applicable_presses, press_from_config, select_exact
+from vidpress.serving.vllm import applicable_presses, check_qwen3_media, press_from_config, press_knobs, select_exact
 
 # From the presses' declared flags: vLLM's pruning step runs after the vision encoder, without the question, before
 # the LLM. A new press lands on its side by what it declares.
@@ -132,3 +132,24 @@ def test_token_scores_are_declared_per_token_or_none(name):
     scores = presses.get(name, retention=0.25).token_scores(tokens)
     if scores is not None:
         assert scores.shape == (8, 16) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", WORKING)
+def test_unknown_knob_lists_the_press_knobs(name):
+    knobs = press_knobs(presses.PRESSES[name])
+    assert "retention" not in knobs
+    with pytest.raises(ValueError, match=f"press '{name}' has no knob 'bogus'; its knobs: " + ", ".join(knobs)):
+        press_from_config(config(name, bogus=1), "qwen2_5_vl", 0.5)
+    for knob in knobs:  # every listed knob is accepted with its default
+        press_from_config(config(name, **{knob: getattr(presses.get(name), knob)}), "qwen2_5_vl", 0.5)
+
+
+@pytest.mark.parametrize(("counts", "refused"), [
+    ({"video": 1}, False), ({"image": 3}, False), ({}, False), ({"video": 1, "image": 0}, False),
+    ({"video": 2}, True), ({"video": 1, "image": 1}, True), ({"video": 3, "image": 2}, True)])
+def test_qwen3_refuses_a_video_beside_other_media(counts, refused):
+    if refused:
+        with pytest.raises(ValueError, match="Qwen3-VL with video pruning serves one video per request"):
+            check_qwen3_media(counts)
+    else:
+        check_qwen3_media(counts)

@@ -88,7 +88,7 @@ def engine(model_dir, family, press="random", method="evs", **extra):
             enforce_eager=True,
             enable_prefix_caching=False,
             mm_processor_cache_gb=0,
-            limit_mm_per_prompt={"video": 1, "image": 0},
+            limit_mm_per_prompt={"video": 2, "image": 1},
             seed=0,
         )
     return _ENGINES[key]
@@ -263,3 +263,45 @@ def test_clear_errors_at_load(model_dir, family, settings, message):
             max_model_len=1024,
             enforce_eager=True,
         )
+
+
+@pytest.mark.parametrize(("videos", "images"), [(2, 0), (1, 1), (2, 1)])
+def test_mixed_media_matches_transformers(model_dir, hf_model, videos, images):
+    """Qwen2.5-VL with several pruned videos and an image in one prompt (the vidpress position computation; vLLM's
+    own fails on it): the kept tokens of every video and the first-token log-probabilities equal vidpress's
+    transformers path on the same prompt, the press fitted to the same count (the last video's kept tokens compared
+    directly, every video's through the log-probabilities)."""
+    from vidpress.inputs import chat_text
+    from vidpress.testing import tiny_image
+
+    family = "qwen2_5_vl"
+    llm = engine(model_dir, family)
+    model, processor = hf_model(family)
+    num_frames, height, width, fps = SHAPES["portrait"]
+    grid = (num_frames // 2, height // 28, width // 28)
+    video_tokens = grid[0] * grid[1] * grid[2]
+    count = contract("evs", grid)
+    clips = [tiny_video(num_frames, height, width, seed=300 + v) for v in range(videos)]
+    pictures = [tiny_image(56, 84, seed=400 + i) for i in range(images)]
+    set_press(llm, "vidcom2")
+    metadata = [video_request(processor, frames, fps)["multi_modal_data"]["video"][1] for frames in clips]
+    data = {"video": list(zip(clips, metadata))}
+    if pictures:
+        data["image"] = pictures
+    prompt = chat_text(processor, QUESTION, videos=videos, images=images)
+    out = llm.generate([{"prompt": prompt, "multi_modal_data": data}],
+                       SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP), use_tqdm=False)[0]
+    logprobs = {token: lp.logprob for token, lp in out.outputs[0].logprobs[0].items()}
+    keeps = last_keep(llm)
+
+    serving = press_from_config({"vidpress": {"press": "vidcom2"}}, family, RATE)
+    inputs = make_inputs(processor, clips, QUESTION, images=pictures or None, fps=fps)
+    with torch.no_grad(), FixedCount(serving.press, count)(model) as pressed:
+        hf_logprobs = torch.log_softmax(model(**inputs).logits[0, -1].double(), -1)
+    hf_keeps = [selection.keep_indices for selection in pressed.last_report.selections]
+
+    assert len(out.prompt_token_ids) == inputs["input_ids"].shape[1] - videos * (video_tokens - count)
+    # with pruning on, vLLM encodes a prompt's videos one at a time: the model remembers the last one's keep
+    assert len(hf_keeps) == videos and torch.equal(keeps[-1].cpu(), hf_keeps[-1].cpu())
+    diff = max(abs(lp - float(hf_logprobs[token])) for token, lp in logprobs.items())
+    assert diff < 1e-4, diff

@@ -14,8 +14,10 @@ Qwen2.5-VL / Qwen3-VL classes with that one step replaced: the press, run at ret
 its count is trimmed or topped up to the contract by the press's own scores (`select_exact`); kept tokens keep their
 original positions; merging presses put their merged features into the kept rows.
 
-Presses that cannot act at that step are refused when the model loads: query-aware ones (MARC, CaCoVID) do not get
-the question there, VisionZip needs attention inside the vision encoder, FastV / PDrop act inside the LLM.
+Presses that cannot act at that step are refused: query-aware ones (MARC, CaCoVID) do not get the question there,
+VisionZip needs attention inside the vision encoder, FastV / PDrop act inside the LLM. The configuration is checked
+while vLLM builds it, in the API server before any worker starts (`check_vllm_config`); the active press is logged
+there, and each pruned video's kept count and press time in the worker's log.
 
 This module imports vLLM only inside `register()` and `main()`; the model classes live in
 `vidpress.serving.vllm_models`.
@@ -31,10 +33,12 @@ import torch
 
 from vidpress import presses
 from vidpress.presses.base import Press
-from vidpress.serving.encoder_reuse import reuse_threshold_from
+from vidpress.serving.encoder_reuse import REUSE_KEY, reuse_threshold_from
 from vidpress.types import VideoTokens
 
 logger = logging.getLogger("vidpress")
+#: vLLM prints the records of its own "vllm" loggers (format, level); start-up and per-video lines go there
+vllm_logger = logging.getLogger("vllm.vidpress")
 
 #: architecture name -> (config.model_type it serves, "module:class")
 ARCHITECTURES = {
@@ -59,10 +63,72 @@ def register_plugin() -> None:
     # Classes, not "module:class" strings: vLLM inspects a lazily registered class in a fresh interpreter that
     # imports transformers (and torchvision) before any plugin runs, which fails where torchvision needs the fix
     # above. Importing the two model modules initialises no device.
+    classes = {}
     for architecture, (_, target) in ARCHITECTURES.items():
         module, name = target.split(":")
-        ModelRegistry.register_model(architecture, getattr(importlib.import_module(module), name))
+        classes[architecture] = getattr(importlib.import_module(module), name)
+        ModelRegistry.register_model(architecture, classes[architecture])
+    _register_config_checks(classes)
     _enable_pruning_on_cpu()
+
+
+# -- start-up: check the configuration in the API server, before any model or worker --------------------------
+def check_vllm_config(vllm_config) -> ServingPress | None:
+    """Check the vidpress settings of a vLLM configuration; log the press that will run (one INFO line).
+
+    vLLM calls this while it builds its configuration (`VllmConfig.__post_init__`), in the API server process and
+    before any worker starts or the model loads, for the vidpress architectures and for vLLM's own classes of the
+    families they serve. Raises a one-line ValueError for a bad press, knob or rate, or for vidpress settings
+    without the vidpress architecture (vLLM would silently serve its own EVS). Returns the press, or None for a
+    model that runs without vidpress.
+    """
+    model_config = vllm_config.model_config
+    architecture = model_config.architecture
+    additional = vllm_config.additional_config
+    has_settings = isinstance(additional, dict) and CONFIG_KEY in additional
+    if architecture not in ARCHITECTURES:
+        if has_settings:
+            served = {model: arch for arch, (model, _) in ARCHITECTURES.items()}
+            hint = served.get(model_config.hf_config.model_type, next(iter(ARCHITECTURES)))
+            raise ValueError(
+                f"vidpress: --additional-config has vidpress settings, but the model runs vLLM's own {architecture}, "
+                f"which ignores them; add --hf-overrides '{{\"architectures\": [\"{hint}\"]}}'")
+        return None
+    mm_config = model_config.get_multimodal_config()
+    serving = press_from_config(additional, model_config.hf_config.model_type, mm_config.video_pruning_rate)
+    knobs = {f.name: getattr(serving.press, f.name) for f in dataclasses.fields(serving.press)
+             if f.init and f.name != "retention"}
+    vllm_logger.info(
+        "vidpress: press %s at retention %.4g (--video-pruning-rate %s, --video-pruning-method %s), knobs %s%s",
+        type(serving.press).name, serving.press.retention, mm_config.video_pruning_rate,
+        mm_config.video_pruning_method, knobs, ", scoring DeepStack features" if serving.score_deepstack else "")
+    return serving
+
+
+def _register_config_checks(classes: dict) -> None:
+    """Have vLLM run `check_vllm_config` when it builds a configuration for a vidpress architecture or for vLLM's
+    own class of a family the plugin serves (the base of each vidpress class). vLLM's per-architecture config hooks
+    (`MODELS_CONFIG_MAP`) take the check; one vLLM already holds for such a class runs first."""
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP, VerifyAndUpdateConfig
+
+    for architecture, cls in classes.items():
+        stock = next(base.__name__ for base in cls.__mro__[1:] if base.__module__.startswith("vllm."))
+        for name in (architecture, stock):
+            previous = MODELS_CONFIG_MAP.get(name)
+            if getattr(previous, "vidpress_check", False):
+                continue
+
+            class Check(VerifyAndUpdateConfig):
+                vidpress_check = True
+                chained = previous
+
+                @classmethod
+                def verify_and_update_config(cls, vllm_config) -> None:
+                    if cls.chained is not None:
+                        cls.chained.verify_and_update_config(vllm_config)
+                    check_vllm_config(vllm_config)
+
+            MODELS_CONFIG_MAP[name] = Check
 
 
 def _enable_pruning_on_cpu() -> None:
@@ -191,8 +257,38 @@ def press_from_config(additional_config, model_type: str, video_pruning_rate: fl
             f"vidpress: press {name!r} needs --video-pruning-rate in (0, 1) (the share of video tokens to drop; vLLM "
             f"sizes the prompt from it); got {video_pruning_rate!r}"
         )
-    press = presses.get(key, retention=1.0 - float(video_pruning_rate), **settings)
+    knobs = press_knobs(presses.PRESSES[key])
+    unknown = sorted(set(settings) - set(knobs))
+    if unknown:
+        raise ValueError(f"vidpress: press {key!r} has no knob {', '.join(map(repr, unknown))}; its knobs: "
+                         f"{', '.join(knobs) or 'none'} (and {REUSE_KEY}; score_deepstack on Qwen3-VL)")
+    try:
+        press = presses.get(key, retention=1.0 - float(video_pruning_rate), **settings)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"vidpress: press {key!r} refuses {settings!r}: {error}") from error
     return ServingPress(press, score_deepstack, encoder_reuse_threshold)
+
+
+def press_knobs(press_cls: type[Press]) -> list[str]:
+    """The knobs `--additional-config` may set for a press: its constructor's fields except `retention` (which comes
+    from --video-pruning-rate)."""
+    return [f.name for f in dataclasses.fields(press_cls) if f.init and f.name != "retention"]
+
+
+def check_qwen3_media(counts) -> None:
+    """Raise a ValueError (HTTP 400 for that request) for a Qwen3-VL prompt holding a video beside any other image
+    or video. `counts`: items per modality ({"video": 2, "image": 1}).
+
+    vLLM 0.32 lays a pruned Qwen3-VL video out only once its encoder has run (per-frame counts, timestamps) and its
+    position recomputation misplaces, or fails on, a media item that follows or precedes it in the same prompt,
+    which ends the engine. Qwen2.5-VL has its own position computation here and serves any mix.
+    """
+    videos, images = int(counts.get("video", 0)), int(counts.get("image", 0))
+    if videos and videos + images > 1:
+        raise ValueError(
+            f"vidpress: Qwen3-VL with video pruning serves one video per request and no image beside it (vLLM 0.32 "
+            f"cannot place a second media item's positions next to a pruned video); got {videos} video(s) and "
+            f"{images} image(s). Send them as separate requests, or serve Qwen2.5-VL, which takes any mix")
 
 
 # -- the keep mask at vLLM's retained count -------------------------------------------------------------------
@@ -275,12 +371,37 @@ def main(argv: list[str] | None = None) -> None:
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.argv = ["vllm", *(sys.argv[1:] if argv is None else argv)]
-    vllm_main()
+    try:
+        vllm_main()
+    except Exception as error:
+        message = vidpress_error(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)  # the one line, instead of vLLM's and pydantic's traceback
+        raise SystemExit(1) from None
+
+
+def vidpress_error(error: BaseException) -> str | None:
+    """The vidpress message ("vidpress: ...") of a start-up failure: the error itself, its cause, or the ValueError
+    that pydantic wraps when `check_vllm_config` refuses vLLM's configuration; None for any other failure."""
+    import pydantic
+
+    seen = error
+    while seen is not None:
+        candidates = [seen]
+        if isinstance(seen, pydantic.ValidationError):
+            candidates += [e.get("ctx", {}).get("error") for e in seen.errors()]
+        for candidate in candidates:
+            if isinstance(candidate, ValueError) and str(candidate).startswith("vidpress: "):
+                return str(candidate)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__ = ["ARCHITECTURES", "CONFIG_KEY", "ServingPress", "applicable_presses", "check_family", "press_from_config",
-           "refusal_reason", "register_plugin", "select_exact"]
+__all__ = ["ARCHITECTURES", "CONFIG_KEY", "ServingPress", "applicable_presses", "check_family", "check_qwen3_media",
+           "check_vllm_config", "press_from_config", "press_knobs", "refusal_reason", "register_plugin", "select_exact",
+           "vidpress_error"]

@@ -9,6 +9,8 @@ channels and places the rows). Everything else is vLLM's code, unchanged. Requir
 
 from __future__ import annotations
 
+import time
+
 import torch
 from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLDummyInputsBuilder,
@@ -26,7 +28,8 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.video_prune import evs, vidcom2
 
 from vidpress.serving.encoder_reuse import encode_with_reuse
-from vidpress.serving.vllm import check_family, press_from_config, select_exact
+from vidpress.serving.vllm import check_family, check_qwen3_media, press_from_config, select_exact, vllm_logger
+from vidpress.serving.vllm_positions import MediaItem, place_media_positions, prompt_positions
 from vidpress.types import VideoTokens
 
 
@@ -47,10 +50,20 @@ def _keep_mask(model, features: torch.Tensor, grid: tuple[int, int, int], count:
     T, h, w = grid
     side = {name: rows.reshape(T, h * w, -1) for name, rows in (side or {}).items()}
     tokens = VideoTokens(features.reshape(T, h * w, -1), (T, h, w), side_features=side)
+    start = time.perf_counter()
     keep, kept = select_exact(model.vidpress.press, tokens, count)
+    _log_video(model, grid, count, time.perf_counter() - start)
     mask = torch.zeros(T * h * w, dtype=torch.bool, device=features.device)
     mask[keep.to(features.device)] = True
     return mask, kept.to(features.device, features.dtype)
+
+
+def _log_video(model, grid, count: int, seconds: float) -> None:
+    """One INFO line per pruned video in the worker's log: the press, kept / total video tokens, the press's time
+    (wall clock around `select_exact`, which waits for the kept count, so device work is included)."""
+    T, h, w = grid
+    vllm_logger.info("vidpress: %s kept %d of %d video tokens (grid %dx%dx%d) in %.1f ms",
+                     type(model.vidpress.press).name, count, T * h * w, T, h, w, seconds * 1e3)
 
 
 # vLLM's own processors, behind a family check: a model of another family fails in the first process that reads
@@ -108,10 +121,44 @@ class _ReusedEncoder:
         return features
 
 
+class _TransformersPositions:
+    """Qwen2.5-VL's M-RoPE positions for prompts with pruned videos, any number and order of images and videos
+    (`vidpress.serving.vllm_positions`): vLLM 0.32's own computation fails on a second media item after a pruned
+    video, which ends the engine."""
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        """Positions [3, N] before the encoder runs (text final, a pruned video's slots at its start) and delta."""
+        merge = self.config.vision_config.spatial_merge_size
+        tokens_per_second = getattr(self.config.vision_config, "tokens_per_second", 1.0)
+        items = []
+        for feature in mm_features:
+            if feature.modality not in ("image", "video"):
+                raise ValueError(f"vidpress: unsupported modality {feature.modality!r} in a Qwen2.5-VL prompt")
+            t, h, w = feature.data[f"{feature.modality}_grid_thw"].data.tolist()
+            interval = 1.0
+            if feature.modality == "video":
+                seconds = feature.data.get("second_per_grid_ts")
+                interval = tokens_per_second * (float(seconds.data.item()) if seconds is not None else 1.0)
+            position = feature.mm_position
+            items.append(MediaItem(position.offset, position.length, (t, h // merge, w // merge), interval))
+        return prompt_positions(len(input_tokens), items)
+
+    def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
+        """After a chunk's media embeddings exist: strip their 4 position channels (t, h, w, unused) and write the
+        kept tokens' positions into the prompt's; text positions are already final."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
+        embeddings = [mm[:, :-4] for mm in multimodal_embeddings]
+        rows = [mm[:, -4:-1].T.long() for mm in multimodal_embeddings]
+        positions, delta = place_media_positions(
+            mrope_positions, ids, rows, num_computed_tokens, (self.config.image_token_id, self.config.video_token_id))
+        return embeddings, positions, delta
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     Qwen2_5_VLMultiModalProcessor, info=_Qwen2_5_VLInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
 )
-class VidpressQwen2_5_VLForConditionalGeneration(_PressedVideo, _ReusedEncoder, Qwen2_5_VLForConditionalGeneration):
+class VidpressQwen2_5_VLForConditionalGeneration(_TransformersPositions, _PressedVideo, _ReusedEncoder,
+                                                 Qwen2_5_VLForConditionalGeneration):
     """Qwen2.5-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS contract)."""
 
     def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
@@ -130,8 +177,8 @@ class VidpressQwen2_5_VLForConditionalGeneration(_PressedVideo, _ReusedEncoder, 
             # transformers multiplies by the float, so positions follow transformers here.
             second = 1.0 if seconds is None else float(seconds[v])
             positions = evs.compute_mrope_for_media((t, h, w), merge, tokens_per_second, second)
-            # Channel 3 is how far the text after the video moves on. vLLM writes the grid width there; transformers
-            # moves on by max(rows, cols), so the two disagree for portrait frames. Follow transformers.
+            # Channel 3 (vLLM's step to the text after the video) is not read: `_TransformersPositions` places the
+            # text as transformers does; kept equal to that step, max(rows, cols), for any reader of the channels.
             positions[:, 3] = max(rows, cols)
             out.append(torch.cat([kept, positions.to(emb.device)[mask].to(kept.dtype)], dim=1))
             keeps.append(mask.nonzero().squeeze(1))
@@ -139,8 +186,29 @@ class VidpressQwen2_5_VLForConditionalGeneration(_PressedVideo, _ReusedEncoder, 
         return tuple(out)
 
 
+class _Qwen3VLProcessor(Qwen3VLMultiModalProcessor):
+    """vLLM's Qwen3-VL processor, refusing a video with any other image or video in the same prompt (ValueError in
+    the API server: HTTP 400 for that request) instead of letting vLLM 0.32's position recomputation end the
+    engine (`check_qwen3_media`). vLLM's own start-up profiling, which combines one item of each modality, is let
+    through."""
+
+    _profiling = False
+
+    def get_dummy_mm_inputs(self, *args, **kwargs):
+        self._profiling = True
+        try:
+            return super().get_dummy_mm_inputs(*args, **kwargs)
+        finally:
+            self._profiling = False
+
+    def apply(self, inputs, *args, **kwargs):
+        if not self._profiling:
+            check_qwen3_media(inputs.mm_data_items.get_all_counts())
+        return super().apply(inputs, *args, **kwargs)
+
+
 @MULTIMODAL_REGISTRY.register_processor(
-    Qwen3VLMultiModalProcessor, info=_Qwen3VLInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
+    _Qwen3VLProcessor, info=_Qwen3VLInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
 )
 class VidpressQwen3VLForConditionalGeneration(_PressedVideo, _ReusedEncoder, Qwen3VLForConditionalGeneration):
     """Qwen3-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS or VidCom2 contract,
