@@ -33,6 +33,7 @@ import torch
 
 from vidpress import presses
 from vidpress.presses.base import Press
+from vidpress.serving.encoder_reuse import REUSE_KEY, reuse_threshold_from
 from vidpress.types import VideoTokens
 
 logger = logging.getLogger("vidpress")
@@ -193,10 +194,13 @@ class ServingPress:
     score_deepstack: Qwen3-VL only: the press sees each token's main features concatenated with its DeepStack
         features (what vLLM's own EVS / VidCom2 score) instead of the main features alone (what
         `with press(model)` gives it in transformers).
+    encoder_reuse_threshold: None (off), or the pixel-change threshold below which a temporal group reuses its
+        reference group's vision-encoder output (`vidpress.serving.encoder_reuse`).
     """
 
     press: Press
     score_deepstack: bool = False
+    encoder_reuse_threshold: float | None = None
 
 
 def check_family(model_type: str, architecture: str | None = None) -> None:
@@ -225,6 +229,7 @@ def press_from_config(additional_config, model_type: str, video_pruning_rate: fl
         )
     settings = dict(settings)
     name = settings.pop("press")
+    encoder_reuse_threshold = reuse_threshold_from(settings)
     score_deepstack = settings.pop("score_deepstack", False)
     if not isinstance(score_deepstack, bool):
         raise ValueError(f"vidpress: score_deepstack must be true or false; got {score_deepstack!r}")
@@ -256,12 +261,12 @@ def press_from_config(additional_config, model_type: str, video_pruning_rate: fl
     unknown = sorted(set(settings) - set(knobs))
     if unknown:
         raise ValueError(f"vidpress: press {key!r} has no knob {', '.join(map(repr, unknown))}; its knobs: "
-                         f"{', '.join(knobs) or 'none'} (and score_deepstack on Qwen3-VL)")
+                         f"{', '.join(knobs) or 'none'} (and {REUSE_KEY}; score_deepstack on Qwen3-VL)")
     try:
         press = presses.get(key, retention=1.0 - float(video_pruning_rate), **settings)
     except (TypeError, ValueError) as error:
         raise ValueError(f"vidpress: press {key!r} refuses {settings!r}: {error}") from error
-    return ServingPress(press, score_deepstack)
+    return ServingPress(press, score_deepstack, encoder_reuse_threshold)
 
 
 def press_knobs(press_cls: type[Press]) -> list[str]:

@@ -27,6 +27,7 @@ from vllm.model_executor.models.qwen3_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.video_prune import evs, vidcom2
 
+from vidpress.serving.encoder_reuse import encode_with_reuse
 from vidpress.serving.vllm import check_family, check_qwen3_media, press_from_config, select_exact, vllm_logger
 from vidpress.serving.vllm_positions import MediaItem, place_media_positions, prompt_positions
 from vidpress.types import VideoTokens
@@ -92,6 +93,34 @@ class _PressedVideo:
         self.vidpress_last_keep: list[torch.Tensor] = []  # kept indices [K] per video of the latest encoder batch
 
 
+class _ReusedEncoder:
+    """Encoder reuse (`"encoder_reuse_threshold"` in the vidpress settings; `vidpress.serving.encoder_reuse`): the
+    vision tower encodes only the temporal groups whose pixels changed; the others take their reference group's
+    features. Off (vLLM's own `_process_video_input`) without the setting, for precomputed embeddings and with
+    the data-parallel vision tower."""
+
+    def _process_video_input(self, video_input):
+        """Per video: encoder rows [T*M, D] (Qwen3-VL: main features then DeepStack levels), reused groups'
+        rows copied from their reference group; `vidpress_last_reuse` keeps each video's source groups [T]."""
+        threshold = self.vidpress.encoder_reuse_threshold
+        if threshold is None or video_input["type"] != "pixel_values_videos" or self.use_data_parallel:
+            self.vidpress_last_reuse = []
+            return super()._process_video_input(video_input)
+        pixels = video_input["pixel_values_videos"]
+        # vLLM may hand the tower raw uint8 rows that it normalises itself; the threshold is in normalised units
+        normalized = self.visual.input_norm(pixels, torch.float32)
+        features, plans = encode_with_reuse(
+            lambda rows, sizes: self.visual(rows, grid_thw=sizes),
+            pixels,
+            video_input["video_grid_thw"].tolist(),
+            self.visual.spatial_merge_size,
+            threshold,
+            normalized,
+        )
+        self.vidpress_last_reuse = plans
+        return features
+
+
 class _TransformersPositions:
     """Qwen2.5-VL's M-RoPE positions for prompts with pruned videos, any number and order of images and videos
     (`vidpress.serving.vllm_positions`): vLLM 0.32's own computation fails on a second media item after a pruned
@@ -128,7 +157,7 @@ class _TransformersPositions:
 @MULTIMODAL_REGISTRY.register_processor(
     Qwen2_5_VLMultiModalProcessor, info=_Qwen2_5_VLInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
 )
-class VidpressQwen2_5_VLForConditionalGeneration(_TransformersPositions, _PressedVideo,
+class VidpressQwen2_5_VLForConditionalGeneration(_TransformersPositions, _PressedVideo, _ReusedEncoder,
                                                  Qwen2_5_VLForConditionalGeneration):
     """Qwen2.5-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS contract)."""
 
@@ -181,7 +210,7 @@ class _Qwen3VLProcessor(Qwen3VLMultiModalProcessor):
 @MULTIMODAL_REGISTRY.register_processor(
     _Qwen3VLProcessor, info=_Qwen3VLInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
 )
-class VidpressQwen3VLForConditionalGeneration(_PressedVideo, Qwen3VLForConditionalGeneration):
+class VidpressQwen3VLForConditionalGeneration(_PressedVideo, _ReusedEncoder, Qwen3VLForConditionalGeneration):
     """Qwen3-VL in vLLM with a vidpress press choosing the kept video tokens (count: vLLM's EVS or VidCom2 contract,
     by --video-pruning-method). DeepStack features of kept tokens are kept with them."""
 
