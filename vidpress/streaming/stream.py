@@ -40,7 +40,8 @@ PREFIX, VISUAL, CHUNK_TEXT = 0, 1, 2
 @dataclass
 class ChunkRecord:
     """One appended chunk: its id, frames [start, end) of the stream, the kept token ids [L] and positions [R, L]
-    as prefilled, and its kept encoder output `packed` (the model's `mm_encoder_outputs["video"]`, for recall)."""
+    as prefilled, its kept encoder output `packed` (the model's `mm_encoder_outputs["video"]`, for recall) and the
+    stream token index of each kept visual token `origins` [K] (see `VideoStream.visual_origin`)."""
 
     index: int
     frames: tuple[int, int]
@@ -49,6 +50,7 @@ class ChunkRecord:
     positions: torch.Tensor
     packed: object
     grid: torch.Tensor
+    origins: torch.Tensor
 
 
 @dataclass
@@ -131,6 +133,12 @@ class VideoStream:
             return None
         if isinstance(press, str):
             press = get_press(press) if retention is None else get_press(press, retention=retention)
+        return VideoStream.check_press(press)
+
+    @staticmethod
+    def check_press(press: Press) -> Press:
+        """`press` if a stream can apply it to each chunk (a query-agnostic press acting before the LLM), else a
+        ValueError saying why not."""
         if not isinstance(press, Press):
             raise ValueError(f"press must be None, a press name or a Press; got {type(press).__name__}")
         if press.acts_in_llm or press.query_aware or press.needs_policy:
@@ -150,6 +158,10 @@ class VideoStream:
         self.slot_positions = torch.empty(self.layout.rows, 0, dtype=torch.long)
         self.visual_features = torch.empty(0, 0)  # [N, D] the cached visual tokens' features, in slot order
         self.visual_frame = torch.empty(0, dtype=torch.long)  # [N] stream frame (temporal group) of each
+        # [N] stream token index of each: group * tokens_per_frame + index in its frame (-1: not a grid token, e.g.
+        # LLaVA-OneVision's newline), so what a memory holds can be compared with where the evidence was
+        self.visual_origin = torch.empty(0, dtype=torch.long)
+        self.last_question_origins = torch.empty(0, dtype=torch.long)
         self.chunks: dict[int, ChunkRecord] = {}
         self.pending_frames: list[np.ndarray] = []
         self.pending_seconds: list[float] = []
@@ -234,6 +246,8 @@ class VideoStream:
         frame_of_row = torch.cat([keep // tokens.tokens_per_frame,
                                   torch.full((extra - tokens.num_tokens,), tokens.num_frames - 1, device=keep.device)])
         frame_of_row = frame_of_row.cpu() + self.groups_seen
+        origin_of_row = torch.cat([keep.cpu() + self.groups_seen * tokens.tokens_per_frame,
+                                   torch.full((extra - tokens.num_tokens,), -1, dtype=torch.long)])
         group_seconds = torch.tensor(seconds[:: self.temporal_patch], dtype=torch.float64) - self.first_second
 
         ids = inputs["input_ids"]
@@ -270,12 +284,14 @@ class VideoStream:
             self.visual_features = torch.empty(0, width)
         self.visual_features = torch.cat([self.visual_features, kept.float().cpu()])
         self.visual_frame = torch.cat([self.visual_frame, frame_of_row])
+        self.visual_origin = torch.cat([self.visual_origin, origin_of_row])
         start_frame = self.frames_seen
         self.frames_seen += len(frames)
         self.groups_seen += tokens.num_frames
         self.last_second = seconds[-1]
         self.chunks[index] = ChunkRecord(index, (start_frame, self.frames_seen), (seconds[0], seconds[-1]),
-                                         chunk_ids[0].cpu(), chunk_positions, packed, inputs.get("video_grid_thw"))
+                                         chunk_ids[0].cpu(), chunk_positions, packed, inputs.get("video_grid_thw"),
+                                         origin_of_row)
         self.policy.on_append(self, index, kept.float().cpu())
         stats = self._stats
         stats.chunks += 1
@@ -371,6 +387,7 @@ class VideoStream:
         kept_visual = ~drop[visual_slots]
         self.visual_features = self.visual_features[kept_visual]
         self.visual_frame = self.visual_frame[kept_visual]
+        self.visual_origin = self.visual_origin[kept_visual]
         self.slot_kind, self.slot_chunk, self.slot_ids = (self.slot_kind[keep], self.slot_chunk[keep],
                                                           self.slot_ids[keep])
         self.slot_positions = self.slot_positions[:, keep]
@@ -385,14 +402,24 @@ class VideoStream:
 
     # -- questions ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def question_logits(self, question: str) -> torch.Tensor:
-        """Logits [Q, V] of the question's tokens on the stream (no recall); the stream is unchanged afterwards."""
+    def question_logits(self, question: str, recall: bool = False) -> torch.Tensor:
+        """Logits [Q, V] of the question's tokens on the stream; with `recall`, after the memory policy brought
+        back what it recalls for the question (policy "recall"), as `ask` does. The stream is unchanged
+        afterwards."""
         length = self.cache_length
         ids = self.template.question_ids(question).to(self.model.device)
         try:
+            self._start_question(question if recall else None)
             return self._prefill(ids[None], self.layout.text(len(ids)), {})[0]
         finally:
             self._crop_to(length)
+
+    def _start_question(self, question: str | None) -> None:
+        """Let the policy bring back what it recalls for `question` (None: nothing) and note the visual tokens the
+        question will see (`last_question_origins`)."""
+        self.last_question_origins = self.visual_origin.clone()
+        if question is not None:
+            self.policy.before_question(self, question)
 
     @torch.no_grad()
     def ask(self, question: str, max_new_tokens: int = 64) -> str:
@@ -405,7 +432,7 @@ class VideoStream:
         eos = self._eos_ids()
         answer: list[int] = []
         try:
-            self.policy.before_question(self, question)
+            self._start_question(question)
             logits = self._prefill(ids[None], self.layout.text(len(ids)), {})
             position = self.layout.next_text + len(ids)
             for step in range(max_new_tokens):
@@ -430,6 +457,7 @@ class VideoStream:
         """Prefill evicted chunks again after the memory, at their original positions (for one question; `ask`
         crops them away with the question)."""
         for record in records:
+            self.last_question_origins = torch.cat([self.last_question_origins, record.origins])
             self._prefill(record.input_ids.to(self.model.device)[None], record.positions, {"video": record.packed},
                           {"video_grid_thw": record.grid})
 
