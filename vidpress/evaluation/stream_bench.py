@@ -46,7 +46,8 @@ class StreamSetting:
 
     @property
     def label(self) -> str:
-        press = "none" if self.press is None else self.press + ("" if self.retention is None else f"@{self.retention:g}")
+        press = "none" if self.press is None else self.press
+        press += "" if self.retention is None else f"@{self.retention:g}"
         memory = "unbounded" if self.memory_tokens is None else str(self.memory_tokens)
         return f"{press}/{self.policy}/{memory}"
 
