@@ -122,8 +122,8 @@ def test_eval_asks_each_question_through_a_stream_at_its_time(model_dir, layouts
     root, _ = layouts["ovobench"]
     out = tmp_path / "run"
     argv = ["eval", "--model", model_dir, "--bench", "ovobench", "--data", str(root), "--num-frames", "4",
-            "--max-new-tokens", "2", "--press", "none", "--memory-tokens", "4", "--chunk-frames", "2", "--limit", "4", "--out",
-            str(out), "--device", "cpu", "--quiet"]
+            "--max-new-tokens", "2", "--press", "none", "--memory-tokens", "4", "--chunk-frames", "2", "--limit", "4",
+            "--out", str(out), "--device", "cpu", "--quiet"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "ovobench: accuracy" in printed and "Total Avg." in printed
