@@ -422,11 +422,18 @@ class VideoStream:
             self.policy.before_question(self, question)
 
     @torch.no_grad()
-    def ask(self, question: str, max_new_tokens: int = 64) -> str:
-        """Answer `question` from the stream (greedy decoding, at most `max_new_tokens` tokens); the cache is
-        cropped back afterwards, so the stream continues exactly as before the question."""
+    def ask(self, question: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+            top_p: float = 1.0, seed: int | None = None) -> str:
+        """Answer `question` from the stream (at most `max_new_tokens` tokens); the cache is cropped back afterwards,
+        so the stream continues exactly as before the question.
+
+        Greedy by default; with `do_sample`, each token is drawn from softmax(logits / temperature) restricted to the
+        smallest set of most likely tokens whose probability reaches `top_p` (nucleus sampling, as transformers'
+        TopPLogitsWarper keeps it), with a generator seeded by `seed` (None: a fresh random seed), so the same seed
+        gives the same answer."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer; got {max_new_tokens!r}")
+        generator = self._sampler(do_sample, temperature, top_p, seed)
         length = self.cache_length
         ids = self.template.question_ids(question).to(self.model.device)
         eos = self._eos_ids()
@@ -436,7 +443,8 @@ class VideoStream:
             logits = self._prefill(ids[None], self.layout.text(len(ids)), {})
             position = self.layout.next_text + len(ids)
             for step in range(max_new_tokens):
-                token = int(logits[0, -1].argmax())
+                last = logits[0, -1].float()
+                token = int(last.argmax()) if generator is None else sample_token(last, temperature, top_p, generator)
                 if token in eos:
                     break
                 answer.append(token)
@@ -448,6 +456,21 @@ class VideoStream:
             self._crop_to(length)
         self._stats.questions += 1
         return self.template.tokenizer.decode(answer, skip_special_tokens=True)
+
+    @staticmethod
+    def _sampler(do_sample: bool, temperature: float, top_p: float, seed: int | None) -> torch.Generator | None:
+        """The seeded CPU generator of a sampled answer (None: greedy); bad knobs are a ValueError."""
+        if not do_sample:
+            return None
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"temperature must be a positive number; got {temperature!r}")
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1]; got {top_p!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an integer or None; got {seed!r}")
+        generator = torch.Generator()
+        generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
+        return generator
 
     def _eos_ids(self) -> set[int]:
         eos = getattr(self.model.generation_config, "eos_token_id", None)
@@ -466,3 +489,15 @@ class VideoStream:
         STC's cache), ms per chunk (median, last), cache length."""
         self._stats.cache_tokens = self.cache_length
         return self._stats.as_dict()
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One token drawn from logits [V]: softmax(logits / temperature), cut to the most likely tokens whose cumulative
+    probability first reaches `top_p` (the most likely token always stays), renormalised."""
+    probs = torch.softmax(logits.cpu() / temperature, dim=-1)
+    order = torch.argsort(probs, descending=True, stable=True)
+    sorted_probs = probs[order]
+    # keep a token while the probability before it is below top_p: the smallest set reaching top_p
+    keep = (sorted_probs.cumsum(0) - sorted_probs) < top_p
+    kept = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+    return int(order[torch.multinomial(kept / kept.sum(), 1, generator=generator)])
