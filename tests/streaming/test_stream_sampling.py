@@ -25,6 +25,7 @@ def test_sample_token_follows_temperature_and_top_p():
     assert 0.45 < hot.count(1) / 2000 < 0.55
 
 
+@pytest.mark.slow
 def test_sampled_answers_are_seeded_and_leave_the_stream_as_it_was(tiny_model):
     model, processor = tiny_model("qwen2_5_vl")
     stream = VideoStream(model, processor)
