@@ -63,6 +63,8 @@ def test_bench_stream_command(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert [r["setting"] for r in results["rows"]] == ["none/fifo/128", "none/recall/128"]
     assert results["run"]["chunk_frames"] == 16 and results["run"]["load_average_start"] is not None
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert rows == results["rows"]  # written as each row finished
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 6 and {p["kind"] for p in predictions} == set(STREAM_KINDS)
     assert (out / "accuracy.png").stat().st_size > 10_000 and (out / "results.md").read_text().startswith("| press")

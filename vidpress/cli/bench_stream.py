@@ -3,6 +3,7 @@ memory policy and per-chunk press (the options and the run; `vidpress bench` han
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -148,10 +149,17 @@ def run(args) -> int:
           f"{args.chunk_frames} frames; {len(settings)} settings" + ("" if args.no_offline else " + offline"),
           flush=True)
 
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress_rows = out / "rows.jsonl"  # each row as it finishes, so an interrupted run keeps what it measured
+    progress_rows.write_text("")
+
     def show(row):
         acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
         print(f"{row['setting']}: accuracy {acc}, evidence recall {row['evidence_recall']:.3f} "
               f"({row['seconds']} s)", flush=True)
+        with progress_rows.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
 
     rows, records = stream_bench.run_stream_bench(model, processor, examples, settings, chunk_frames=args.chunk_frames,
                                                   offline=not args.no_offline, progress=not args.quiet, on_row=show)
