@@ -85,6 +85,7 @@ def test_bench_stream_command(tmp_path, capsys):
         (["--stream", "--chunk-frames", "3"], "--chunk-frames must divide"),
         (["--stream", "--limit", "0"], "--limit must be a positive integer"),
         (["--stream", "--full"], "--full is the clip bench's grid"),
+        (["--stream", "--retentions", "0.5"], "name them with --presses"),
         (["--memory-tokens", "32"], "--memory-tokens only apply with --stream"),
         (["--policies", "fifo", "--no-offline"], "--policies, --no-offline only apply with --stream"),
     ],

@@ -117,6 +117,9 @@ def run(args) -> int:
         raise ValueError("--full is the clip bench's grid; with --stream pick the streams with --limit")
     presses = parse_stream_presses(args.presses)
     retentions = parse_retentions(args.retentions) if args.retentions is not None else [None]
+    if args.retentions is not None and all(p is None for p in presses):
+        raise ValueError("--retentions sets the per-chunk presses' retention; with --stream name them with --presses "
+                         "(e.g. --presses none,stc)")
     memory = (parse_memory_tokens(args.memory_tokens) if args.memory_tokens is not None
               else [*stream_bench.DEFAULT_MEMORY_TOKENS, None])
     policies = parse_policies(args.policies)
