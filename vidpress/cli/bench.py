@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from vidpress.cli import bench_stream
 from vidpress.cli.common import default_device, split_names
 
 
@@ -58,6 +59,7 @@ def add_parser(subparsers) -> None:
                          "stall under load)")
     command.add_argument("--device", default=default_device(), help="torch device (default: %(default)s)")
     command.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench_stream.add_arguments(command)
     command.set_defaults(run=run)
 
 
@@ -101,6 +103,9 @@ def parse_presses(text: str) -> list[str]:
 def run(args) -> int:
     from vidpress.evaluation import testbed
 
+    if args.stream:
+        return bench_stream.run(args)
+    bench_stream.check_stream_options(args)
     if args.presses is not None:
         names = parse_presses(args.presses)
     else:  # the learned rows' checkpoints are trained for the shipped reference model only

@@ -14,9 +14,10 @@ def add_parser(subparsers) -> None:
     command = subparsers.add_parser(
         "eval",
         help="score a pressed model on a video-QA benchmark read from a local folder",
-        description="Answer the multiple-choice questions of MVBench, Video-MME, MLVU or LongVideoBench with a "
-        "press applied, using each benchmark's published annotation layout, frame sampling, prompt and answer "
-        "scoring; print accuracy overall and per category. Every answer is saved as it is produced, so a rerun "
+        description="Answer the questions of MVBench, Video-MME, MLVU, LongVideoBench, OVO-Bench or StreamingBench "
+        "(the last two streamed: each question asked at its time through a VideoStream) with a press applied, "
+        "using each benchmark's published annotation layout, frame sampling, prompt and answer scoring; print "
+        "accuracy overall and per category. Every answer is saved as it is produced, so a rerun "
         "with the same --out resumes. Shard over processes with `accelerate launch -m vidpress eval ...`.",
     )
     command.add_argument("--model", required=True, help="local model directory (from save_pretrained)")
@@ -38,6 +39,14 @@ def add_parser(subparsers) -> None:
                          "<frames>f); a rerun with the same settings resumes there, other settings are refused")
     command.add_argument("--overwrite", action="store_true",
                          help="discard the results already in --out and start over")
+    group = command.add_argument_group("streaming benchmarks (ovobench, streamingbench)",
+                                       "each question is asked at its time through a VideoStream fed the --num-frames "
+                                       "frames before it in chunks; --press presses each chunk")
+    group.add_argument("--memory-tokens", type=int, help="cap on the visual tokens in the stream's memory "
+                       "(default: unbounded)")
+    group.add_argument("--memory-policy", help="what leaves the memory at the cap (fifo, uniqueness, stc, recall; "
+                       "default: stc with --press stc, else fifo)")
+    group.add_argument("--chunk-frames", type=int, help="frames per chunk (default: 4)")
     runtime_options(command, dtype="auto")
     command.add_argument("--quiet", action="store_true", help="no progress bar")
     command.set_defaults(run=run)
@@ -53,6 +62,7 @@ def run(args) -> int:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    stream = _stream_options(args, benchmark, press)
     samples = benchmark.load(Path(args.data), skip_missing=args.skip_missing)[: args.limit]
     if not samples:
         raise ValueError(f"--data {args.data}: no {args.bench} question has its video there")
@@ -63,7 +73,7 @@ def run(args) -> int:
     settings = runner.run_settings(
         benchmark=args.bench, model=args.model, data=args.data, press=press, press_name=label,
         policy=args.policy, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
-        attn=args.attn)
+        attn=args.attn, stream=None if stream is None else stream.as_dict())
     out = Path(args.out or f"eval-results/{args.bench}/{Path(args.model).name}-{label}-{retention:g}-"
                f"{args.num_frames}f")
     # Every process checks, before the model loads: a refused resume costs nothing and no process is left waiting.
@@ -74,8 +84,30 @@ def run(args) -> int:
               f"{'' if press is None else f' at retention {retention:g}'}; {args.num_frames} frames; "
               f"{shard.world} process(es); results in {out}")
     summary = runner.run(model, processor, benchmark, samples, press, out, settings, shard, num_frames=args.num_frames,
-                         max_new_tokens=args.max_new_tokens, progress=not args.quiet, overwrite=args.overwrite)
+                         max_new_tokens=args.max_new_tokens, progress=not args.quiet, overwrite=args.overwrite,
+                         stream=stream)
     if summary is not None:
         print(runner.format_summary(summary))
         print(f"wrote {out / 'results.json'} (per-question answers in {out / 'samples'})")
     return 0
+
+
+def _stream_options(args, benchmark, press):
+    """The stream settings of a streaming benchmark (checked, with the press, before any work); None otherwise, where
+    giving them is an error."""
+    from vidpress.evaluation.stream_eval import DEFAULT_CHUNK_FRAMES, StreamOptions
+    from vidpress.streaming import POLICIES, VideoStream
+
+    given = [f"--{name.replace('_', '-')}" for name in ("memory_tokens", "memory_policy", "chunk_frames")
+             if getattr(args, name) is not None]
+    if not benchmark.streaming:
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to streaming benchmarks; {benchmark.name} is asked "
+                             "offline")
+        return None
+    if args.memory_policy is not None and args.memory_policy not in POLICIES:
+        raise ValueError(f"--memory-policy {args.memory_policy!r}: accepted: {', '.join(POLICIES)}")
+    if press is not None:
+        VideoStream.check_press(press)
+    return StreamOptions(args.memory_tokens, args.memory_policy,
+                         DEFAULT_CHUNK_FRAMES if args.chunk_frames is None else args.chunk_frames)

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vidpress.evaluation.benchmarks import Benchmark, Sample
+from vidpress.evaluation.stream_eval import StreamOptions, answer_streaming
 from vidpress.files import read_json, require_keys
 from vidpress.inputs import video_inputs
 from vidpress.video import VideoDecodeError
@@ -62,17 +63,20 @@ class Shard:
 
 
 def run_settings(*, benchmark: str, model, data, press, press_name: str, policy=None, num_frames: int,
-                 max_new_tokens: int, dtype: str, attn: str) -> dict:
+                 max_new_tokens: int, dtype: str, attn: str, stream: dict | None = None) -> dict:
     """What decides a run's answers, as recorded in `run.json`: benchmark, model and data folders (absolute),
     press name, retention and every other knob of the press, the policy folder and a digest of its files (for
-    a press with a trained policy), frames, answer length, dtype and attention implementation."""
+    a press with a trained policy), frames, answer length, dtype and attention implementation, and for a
+    streaming benchmark the stream's options (memory cap, memory policy, chunk frames)."""
     knobs = {}
     if press is not None:
         for item in dataclasses.fields(press):
             value = getattr(press, item.name)
             if item.name != "policy":  # the policy is recorded by its folder and contents below
                 knobs[item.name] = value if isinstance(value, (bool, int, float, str, type(None))) else repr(value)
+    extra = {} if stream is None else {"stream": stream}
     return {
+        **extra,
         "benchmark": benchmark,
         "model": str(Path(model).resolve()),
         "data": str(Path(data).resolve()),
@@ -144,12 +148,17 @@ def _write_json(path: Path, data) -> None:
 
 
 @torch.no_grad()
-def answer(model, processor, benchmark: Benchmark, sample: Sample, press, num_frames: int, max_new_tokens: int) -> dict:
+def answer(model, processor, benchmark: Benchmark, sample: Sample, press, num_frames: int, max_new_tokens: int,
+           stream: StreamOptions | None = None) -> dict:
     """Answer one question (greedy) and score it; a video that cannot be decoded gives a wrong answer with its error.
+    A streaming benchmark's question is answered through a `VideoStream` at its time (`stream_eval`, `stream`).
 
     Returns the per-question record: id, categories, response, prediction (letter or None), answer, correct,
     visual_tokens / kept_tokens (before / after the press), frames, seconds.
     """
+    if benchmark.streaming:
+        return answer_streaming(model, processor, benchmark, sample, press, num_frames, max_new_tokens,
+                                stream or StreamOptions())
     start = time.perf_counter()
     record = {"id": sample.id, "categories": sample.categories, "answer": sample.answer}
     try:
@@ -182,9 +191,11 @@ def answer(model, processor, benchmark: Benchmark, sample: Sample, press, num_fr
 
 
 def run(model, processor, benchmark: Benchmark, samples: list[Sample], press, out_dir, settings: dict, shard: Shard,
-        num_frames: int = 16, max_new_tokens: int = 32, progress: bool = True, overwrite: bool = False) -> dict | None:
+        num_frames: int = 16, max_new_tokens: int = 32, progress: bool = True, overwrite: bool = False,
+        stream: StreamOptions | None = None) -> dict | None:
     """Answer every sample without a result in `out_dir` (this process's share), then score all of them.
     overwrite: discard earlier results in `out_dir` first (even of other settings; see `check_run_settings`).
+    stream: how a streaming benchmark's questions are streamed (default `StreamOptions()`).
 
     Returns the summary on the main process (also written to `<out_dir>/results.json`), None on the others.
     """
@@ -201,7 +212,7 @@ def run(model, processor, benchmark: Benchmark, samples: list[Sample], press, ou
     desc = f"{benchmark.name} (process {shard.rank + 1}/{shard.world})"
     bar = tqdm(todo, desc=desc, disable=not progress or not shard.is_main)
     for sample in bar:
-        record = answer(model, processor, benchmark, sample, press, num_frames, max_new_tokens)
+        record = answer(model, processor, benchmark, sample, press, num_frames, max_new_tokens, stream)
         _write_json(samples_dir / f"{sample.id}.json", {**record, "process": shard.rank})
     shard.wait()
     if not shard.is_main:
@@ -226,6 +237,9 @@ def format_summary(summary: dict) -> str:
     ]
     if "m_avg" in summary:
         lines.append(f"M-Avg (mean over tasks): {_pct(summary['m_avg'])}")
+    if "total_avg" in summary:  # OVO-Bench: mode averages and the total, means over tasks
+        modes = ", ".join(f"{mode} {_pct(value)}" for mode, value in summary["mode_avg"].items())
+        lines.append(f"Total Avg. (mean over tasks): {_pct(summary['total_avg'])}; {modes}")
     for key, groups in summary["by"].items():
         lines.append(f"by {key}:")
         width = max(len(v) for v in groups) if groups else 0

@@ -59,7 +59,8 @@ class _Clock:
 @dataclass
 class ChunkRecord:
     """One appended chunk: its id, frames [start, end) of the stream, the kept token ids [L] and positions [R, L]
-    as prefilled, and its kept encoder output `packed` (the model's `mm_encoder_outputs["video"]`, for recall)."""
+    as prefilled, its kept encoder output `packed` (the model's `mm_encoder_outputs["video"]`, for recall) and the
+    stream token index of each kept visual token `origins` [K] (see `VideoStream.visual_origin`)."""
 
     index: int
     frames: tuple[int, int]
@@ -68,6 +69,7 @@ class ChunkRecord:
     positions: torch.Tensor
     packed: object
     grid: torch.Tensor
+    origins: torch.Tensor
 
 
 @dataclass
@@ -154,6 +156,12 @@ class VideoStream:
             return None
         if isinstance(press, str):
             press = get_press(press) if retention is None else get_press(press, retention=retention)
+        return VideoStream.check_press(press)
+
+    @staticmethod
+    def check_press(press: Press) -> Press:
+        """`press` if a stream can apply it to each chunk (a query-agnostic press acting before the LLM), else a
+        ValueError saying why not."""
         if not isinstance(press, Press):
             raise ValueError(f"press must be None, a press name or a Press; got {type(press).__name__}")
         if press.acts_in_llm or press.query_aware or press.needs_policy:
@@ -173,6 +181,10 @@ class VideoStream:
         self.slot_positions = torch.empty(self.layout.rows, 0, dtype=torch.long)
         self.visual_features = torch.empty(0, 0)  # [N, D] the cached visual tokens' features, in slot order
         self.visual_frame = torch.empty(0, dtype=torch.long)  # [N] stream frame (temporal group) of each
+        # [N] stream token index of each: group * tokens_per_frame + index in its frame (-1: not a grid token, e.g.
+        # LLaVA-OneVision's newline), so what a memory holds can be compared with where the evidence was
+        self.visual_origin = torch.empty(0, dtype=torch.long)
+        self.last_question_origins = torch.empty(0, dtype=torch.long)
         self.chunks: dict[int, ChunkRecord] = {}
         self.pending_frames: list[np.ndarray] = []
         self.pending_seconds: list[float] = []
@@ -259,6 +271,8 @@ class VideoStream:
         frame_of_row = torch.cat([keep // tokens.tokens_per_frame,
                                   torch.full((extra - tokens.num_tokens,), tokens.num_frames - 1, device=keep.device)])
         frame_of_row = frame_of_row.cpu() + self.groups_seen
+        origin_of_row = torch.cat([keep.cpu() + self.groups_seen * tokens.tokens_per_frame,
+                                   torch.full((extra - tokens.num_tokens,), -1, dtype=torch.long)])
         group_seconds = torch.tensor(seconds[:: self.temporal_patch], dtype=torch.float64) - self.first_second
 
         ids = inputs["input_ids"]
@@ -298,12 +312,14 @@ class VideoStream:
             self.visual_features = torch.empty(0, width)
         self.visual_features = torch.cat([self.visual_features, kept.float().cpu()])
         self.visual_frame = torch.cat([self.visual_frame, frame_of_row])
+        self.visual_origin = torch.cat([self.visual_origin, origin_of_row])
         start_frame = self.frames_seen
         self.frames_seen += len(frames)
         self.groups_seen += tokens.num_frames
         self.last_second = seconds[-1]
         self.chunks[index] = ChunkRecord(index, (start_frame, self.frames_seen), (seconds[0], seconds[-1]),
-                                         chunk_ids[0].cpu(), chunk_positions, packed, inputs.get("video_grid_thw"))
+                                         chunk_ids[0].cpu(), chunk_positions, packed, inputs.get("video_grid_thw"),
+                                         origin_of_row)
         self.policy.on_append(self, index, kept.float().cpu())
         stats = self._stats
         stats.chunks += 1
@@ -401,6 +417,7 @@ class VideoStream:
         kept_visual = ~drop[visual_slots]
         self.visual_features = self.visual_features[kept_visual]
         self.visual_frame = self.visual_frame[kept_visual]
+        self.visual_origin = self.visual_origin[kept_visual]
         self.slot_kind, self.slot_chunk, self.slot_ids = (self.slot_kind[keep], self.slot_chunk[keep],
                                                           self.slot_ids[keep])
         self.slot_positions = self.slot_positions[:, keep]
@@ -415,32 +432,50 @@ class VideoStream:
 
     # -- questions ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def question_logits(self, question: str) -> torch.Tensor:
-        """Logits [Q, V] of the question's tokens on the stream (no recall); the stream is unchanged afterwards."""
+    def question_logits(self, question: str, recall: bool = False) -> torch.Tensor:
+        """Logits [Q, V] of the question's tokens on the stream; with `recall`, after the memory policy brought
+        back what it recalls for the question (policy "recall"), as `ask` does. The stream is unchanged
+        afterwards."""
         length = self.cache_length
         ids = self.template.question_ids(question).to(self.model.device)
         try:
+            self._start_question(question if recall else None)
             return self._prefill(ids[None], self.layout.text(len(ids)), {})[0]
         finally:
             self._crop_to(length)
 
+    def _start_question(self, question: str | None) -> None:
+        """Let the policy bring back what it recalls for `question` (None: nothing) and note the visual tokens the
+        question will see (`last_question_origins`)."""
+        self.last_question_origins = self.visual_origin.clone()
+        if question is not None:
+            self.policy.before_question(self, question)
+
     @torch.no_grad()
-    def ask(self, question: str, max_new_tokens: int = 64) -> str:
-        """Answer `question` from the stream (greedy decoding, at most `max_new_tokens` tokens); the cache is
-        cropped back afterwards, so the stream continues exactly as before the question."""
+    def ask(self, question: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+            top_p: float = 1.0, seed: int | None = None) -> str:
+        """Answer `question` from the stream (at most `max_new_tokens` tokens); the cache is cropped back afterwards,
+        so the stream continues exactly as before the question.
+
+        Greedy by default; with `do_sample`, each token is drawn from softmax(logits / temperature) restricted to the
+        smallest set of most likely tokens whose probability reaches `top_p` (nucleus sampling, as transformers'
+        TopPLogitsWarper keeps it), with a generator seeded by `seed` (None: a fresh random seed), so the same seed
+        gives the same answer."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer; got {max_new_tokens!r}")
+        generator = self._sampler(do_sample, temperature, top_p, seed)
         clock = _Clock(self.model.device)
         length = self.cache_length
         ids = self.template.question_ids(question).to(self.model.device)
         eos = self._eos_ids()
         answer: list[int] = []
         try:
-            self.policy.before_question(self, question)
+            self._start_question(question)
             logits = self._prefill(ids[None], self.layout.text(len(ids)), {})
             position = self.layout.next_text + len(ids)
             for step in range(max_new_tokens):
-                token = int(logits[0, -1].argmax())
+                last = logits[0, -1].float()
+                token = int(last.argmax()) if generator is None else sample_token(last, temperature, top_p, generator)
                 if token in eos:
                     break
                 answer.append(token)
@@ -454,6 +489,21 @@ class VideoStream:
         self._stats.stage_ms["ask"].append(clock.lap())
         return self.template.tokenizer.decode(answer, skip_special_tokens=True)
 
+    @staticmethod
+    def _sampler(do_sample: bool, temperature: float, top_p: float, seed: int | None) -> torch.Generator | None:
+        """The seeded CPU generator of a sampled answer (None: greedy); bad knobs are a ValueError."""
+        if not do_sample:
+            return None
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"temperature must be a positive number; got {temperature!r}")
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1]; got {top_p!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an integer or None; got {seed!r}")
+        generator = torch.Generator()
+        generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
+        return generator
+
     def _eos_ids(self) -> set[int]:
         eos = getattr(self.model.generation_config, "eos_token_id", None)
         return {eos} if isinstance(eos, int) else set(eos or [])
@@ -462,6 +512,7 @@ class VideoStream:
         """Prefill evicted chunks again after the memory, at their original positions (for one question; `ask`
         crops them away with the question)."""
         for record in records:
+            self.last_question_origins = torch.cat([self.last_question_origins, record.origins])
             self._prefill(record.input_ids.to(self.model.device)[None], record.positions, {"video": record.packed},
                           {"video_grid_thw": record.grid})
 
@@ -477,3 +528,15 @@ class VideoStream:
         length."""
         self._stats.cache_tokens = self.cache_length
         return self._stats.as_dict()
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One token drawn from logits [V]: softmax(logits / temperature), cut to the most likely tokens whose cumulative
+    probability first reaches `top_p` (the most likely token always stays), renormalised."""
+    probs = torch.softmax(logits.cpu() / temperature, dim=-1)
+    order = torch.argsort(probs, descending=True, stable=True)
+    sorted_probs = probs[order]
+    # keep a token while the probability before it is below top_p: the smallest set reaching top_p
+    keep = (sorted_probs.cumsum(0) - sorted_probs) < top_p
+    kept = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+    return int(order[torch.multinomial(kept / kept.sum(), 1, generator=generator)])

@@ -474,3 +474,7 @@ _FAMILY_BUILDERS = {
     "counting": _counting,
     "query": _query,
 }
+
+
+#: The renderer, public for the world's other families (`vidpress.synthetic.stream_world`).
+Scene = _Scene

@@ -1,4 +1,4 @@
-"""Loaders, frame sampling and scoring for four published video-QA benchmarks, read from local folders.
+"""Loaders, frame sampling and scoring for six published video-QA benchmarks, read from local folders.
 
 Each benchmark reads the annotation layout its authors publish, samples frames with the rule of the authors'
 evaluation code, writes the prompt that code writes, and extracts and scores the answer as that code does:
@@ -12,6 +12,11 @@ mlvu                MLVU/MVLU (dev): [MLVU/]json/<n>_<task>.json + video/<n>_<ta
                     segment-middle frames; "Best option: ("; accuracy per task and M-Avg (mean over tasks).
 longvideobench      longvideobench/LongVideoBench: lvb_val.json + videos/; at most one frame per second of the
                     annotated duration; letter answer; accuracy per duration group and question category.
+ovobench            JoeLeelyf/OVO-Bench: ovo_bench_new.json + the videos it names; streaming: each question
+                    asked at its realtime through a VideoStream; backward / real-time / forward tasks scored
+                    as the authors' release; accuracy per task, mode averages and the total average.
+streamingbench      mjuicem/StreamingBench (real-time visual understanding): questions_real.json + videos/;
+                    streaming: asked at each time_stamp through a VideoStream; accuracy per task type.
 ==================  =====================================================================================
 
 Subtitles (Video-MME "w/ subs", LongVideoBench's interleaved subtitles) are not used: these are the
@@ -41,9 +46,12 @@ from vidpress.evaluation.benchmarks.mvbench import MVBENCH_TASKS, MVBench
 from vidpress.evaluation.benchmarks.videomme import VideoMME
 from vidpress.evaluation.benchmarks.mlvu import MLVU, MLVU_TASKS
 from vidpress.evaluation.benchmarks.longvideobench import LongVideoBench
+from vidpress.evaluation.benchmarks.ovobench import OVOBench
+from vidpress.evaluation.benchmarks.streamingbench import StreamingBench
 # isort: on
 
 __all__ = [
     "BENCHMARKS", "LETTERS", "MLVU", "MLVU_TASKS", "MVBENCH_FRAME_FPS", "MVBENCH_TASKS", "Benchmark", "LongVideoBench",
-    "MVBench", "Sample", "VideoMME", "decode_indices", "get_benchmark", "register_benchmark", "segment_middles",
+    "MVBench", "OVOBench", "Sample", "StreamingBench", "VideoMME", "decode_indices", "get_benchmark",
+    "register_benchmark", "segment_middles",
 ]

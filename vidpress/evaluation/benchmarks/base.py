@@ -29,6 +29,8 @@ class Sample:
     categories: the benchmark's breakdowns for this question, e.g. {"task": "Action Sequence"}.
     clip: (start, end) seconds of the annotated segment, or None for the whole video.
     duration: the annotated duration in seconds, where the benchmark samples frames from it.
+    ask_at: for a streaming benchmark, the stream time (seconds) the question is asked at; only frames before it
+        may be seen.
     """
 
     id: str
@@ -39,6 +41,7 @@ class Sample:
     categories: dict[str, str] = field(default_factory=dict)
     clip: tuple[float, float] | None = None
     duration: float | None = None
+    ask_at: float | None = None
 
 
 class Benchmark:
@@ -52,6 +55,9 @@ class Benchmark:
     categories: tuple[str, ...] = ()
     system_prompt: str | None = None  # the system turn of the authors' prompt, if any
     answer_prefix = ""  # text written after the assistant turn opens, which the answer continues
+    # A streaming benchmark asks each question at `Sample.ask_at`: `vidpress eval` feeds the frames before that time
+    # to a `VideoStream` chunk by chunk and asks there (vidpress.evaluation.stream_eval).
+    streaming = False
 
     def load(self, root: Path, skip_missing: bool = False) -> list[Sample]:
         """All questions under `root`; ValueError naming what is missing. skip_missing: drop questions whose
@@ -188,6 +194,14 @@ def _decode_frame_folder(folder: Path, choose) -> DecodedVideo:
         duration=len(names) / MVBENCH_FRAME_FPS,
         path=str(folder),
     )
+
+
+def frames_before(total_frames: int, fps: float, num_frames: int, seconds: float) -> np.ndarray:
+    """`num_frames` frame indices spread evenly over [0, seconds) of a video (the frames a streaming question may
+    see), each the middle of its segment; fewer when that span holds fewer frames."""
+    last = min(total_frames, max(1, int(np.floor(seconds * fps))))  # frames strictly before the question time
+    count = min(num_frames, last)
+    return np.floor((np.arange(count) + 0.5) * last / count).astype(np.int64)
 
 
 def segment_middles(total_frames: int, fps: float, num_frames: int, clip=None, first_index: int = 0) -> np.ndarray:
