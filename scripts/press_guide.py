@@ -69,9 +69,10 @@ def rows() -> list[list[str]]:
         else:
             cost = "not measured yet"
         reason = refusal_reason(cls)
+        fca = "yes" if cls.supports_frame_budgets else f"no: {cls.no_frame_budgets_because}"
         out.append([f"`{name}`", "trained policy" if cls.needs_policy else "training-free",
                     "yes" if cls.query_aware else "no", acts_on(cls), attention(cls), cost,
-                    "none" if floor == 0 else f"{floor:.3f}", "yes" if reason is None else f"no: {reason}"])
+                    "none" if floor == 0 else f"{floor:.3f}", fca, "yes" if reason is None else f"no: {reason}"])
     return out, shape
 
 
@@ -79,7 +80,7 @@ def render() -> str:
     table, shape = rows()
     header = ["press", "training", "query-aware", "acts on", "attention implementations",
               f"selection cost ({shape or 'not measured'})", f"minimum retention ({FRAMES} frames, "
-              f"{LAYERS} LLM layers)", "vLLM plugin"]
+              f"{LAYERS} LLM layers)", "VidCom²'s frame budgets (`<name>+fca`)", "vLLM plugin"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
     return "\n".join([START, *lines, END])

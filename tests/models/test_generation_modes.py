@@ -46,6 +46,8 @@ DETERMINISTIC = [m for m in MODES if m not in ("sample", "return_sequences")]
 OTHER_IN_LLM = [name for name, cls in sorted(presses.PRESSES.items())
                 if cls.acts_in_llm and not cls.prunes_before_llm and cls is not FastVPress]
 KINDS = ["pre", "llm", *OTHER_IN_LLM]
+#: with VidCom²'s frame budgets (per-frame stage quotas): FastV ("llm+fca") and every other in-LLM press that takes them
+FCA_KINDS = ["llm+fca", *(name + "+fca" for name in OTHER_IN_LLM if presses.PRESSES[name].supports_frame_budgets)]
 
 
 @dataclass
@@ -150,7 +152,7 @@ def keep_all(press):
 
 def press_for(kind, family, retention, model=None):
     """kind "pre": VidCom²; "llm": FastV; "llm+fca": FastV with VidCom²'s frame budgets (per-frame stage quotas);
-    any other kind: that registered in-LLM press with its defaults."""
+    any other kind: that registered in-LLM press with its defaults ("<name>+fca": and frame_budgets="vidcom2")."""
     if kind == "pre":
         return VidCom2Press(retention=retention)
     if kind in ("llm", "llm+fca"):
@@ -158,7 +160,8 @@ def press_for(kind, family, retention, model=None):
         return (KeepAllAfterLayer(retention=0.5, layer=layer) if retention == 1.0
                 else FastVPress(retention=retention, layer=layer,
                                 frame_budgets="vidcom2" if kind == "llm+fca" else None))
-    press = presses.get(kind, retention=0.5 if retention == 1.0 else retention)
+    name, knobs = (kind.removesuffix("+fca"), {"frame_budgets": "vidcom2"}) if kind.endswith("+fca") else (kind, {})
+    press = presses.get(name, retention=0.5 if retention == 1.0 else retention, **knobs)
     try:
         press.pruner(get_adapter(model))  # its stages on this model (building the pruner installs nothing)
     except ValueError as error:
@@ -204,7 +207,7 @@ def test_nothing_dropped_is_the_unpressed_model(models, family, kind, mode):
 
 
 @pytest.mark.parametrize("mode", DETERMINISTIC)
-@pytest.mark.parametrize("kind", [*KINDS, "llm+fca"])
+@pytest.mark.parametrize("kind", [*KINDS, *FCA_KINDS])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_equals_per_sample(models, family, kind, mode):
     model, processor = models(family)

@@ -260,12 +260,13 @@ def unpressed(tiny_model):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_retention_one_is_the_unpressed_model(name, family, tiny_model, unpressed):
     for attn in ("eager", "sdpa"):
         model, _ = tiny_model(family, attn)
         inputs, logits, generation = unpressed(family, attn)
-        with torch.no_grad(), presses.get(name, retention=1.0)(model) as pressed:
+        press = build(name, 1.0, None) if name.endswith(FCA) else presses.get(name, retention=1.0)
+        with torch.no_grad(), press(model) as pressed:
             out = model(**inputs).logits
             gen = model.generate(**inputs, **GENERATE)
         assert torch.equal(out, logits), attn  # max abs diff 0

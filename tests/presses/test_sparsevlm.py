@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vidpress import presses
+from vidpress.presses import VidCom2Press, fca
 from vidpress.presses.sparsevlm import PRESETS, SparseVLMPress, recycled_count
 from vidpress.testing import make_inputs, tiny_model_and_processor, tiny_video
 
@@ -219,3 +220,114 @@ def test_batched_equals_per_sample(deep_models, family):
             assert [s.num_kept for s in pressed.last_report.selections] == kept[i : i + 1]
             assert torch.allclose(single[0, -1], batched[i, -1], atol=1e-5, rtol=0)
     assert pressed.last_report.retention < 1
+
+
+# --- with VidCom²'s frame budgets (SparseVLM+FCA) --------------------------------------------------------------------
+
+def test_frame_budgets_keep_each_frames_share_ranked_by_the_raters(deep_models):
+    """frame_budgets="vidcom2": at each stage, frame t processes min(its tokens so far, max(1, round(f M r[t] / R)))
+    frame tokens (merged ones counted in their centre's frame); its kept tokens are the top of the raters' scores
+    among its own, and its merged tokens are DPC-kNN merges of its own best-scored pruned tokens."""
+    model, processor = deep_models("qwen2_5_vl")
+    inputs = make_inputs(processor, [tiny_video(8, seed=1), tiny_video(12, seed=2)], QUESTIONS)
+    R = 0.7
+    press = SparseVLMPress(retention=R, layers=(0, 1, 2), layer_scale=False, frame_budgets="vidcom2")
+    with torch.no_grad(), press(model) as pressed:
+        out = model(**inputs, output_attentions=True, output_hidden_states=True)
+    pruner, report = pressed.pruner, pressed.last_report
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    B, L = ids.shape
+    recycled_somewhere = False
+    for b in range(B):
+        tokens = report.videos[b]
+        M = tokens.tokens_per_frame
+        r = VidCom2Press(retention=R).frame_retention(tokens).clamp(max=1)
+        assert len(set(fca.frame_budgets(r, M).tolist())) > 1  # the frames' budgets really differ
+        frames = ((ids[b] == model.config.video_token_id) & mask[b]).nonzero().squeeze(1)
+        frame_of = torch.full((L,), -1)
+        frame_of[frames] = torch.arange(frames.numel()) // M
+        raters = pruner.raters_full[b]
+        index, valid = torch.arange(L), mask[b]
+        counts = torch.full((tokens.num_frames,), M)
+        for stage, fraction in pruner.stages:
+            quota = fca.stage_frame_budgets(r, R, fraction, M)
+            attention = out.attentions[stage - 1][b].float()  # [H, Lc, Lc] over the current sequence
+            rows = (raters[index] & valid).nonzero().squeeze(1)
+            score = attention[:, rows].mean(0).mean(0)  # [Lc]
+            padded_index, new_valid = (t[b] for t in pruner.stage_state[stage])
+            new_index = padded_index[new_valid]
+            centres = pruner.recycled[stage][b]
+            merged_rows = out.hidden_states[stage][b]  # layer outputs over the current (padded) sequence
+            entering = []
+            for t in range(tokens.num_frames):
+                places = ((frame_of[index] == t) & valid).nonzero().squeeze(1)  # frame t's current tokens
+                assert places.numel() == counts[t]
+                k, clusters = press.split_budget(int(quota[t]), places.numel())
+                order = places[torch.sort(score[places], descending=True, stable=True).indices]
+                mine = new_index[frame_of[new_index] == t]
+                assert mine.numel() == min(int(counts[t]), int(quota[t])) == k + clusters
+                own_centres = centres[frame_of[centres] == t]
+                assert set(mine[~torch.isin(mine, own_centres)].tolist()) == set(index[order[:k]].tolist())
+                if clusters:
+                    pool = order[k:][: recycled_count(places.numel() - k)[0]]
+                    merged, which = press.merge(merged_rows[pool], clusters)
+                    assert torch.equal(index[pool[which]], own_centres)
+                    entering.append(merged)
+                    recycled_somewhere = True
+                counts[t] = mine.numel()
+            # the merged tokens follow the kept frame tokens, frame by frame, with the layer's merged states
+            first = int((new_index == centres[0]).nonzero()) if centres.numel() else None
+            if first is not None:
+                assert torch.equal(new_index[first : first + centres.numel()], centres)
+                assert torch.equal(frame_of[centres], frame_of[centres].sort().values)
+            index, valid = padded_index, new_valid
+        kept = report.selections[b].keep_indices
+        assert torch.bincount(kept // M, minlength=tokens.num_frames).tolist() == counts.tolist()
+    assert recycled_somewhere
+
+
+@dataclasses.dataclass
+class AtVidCom2Share(SparseVLMPress):
+    """One stage keeping the share R of the video: with frame budgets, frame t's budget is VidCom²'s own k[t]."""
+
+    def schedule(self, num_layers, first_layer=1):
+        return [(1, self.retention)]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("R", [0.3, 0.6])
+def test_frame_budgets_at_vidcom2s_share_are_vidcom2s_budgets(tiny_model, family, R):
+    model, processor = tiny_model(family, "sdpa")
+    inputs = make_inputs(processor, [tiny_video(8, seed=3), tiny_video(8, seed=4)], QUESTIONS)
+    press = AtVidCom2Share(retention=R, frame_budgets="vidcom2")
+    with torch.no_grad(), press(model) as pressed:
+        model(**inputs)
+    report = pressed.last_report
+    for tokens, selection in zip(report.videos, report.selections):
+        expected = VidCom2Press(retention=R).select(tokens).frame_budgets
+        M = tokens.tokens_per_frame
+        assert torch.bincount(selection.keep_indices // M, minlength=tokens.num_frames).tolist() == expected.tolist()
+    assert any(centres.numel() for centres in pressed.pruner.recycled[1])  # merged tokens made and counted
+
+
+@dataclasses.dataclass
+class KeepAllFrames(SparseVLMPress):
+    """The per-frame machinery (raters, scores, one pool per frame, rebuilt sequences) with every frame kept whole."""
+
+    def stage_frame_budget(self, fraction, frame_retention, tokens_per_frame):
+        return torch.as_tensor(tokens_per_frame).expand_as(frame_retention).clone()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_frame_budgets_machinery_keeping_everything_is_exact(tiny_model, family):
+    model, processor = tiny_model(family, "sdpa")
+    inputs = make_inputs(processor, [tiny_video(8, seed=1), tiny_video(8, seed=2)], QUESTIONS)
+    options = dict(max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        ref, ref_gen = model(**inputs).logits, model.generate(**inputs, **options)
+        with KeepAllFrames(retention=0.5, frame_budgets="vidcom2")(model) as pressed:
+            out, gen = model(**inputs).logits, model.generate(**inputs, **options)
+    assert pressed.pruner.per_frame and pressed.last_report.retention == 1.0
+    real = inputs["attention_mask"].bool()
+    assert torch.allclose(out[real], ref[real], atol=1e-5, rtol=0)
+    assert torch.equal(gen.sequences, ref_gen.sequences)

@@ -62,7 +62,9 @@ class FastVIDPress(Press):
     Differences from the released code: saliency is the cosine distance to the segment's mean token ("distinct",
     default) or the token's L2 norm ("norm"), in place of [CLS] attention; density ties go to the lower index where
     the released code adds random noise; the default budget is exact (the per-frame int() budget keeps fewer tokens
-    than R, e.g. 0.22 at R = 0.25, M = 9); our reading of step 5's weighting is stated above.
+    than R, e.g. 0.22 at R = 0.25, M = 9); step 5 is vidpress's reading of the paper, not the release's: the released
+    code assigns a token to the context token of highest cosine similarity, merges as w * c + (1 - w) * mean(assigned)
+    and merges an anchor frame's own tokens within that frame.
 
     Args:
         retention: R, fraction of video tokens kept.

@@ -73,6 +73,16 @@ class SparseVLMPress(LayerPress):
     A stage whose budget covers every current frame token does nothing (released: min(k, n_v - 1) always prunes and
     recycles at least one token, which at retention 1 would change the output).
 
+    With frame_budgets="vidcom2" (SparseVLM+FCA, vidpress's composition; the VidCom² paper, arXiv 2505.14454, shows
+    it but no release composes them): a stage keeping the share f of the video gives frame t the budget
+    b[t] = min(M, max(1, round(f * M * r[t] / R))), r[t] VidCom²'s frame retention (`vidpress.presses.fca`, the code
+    VidCom² runs); at f = R that is VidCom²'s own k[t]. Each frame is its own pool: the rule above runs on frame t's
+    current tokens with the budget b[t] (the same split into kept and merged tokens, so kept + merged = b[t]; with
+    budget="preset" b[t] kept plus the merged ones), ranked by the raters' scores unchanged, and recycles from its own
+    pruned tokens (the int(0.3 n_d[t]) + 1 best of them into int(n_r[t] / 10) + 1 merged tokens). A merged token
+    belongs to its centre's frame, so at later stages it counts in that frame's budget; merged tokens follow the kept
+    frame tokens frame by frame (each frame's in centre order). A frame whose budget covers its tokens is left as is.
+
     Positions: every family keeps the original positions: kept tokens their own, a merged token its centre's; the
     released code renumbers (0..L'-1, decoding at each layer's cache length). Renumbering is meaningless under
     Qwen's M-RoPE (3-D time/height/width ids; as SparseVLM+ does), and one rule for all five families keeps decoding
@@ -93,11 +103,8 @@ class SparseVLMPress(LayerPress):
             counts stay as above).
         seed: seed of the density tie-break noise (released: the global RNG).
         compute_dtype: "float32" (default) or "model" (see `vidpress.presses.base.check_compute_dtype`).
+        frame_budgets: None (default: one pool per video) or "vidcom2" (per-frame budgets, see above).
     """
-
-    supports_frame_budgets = False
-    no_frame_budgets_because = ("each stage splits its budget between kept and recycled (merged) tokens over the "
-                                "whole video; VidCom²'s per-frame budgets with that recycling are not implemented yet")
 
     layers: tuple[int, ...] = (2, 6, 15)
     layer_scale: bool | None = None
@@ -294,25 +301,29 @@ class SparseVLMPruner(LayerPruner):
         span, re-pad; a merged token takes its centre's place in the full sequence (positions, owner, output row)."""
         if self.scores is None:
             raise RuntimeError("vidpress: the scoring layer did not run before the pruning layer")
-        budget = self.press.stage_budget(dict(self.stages)[layer_index], self.visual_full)
+        fraction = dict(self.stages)[layer_index]
+        budget = self.press.stage_budget(fraction, self.visual_full)  # [rows]
         frame = (self.owner.gather(1, self.index) >= 0) & self.valid
         visual = self.placeholder_full.gather(1, self.index) & self.valid
+        if self.per_frame:  # frame_budgets="vidcom2": each frame's own budget, recycled from its own pruned tokens
+            quota = self.press.stage_frame_budget(fraction, self.frame_retention, self.frame_size)  # [frames]
+            frame_of = self.frame.gather(1, self.index)  # [rows, L'] (a merged token: its centre's frame)
         self.full_hidden = self._scatter_full(hidden)
         rows_index, rows_hidden, recycled = [], [], []
         for row in range(hidden.shape[0]):
             real = self.valid[row].nonzero().squeeze(1)
             current = frame[row].nonzero().squeeze(1)  # sequence places of the frame tokens
-            kept, clusters = self.press.split_budget(int(budget[row]), current.numel())
-            order = torch.sort(self.scores[row, current], descending=True, stable=True).indices
+            if self.per_frame:
+                groups = frame_of[row, current]
+                chosen = [self._choose(hidden[row], self.scores[row], current[groups == g], int(quota[g]))
+                          for g in groups.unique().tolist()]  # frames in order
+            else:
+                chosen = [self._choose(hidden[row], self.scores[row], current, int(budget[row]))]
+            empty = (current[:0], hidden.new_zeros(0, hidden.shape[-1]), current[:0])  # a row without frame tokens
+            kept, merged, centres = (torch.cat(parts) for parts in zip(empty, *chosen))
             keep = torch.zeros_like(frame[row])
-            keep[current[order[:kept]]] = True
+            keep[kept] = True
             places = real[keep[real] | ~frame[row, real]]  # kept frame tokens and every other real token, in order
-            merged, centres = hidden.new_zeros(0, hidden.shape[-1]), current.new_zeros(0)
-            if clusters:
-                deleted = current[order[kept:]]  # best-scored first
-                pool = deleted[: recycled_count(deleted.numel())[0]]
-                merged, which = self.press.merge(hidden[row, pool], clusters)
-                centres = pool[which]
             split = int((places <= int(visual[row].nonzero().max())).sum()) if visual[row].any() else places.numel()
             rows_index.append(torch.cat([self.index[row, places[:split]], self.index[row, centres],
                                          self.index[row, places[split:]]]))
@@ -322,6 +333,19 @@ class SparseVLMPruner(LayerPruner):
         index, valid, hidden = self._pad(rows_index, rows_hidden)
         self.end_stage(layer_index, index, valid)
         return hidden
+
+    def _choose(self, hidden: torch.Tensor, scores: torch.Tensor, current: torch.Tensor, budget: int):
+        """One pool of frame tokens (a sample's, or one frame's with frame budgets) at a stage with `budget` for it:
+        (kept places [k], merged tokens [c, D], their centres' places [c]). hidden [L', D]: one row's layer output;
+        scores [L']: its raters' scores; current [n]: sequence places of the pool's frame tokens."""
+        kept, clusters = self.press.split_budget(budget, current.numel())
+        order = torch.sort(scores[current], descending=True, stable=True).indices
+        if not clusters:
+            return current[order[:kept]], hidden.new_zeros(0, hidden.shape[-1]), current.new_zeros(0)
+        deleted = current[order[kept:]]  # best-scored first
+        pool = deleted[: recycled_count(deleted.numel())[0]]
+        merged, which = self.press.merge(hidden[pool], clusters)
+        return current[order[:kept]], merged, pool[which]
 
     def _pad(self, rows_index: list[torch.Tensor], rows_hidden: list[torch.Tensor]):
         """Stack ragged rows into (index [rows, L'], valid [rows, L'], hidden [rows, L', D]), padded on the side the
