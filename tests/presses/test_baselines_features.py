@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import divprune_loop
 
 from vidpress import VideoTokens, presses
 from vidpress.presses import DivPrunePress, DyCokePress, FastVIDPress, divprune
@@ -25,19 +26,6 @@ def video(T=8, M=16, D=32, seed=0):
     side = math.isqrt(M)
     grid = (T, side, M // side) if side * side == M else (T, 1, M)
     return VideoTokens(torch.randn(T, M, D, generator=g), grid)
-
-
-def divprune_loop(x, budget):
-    """DivPrune read literally: full distance matrix, one pick at a time. x [N, D] -> picks in order."""
-    x = F.normalize(x.float(), dim=-1)
-    dist = 1 - x @ x.T
-    others = dist + torch.diag(torch.full((len(x),), float("inf")))
-    picks = [int(torch.argmax(others.min(dim=1).values))]
-    while len(picks) < budget:
-        to_kept = dist[:, picks].min(dim=1).values
-        to_kept[picks] = -float("inf")
-        picks.append(int(torch.argmax(to_kept)))
-    return picks
 
 
 # --- every press ----------------------------------------------------------------------------------------------
