@@ -31,7 +31,7 @@ import torch
 
 from vidpress import presses
 from vidpress.presses.base import Press
-from vidpress.types import VideoTokens
+from vidpress.types import Query, VideoTokens
 
 logger = logging.getLogger("vidpress")
 
@@ -41,6 +41,11 @@ ARCHITECTURES = {
         "qwen2_5_vl", "vidpress.serving.vllm_models:VidpressQwen2_5_VLForConditionalGeneration"),
     "VidpressQwen3VLForConditionalGeneration": (
         "qwen3_vl", "vidpress.serving.vllm_models:VidpressQwen3VLForConditionalGeneration"),
+}
+#: architectures whose processor hands each video the prompt's question (query-aware presses): name -> model type
+QUERY_ARCHITECTURES = {
+    "VidpressQueryQwen2_5_VLForConditionalGeneration": (
+        "qwen2_5_vl", "vidpress.serving.vllm_models:VidpressQueryQwen2_5_VLForConditionalGeneration"),
 }
 #: key of the vidpress settings inside `--additional-config`
 CONFIG_KEY = "vidpress"
@@ -58,7 +63,7 @@ def register_plugin() -> None:
     # Classes, not "module:class" strings: vLLM inspects a lazily registered class in a fresh interpreter that
     # imports transformers (and torchvision) before any plugin runs, which fails where torchvision needs the fix
     # above. Importing the two model modules initialises no device.
-    for architecture, (_, target) in ARCHITECTURES.items():
+    for architecture, (_, target) in {**ARCHITECTURES, **QUERY_ARCHITECTURES}.items():
         module, name = target.split(":")
         ModelRegistry.register_model(architecture, getattr(importlib.import_module(module), name))
     _enable_pruning_on_cpu()
@@ -103,10 +108,13 @@ def _enable_pruning_on_cpu() -> None:
 
 
 # -- which presses run at vLLM's pruning step -----------------------------------------------------------------
-def refusal_reason(press_cls: type[Press]) -> str | None:
-    """Why `press_cls` cannot choose tokens at vLLM's video-pruning step, or None when it can."""
-    if press_cls.query_aware:
-        return "it reads the question, which vLLM's video-pruning step (after the vision encoder) does not see"
+def refusal_reason(press_cls: type[Press], with_query: bool = False) -> str | None:
+    """Why `press_cls` cannot choose tokens at vLLM's video-pruning step, or None when it can. `with_query`: the
+    model is a `QUERY_ARCHITECTURES` one, whose processor hands the step each video's question."""
+    if press_cls.query_aware and not with_query:
+        names = " / ".join(f"{arch} ({model})" for arch, (model, _) in QUERY_ARCHITECTURES.items())
+        return ("it reads the question, which this architecture's video-pruning step does not see; serve it with "
+                f"--hf-overrides '{{\"architectures\": [ARCH]}}', ARCH one of {names}")
     if press_cls.needs_vision_stats:
         return "it needs attention statistics recorded inside the vision encoder, which vLLM's encoder does not expose"
     if press_cls.acts_in_llm:
@@ -145,9 +153,11 @@ def check_family(model_type: str, architecture: str | None = None) -> None:
         )
 
 
-def press_from_config(additional_config, model_type: str, video_pruning_rate: float | None) -> ServingPress:
+def press_from_config(additional_config, model_type: str, video_pruning_rate: float | None,
+                      with_query: bool = False) -> ServingPress:
     """Build the press of `--additional-config '{"vidpress": {"press": NAME, ...knobs}}'` for a model, or raise a
-    ValueError saying what was wrong and what is accepted."""
+    ValueError saying what was wrong and what is accepted. `with_query`: as in `refusal_reason`. A press that needs a
+    trained policy takes its folder as the knob `policy` (loaded once per worker, with the model)."""
     from vidpress.models import ADAPTERS, adapter_class  # imports transformers: only once a model is configured
 
     check_family(model_type)
@@ -175,7 +185,7 @@ def press_from_config(additional_config, model_type: str, video_pruning_rate: fl
         raise ValueError(
             f"vidpress: unknown press {name!r}; presses that run in vLLM: {', '.join(applicable_presses())}")
     key = presses.press_key(name)
-    reason = refusal_reason(presses.PRESSES[key])
+    reason = refusal_reason(presses.PRESSES[key], with_query)
     if reason is not None:
         raise ValueError(
             f"vidpress: press {name!r} cannot run in vLLM: {reason}. Presses that run in vLLM: "
@@ -191,13 +201,15 @@ def press_from_config(additional_config, model_type: str, video_pruning_rate: fl
 
 
 # -- the keep mask at vLLM's retained count -------------------------------------------------------------------
-def select_exact(press: Press, tokens: VideoTokens, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def select_exact(press: Press, tokens: VideoTokens, count: int,
+                 query: Query | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The press's choice of exactly `count` tokens of one video.
 
-    tokens: features [T, M, D]. Returns (keep: sorted LongTensor [count] into T * M, features [count, D]: the kept
-    tokens' features, merged ones for merging presses). The press runs at its own retention; a different count is
-    fitted by the press's own scores (`Press.token_scores`): the lowest-scored kept tokens are dropped (with what
-    was merged into them) or the highest-scored others added with their own features. Presses without scores that
+    tokens: features [T, M, D]; query: the video's question, for query-aware presses. Returns (keep: sorted
+    LongTensor [count] into T * M, features [count, D]: the kept tokens' features, merged ones for merging presses).
+    The press runs at its own retention; a different count is fitted by the press's own scores
+    (`Press.token_scores`): the lowest-scored kept tokens are dropped (with what was merged into them) or the
+    highest-scored others added with their own features. Presses without scores that
     keep round(R * N) tokens run again at R = count / N.
     """
     N = tokens.num_tokens
@@ -206,12 +218,12 @@ def select_exact(press: Press, tokens: VideoTokens, count: int) -> tuple[torch.T
     flat = tokens.features.reshape(N, -1)
     if count == N:
         return torch.arange(N, device=flat.device), flat
-    selection = press.select(tokens)
+    selection = press.select(tokens, query)
     scores = None
     if selection.num_kept != count:
         scores = press.token_scores(tokens)
         if scores is None:
-            selection = dataclasses.replace(press, retention=count / N).select(tokens)
+            selection = dataclasses.replace(press, retention=count / N).select(tokens, query)
     keep = selection.keep_indices.to(flat.device)
     features = selection.features if selection.features is not None else flat[keep]
     features = features.to(flat.dtype)
@@ -277,5 +289,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["ARCHITECTURES", "CONFIG_KEY", "ServingPress", "applicable_presses", "check_family", "press_from_config",
-           "refusal_reason", "register_plugin", "select_exact"]
+__all__ = ["ARCHITECTURES", "CONFIG_KEY", "QUERY_ARCHITECTURES", "ServingPress", "applicable_presses", "check_family",
+           "press_from_config", "refusal_reason", "register_plugin", "select_exact"]
