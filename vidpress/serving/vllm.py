@@ -14,8 +14,10 @@ Qwen2.5-VL / Qwen3-VL classes with that one step replaced: the press, run at ret
 its count is trimmed or topped up to the contract by the press's own scores (`select_exact`); kept tokens keep their
 original positions; merging presses put their merged features into the kept rows.
 
-Presses that cannot act at that step are refused when the model loads: query-aware ones (MARC, CaCoVID) do not get
-the question there, VisionZip needs attention inside the vision encoder, FastV / PDrop act inside the LLM.
+Query-aware presses (CaCoVID) need the question at that step: the `QUERY_ARCHITECTURES` class's processor hands it to
+every video (`vidpress.serving.vllm_query`). Presses that cannot act at that step are refused when the model loads
+(`refusal_reason`): a kept count the content decides (MARC), attention inside the vision encoder (VisionZip), pruning
+inside the LLM (FastV / PDrop).
 
 This module imports vLLM only inside `register()` and `main()`; the model classes live in
 `vidpress.serving.vllm_models`.
@@ -111,6 +113,9 @@ def _enable_pruning_on_cpu() -> None:
 def refusal_reason(press_cls: type[Press], with_query: bool = False) -> str | None:
     """Why `press_cls` cannot choose tokens at vLLM's video-pruning step, or None when it can. `with_query`: the
     model is a `QUERY_ARCHITECTURES` one, whose processor hands the step each video's question."""
+    if press_cls.count_follows_content:
+        return ("the content decides how many tokens it keeps, but vLLM fixes each video's token count in the prompt "
+                "before the vision encoder runs")
     if press_cls.query_aware and not with_query:
         names = " / ".join(f"{arch} ({model})" for arch, (model, _) in QUERY_ARCHITECTURES.items())
         return ("it reads the question, which this architecture's video-pruning step does not see; serve it with "
