@@ -13,7 +13,8 @@
 
     python benchmarks/press_overhead.py                       # the documented run (several minutes on 2 CPU cores)
     python benchmarks/press_overhead.py --frames 16 --layers 1  # a quick look
-    python benchmarks/press_overhead.py --layers 0 --llm-layers 0 --repeats 7  # part 1 and the side-by-side only
+    python benchmarks/press_overhead.py --layers 0 --llm-layers 0 --presses vidcom2 fastvid --repeats 5
+                                      # the side-by-side of docs/benchmarks.md ("Press speed on the serving path")
     python benchmarks/press_overhead.py --frames 16 --layers 0 --llm-layers 0 --json docs/press_overhead.json
                                       # part 1 only, saved for the README's press guide (scripts/press_guide.py)
 
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--llm-layers", type=int, default=4, help="layers for part 3 (0 skips it)")
     parser.add_argument("--llm-frames", type=int, default=8, help="frames for part 3")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--presses", nargs="+", help="time only these presses in part 1 (default: every one)")
     parser.add_argument("--divprune-frames", type=int, default=8,
                         help="frames for DivPrune next to its literal loop (the loop is quadratic in the picks)")
     parser.add_argument("--json", help="write part 1 (select ms per press, the setup, the load average) to this file")
@@ -103,8 +105,8 @@ def main() -> None:
     print("\n1. select time per press acting before the LLM (median ms)")
     select_ms, skipped = {}, {}
     load_start = os.getloadavg()[0]
-    for name in presses.available():
-        cls = presses.PRESSES[name]
+    for name in args.presses or presses.available():
+        cls = presses.PRESSES[presses.press_key(name)]
         if cls.acts_in_llm:
             continue
         if cls.needs_policy:
