@@ -184,7 +184,7 @@ class VidpressQwen3VLForConditionalGeneration(_PressedVideo, Qwen3VLForCondition
         return super().recompute_mrope_positions(input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens)
 
 
-# -- query-aware presses (CaCoVID, MARC): the question reaches the pruning step ------------------------------------
+# -- query-aware presses (CaCoVID): the question reaches the pruning step ------------------------------------
 class _QueryQwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
     """vLLM's Qwen2.5-VL processor that also hands every video its prompt's question (`vidpress.serving.vllm_query`
     fields) and makes the prompt part of every item's cache identity: vLLM caches processed items and encoder
@@ -236,7 +236,7 @@ class _PolicyFromFolder:
     _QueryQwen2_5_VLProcessor, info=_Qwen2_5_VLInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
 )
 class VidpressQueryQwen2_5_VLForConditionalGeneration(VidpressQwen2_5_VLForConditionalGeneration):
-    """Qwen2.5-VL in vLLM with a query-aware press (CaCoVID, MARC) or any other: every video's press sees the
+    """Qwen2.5-VL in vLLM with a query-aware press (CaCoVID) or any other: every video's press sees the
     prompt's question, as in `with press(model)` (the same `Query`: text ids and embeddings, positions over the
     unpruned sequence, question mask). The count is vLLM's EVS contract, as for the plain class. A press that needs
     a trained policy loads it once per worker from its `policy` folder, onto the model's device."""
@@ -252,14 +252,14 @@ class VidpressQueryQwen2_5_VLForConditionalGeneration(VidpressQwen2_5_VLForCondi
     def embed_multimodal(self, **kwargs):
         text, video = (kwargs.pop(name, None) for name in FIELDS)
         self.vidpress_queries = []
-        if kwargs.get("pixel_values_videos") is not None or kwargs.get("video_embeds") is not None:
-            if text is None or video is None:
-                raise RuntimeError("vidpress: the videos reached the model without their question; serve this "
-                                   "architecture with vLLM's multimodal processor (not pre-computed embeddings)")
+        if text is not None and video is not None:
             embed = self.get_language_model().embed_input_ids
             self.vidpress_queries = [query_from_fields(t, v, embed) for t, v in zip(text, video, strict=True)]
+        elif self.vidpress.press.query_aware and kwargs.get("video_grid_thw") is not None:
+            raise RuntimeError("vidpress: the videos reached the model without their question; serve this "
+                               "architecture with vLLM's multimodal processor (not pre-computed embeddings)")
         return super().embed_multimodal(**kwargs)
 
     def _vidpress_query(self, video_index: int):
-        return self.vidpress_queries[video_index]
+        return self.vidpress_queries[video_index] if self.vidpress_queries else None
 
