@@ -1,4 +1,4 @@
-"""The question of a served prompt, for query-aware presses (CaCoVID, MARC) inside vLLM.
+"""The question of a served prompt, for query-aware presses (CaCoVID) inside vLLM.
 
 vLLM's pruning step sees only the video's encoder output. For a query-aware press the model class of
 `vidpress.serving.vllm_models` (the `Query` architectures) has its multimodal processor, which sees the whole prompt
