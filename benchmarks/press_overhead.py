@@ -13,7 +13,7 @@
 
     python benchmarks/press_overhead.py                       # the documented run (several minutes on 2 CPU cores)
     python benchmarks/press_overhead.py --frames 16 --layers 1  # a quick look
-    python benchmarks/press_overhead.py --layers 0 --llm-layers 0 --presses vidcom2 fastvid --repeats 5
+    python benchmarks/press_overhead.py --layers 0 --llm-layers 0 --presses vidcom2 fastvid divprune --repeats 5
                                       # the side-by-side of docs/benchmarks.md ("Press speed on the serving path")
     python benchmarks/press_overhead.py --frames 16 --layers 0 --llm-layers 0 --json docs/press_overhead.json
                                       # part 1 only, saved for the README's press guide (scripts/press_guide.py)
