@@ -1,7 +1,10 @@
 """What a press costs next to what it saves.
 
 1. `select` time of every registered press on video features [T, M, D] (default [64, 256, 3584]: 64 frames of a
-   7B Qwen2.5-VL), and VidCom²'s vectorised rule next to a straightforward per-frame loop of the same rule.
+   7B Qwen2.5-VL). Then side by side, interleaved (`--repeats` rounds, median and min-max): VidCom²'s `select` next
+   to the rule computed literally frame by frame (explicit ||x - c||^2 per token, torch.var, F.normalize: the
+   computation of the authors' release, re-implemented from the rule), and DivPrune's `select` next to the rule read
+   literally (full distance matrix, one pick at a time with a host sync each), on `--divprune-frames` frames.
 2. LLM prefill time of a random-weight Qwen2.5-VL of the 7B width (`--layers` decoder layers; the real model
    has 28) on the same features, with all tokens and with VidCom² at `--retention`, next to the token-count ideal.
 3. Presses acting inside the LLM (FastV, PDrop) on the same model shape with `--llm-layers` layers and
@@ -10,6 +13,8 @@
 
     python benchmarks/press_overhead.py                       # the documented run (several minutes on 2 CPU cores)
     python benchmarks/press_overhead.py --frames 16 --layers 1  # a quick look
+    python benchmarks/press_overhead.py --layers 0 --llm-layers 0 --presses vidcom2 fastvid divprune --repeats 5
+                                      # the side-by-side of docs/benchmarks.md ("Press speed on the serving path")
     python benchmarks/press_overhead.py --frames 16 --layers 0 --llm-layers 0 --json docs/press_overhead.json
                                       # part 1 only, saved for the README's press guide (scripts/press_guide.py)
 
@@ -21,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +36,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the per-frame reference loop lives there
 
-from reference import vidcom2_loop  # noqa: E402
+from reference import divprune_loop, vidcom2_loop  # noqa: E402
 
-from vidpress import VidCom2Press, VideoTokens, presses  # noqa: E402  (before transformers: torchvision shim)
+from vidpress import DivPrunePress, VidCom2Press, VideoTokens, presses  # noqa: E402  (before transformers: torchvision shim)
 from vidpress.presses import FastVPress, PDropPress  # noqa: E402
 from vidpress.timing import median_ms, time_prefill  # noqa: E402
 
@@ -84,6 +91,9 @@ def main() -> None:
     parser.add_argument("--llm-layers", type=int, default=4, help="layers for part 3 (0 skips it)")
     parser.add_argument("--llm-frames", type=int, default=8, help="frames for part 3")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--presses", nargs="+", help="time only these presses in part 1 (default: every one)")
+    parser.add_argument("--divprune-frames", type=int, default=8,
+                        help="frames for DivPrune next to its literal loop (the loop is quadratic in the picks)")
     parser.add_argument("--json", help="write part 1 (select ms per press, the setup, the load average) to this file")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -95,8 +105,8 @@ def main() -> None:
     print("\n1. select time per press acting before the LLM (median ms)")
     select_ms, skipped = {}, {}
     load_start = os.getloadavg()[0]
-    for name in presses.available():
-        cls = presses.PRESSES[name]
+    for name in args.presses or presses.available():
+        cls = presses.PRESSES[presses.press_key(name)]
         if cls.acts_in_llm:
             continue
         if cls.needs_policy:
@@ -113,11 +123,7 @@ def main() -> None:
             print(f"   {name:10s} not timed: {error}")
             continue
         print(f"   {name:10s} {select_ms[name]:9.1f} ms  (effective retention {press.select(tokens).retention:.3f})")
-    loop_ms = median_ms(lambda: vidcom2_loop(features, args.retention), args.repeats)
-    vectorised = VidCom2Press(retention=args.retention).select(tokens).keep_indices.tolist()
-    assert vectorised == vidcom2_loop(features, args.retention), "vectorised VidCom2 differs from the loop"
-    print(f"   vidcom2 per-frame loop {loop_ms:9.1f} ms -> vectorised is {loop_ms / select_ms['vidcom2']:.1f}x faster"
-          " (same indices)")
+    side_by_side(features, tokens, args)
 
     if args.json:
         Path(args.json).write_text(json.dumps({
@@ -130,6 +136,43 @@ def main() -> None:
         llm_prefill(features, args)
     if args.llm_layers > 0:
         in_llm_presses(args)
+
+
+def side_by_side(features: torch.Tensor, tokens: VideoTokens, args) -> None:
+    """vidpress's VidCom² and DivPrune next to the literal computations of their rules, interleaved, equal picks."""
+    R = args.retention
+    small = features[: args.divprune_frames]
+    small_tokens = VideoTokens(small, (small.shape[0],) + tuple(tokens.grid[1:]))
+    vidcom2, divprune = VidCom2Press(retention=R), DivPrunePress(retention=R)
+    assert vidcom2.select(tokens).keep_indices.tolist() == vidcom2_loop(features, R), "VidCom2 differs from its loop"
+    budget = divprune.select(small_tokens).keep_indices.numel()
+    literal = sorted(divprune_loop(small.reshape(-1, small.shape[-1]), budget))
+    assert divprune.select(small_tokens).keep_indices.tolist() == literal, "DivPrune differs from its loop"
+    pairs = {
+        f"vidcom2 [{', '.join(map(str, features.shape))}]": (lambda: vidcom2.select(tokens),
+                                                              lambda: vidcom2_loop(features, R)),
+        f"divprune [{', '.join(map(str, small.shape))}]": (
+            lambda: divprune.select(small_tokens),
+            lambda: divprune_loop(small.reshape(-1, small.shape[-1]), budget)),
+    }
+    times = {(name, side): [] for name in pairs for side in (0, 1)}
+    load = os.getloadavg()
+    for _ in range(args.repeats + 1):  # the first round warms up and is dropped
+        for name, fns in pairs.items():
+            for side, fn in enumerate(fns):
+                start = time.perf_counter()
+                fn()
+                times[name, side].append((time.perf_counter() - start) * 1000)
+    print(f"\n   side by side, interleaved, {args.repeats} rounds (median ms [min, max]), same kept sets; "
+          f"load average {load[0]:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    for name in pairs:
+        ours, literal = (times[name, side][1:] for side in (0, 1))
+        ratio = statistics.median(ours) / statistics.median(literal)
+        print(f"   {name:28s} vidpress {_spread(ours)}  literal {_spread(literal)}  -> {ratio:.2f}x the time")
+
+
+def _spread(ms: list[float]) -> str:
+    return f"{statistics.median(ms):9.1f} [{min(ms):.1f}, {max(ms):.1f}]"
 
 
 def llm_prefill(features: torch.Tensor, args) -> None:

@@ -1,7 +1,7 @@
 """Straightforward per-frame-loop implementations of press rules, to check the vectorised ones against.
 
-Written directly from VidCom²'s rule (arXiv 2505.14454; `VidCom2Press`'s docstring), one frame at a time, the way
-the rule reads.
+Written directly from the rules as they read: VidCom²'s (arXiv 2505.14454; `VidCom2Press`'s docstring) one frame at a
+time, DivPrune's (arXiv 2503.02175; `DivPrunePress`'s docstring) one pick at a time on the full distance matrix.
 """
 
 import torch
@@ -33,3 +33,16 @@ def vidcom2_loop(features, retention, tau=0.01, alphas=(0.125, 0.25, 0.5, 1.0, 2
         order = torch.argsort(sv[t] + sf, stable=True)[:k]
         keep.extend((t * M + order).tolist())
     return sorted(keep)
+
+
+def divprune_loop(x, budget):
+    """DivPrune read literally: full distance matrix, one pick at a time. x [N, D] -> picks in order."""
+    x = F.normalize(x.float(), dim=-1)
+    dist = 1 - x @ x.T
+    others = dist + torch.diag(torch.full((len(x),), float("inf")))
+    picks = [int(torch.argmax(others.min(dim=1).values))]
+    while len(picks) < budget:
+        to_kept = dist[:, picks].min(dim=1).values
+        to_kept[picks] = -float("inf")
+        picks.append(int(torch.argmax(to_kept)))
+    return picks

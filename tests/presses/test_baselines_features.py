@@ -10,9 +10,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import divprune_loop
 
 from vidpress import VideoTokens, presses
-from vidpress.presses import DivPrunePress, DyCokePress, FastVIDPress
+from vidpress.presses import DivPrunePress, DyCokePress, FastVIDPress, divprune
 from vidpress.presses.base import apportion
 from vidpress.presses.divprune import greedy_max_min
 from vidpress.testing import FAMILIES, make_inputs, tiny_video
@@ -25,19 +26,6 @@ def video(T=8, M=16, D=32, seed=0):
     side = math.isqrt(M)
     grid = (T, side, M // side) if side * side == M else (T, 1, M)
     return VideoTokens(torch.randn(T, M, D, generator=g), grid)
-
-
-def divprune_loop(x, budget):
-    """DivPrune read literally: full distance matrix, one pick at a time. x [N, D] -> picks in order."""
-    x = F.normalize(x.float(), dim=-1)
-    dist = 1 - x @ x.T
-    others = dist + torch.diag(torch.full((len(x),), float("inf")))
-    picks = [int(torch.argmax(others.min(dim=1).values))]
-    while len(picks) < budget:
-        to_kept = dist[:, picks].min(dim=1).values
-        to_kept[picks] = -float("inf")
-        picks.append(int(torch.argmax(to_kept)))
-    return picks
 
 
 # --- every press ----------------------------------------------------------------------------------------------
@@ -89,12 +77,51 @@ def test_divprune_keeps_the_most_isolated_token_first():
 
 @pytest.mark.parametrize("D", [4, 48])
 def test_divprune_matches_the_literal_loop(D):
-    # more picks than one fold (64), and crowded low-dimensional tokens: exercises the stale-candidate shortcut
+    # crowded low-dimensional tokens (D = 4) and spread ones
     x = torch.randn(160, D, generator=torch.Generator().manual_seed(D))
     picks = divprune_loop(x, 80)
-    assert greedy_max_min(F.normalize(x, dim=-1), 80) == picks
+    assert greedy_max_min(F.normalize(x, dim=-1), 80).tolist() == picks
     tokens = VideoTokens(x.view(10, 16, D), (10, 4, 4))
     assert DivPrunePress(retention=0.5).select(tokens).keep_indices.tolist() == sorted(picks)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_divprune_ties_go_to_the_lower_index_as_in_the_literal_loop(seed):
+    # each token three times over, on a coarse grid: equal distances everywhere; the loop's argmax takes the first
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, (20, 6), generator=g).float().repeat(3, 1)
+    x[x.norm(dim=-1) == 0] = 1.0
+    x = x[torch.randperm(60, generator=g)]
+    for budget in (1, 7, 20, 45):
+        assert greedy_max_min(F.normalize(x, dim=-1), budget).tolist() == divprune_loop(x, budget)
+
+
+def test_divprune_batched_and_matrix_free_picks_equal_one_by_one():
+    x = F.normalize(torch.randn(5, 40, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    batched = greedy_max_min(x, 25)
+    assert batched.shape == (5, 25)
+    for b in range(5):
+        assert batched[b].tolist() == greedy_max_min(x[b], 25).tolist() == divprune_loop(x[b], 25)
+    small = divprune._MAX_MATRIX_ELEMENTS
+    divprune._MAX_MATRIX_ELEMENTS = 0  # too big to store: rows computed from the features per pick
+    try:
+        assert torch.equal(greedy_max_min(x, 25), batched)
+    finally:
+        divprune._MAX_MATRIX_ELEMENTS = small
+
+
+def test_divprune_frame_budgets_equal_the_rule_frame_by_frame():
+    tokens = video(T=6, M=16, D=24, seed=3)
+    sel = DivPrunePress(retention=0.3, frame_budgets="vidcom2").select(tokens)
+    expected = []
+    for t, k in enumerate(sel.frame_budgets.tolist()):
+        expected += [t * 16 + i for i in divprune_loop(tokens.features[t], k)]
+    assert sel.keep_indices.tolist() == sorted(expected)
+
+
+def test_divprune_budget_outside_the_tokens_is_refused():
+    with pytest.raises(ValueError, match="budget"):
+        greedy_max_min(torch.eye(4), 5)
 
 
 def test_divprune_keeps_one_copy_of_duplicates():

@@ -33,7 +33,8 @@ GENERATE = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_di
 #: The attributes through which a press declares what it needs (`Press`, `LayerPress`); every other public class
 #: attribute of a press must be a knob (a dataclass field).
 CONTRACT = {"name", "query_aware", "acts_in_llm", "prunes_before_llm", "needs_vision_stats", "vision_layer",
-            "needs_policy", "scoring", "compute_dtype", "supports_frame_budgets", "no_frame_budgets_because"}
+            "needs_policy", "count_follows_content", "scoring", "compute_dtype", "supports_frame_budgets",
+            "no_frame_budgets_because"}
 
 #: How far the effective retention may be from the target max(R, min_retention) on T frames of M tokens, as the
 #: press's docstring promises. Presses not listed keep exactly round(target * T * M) tokens.
@@ -108,7 +109,8 @@ def test_declares_the_contract(name):
     press = presses.get(name)
     assert cls.name == name and press.name == name
     assert type(presses.get(name.upper())) is cls
-    for flag in ("query_aware", "acts_in_llm", "needs_vision_stats", "needs_policy", "supports_frame_budgets"):
+    for flag in ("query_aware", "acts_in_llm", "needs_vision_stats", "needs_policy", "count_follows_content",
+                 "supports_frame_budgets"):
         assert isinstance(getattr(press, flag), bool), flag
     assert press.vision_layer is None or isinstance(press.vision_layer, int)
     assert press.acts_in_llm == isinstance(press, LayerPress)  # the adapter runs a LayerPress's schedule in the LLM

@@ -39,6 +39,13 @@ def test_vidcom2_matches_per_frame_loop(seed, R):
     assert torch.equal(sel.keep_indices, sel.keep_indices.sort().values)
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_vidcom2_matches_per_frame_loop_across_row_chunks(seed):
+    # 2304 tokens: the variance and norm passes run over more than one 2048-row chunk
+    tokens = video(T=9, M=256, D=20, seed=seed)
+    assert VidCom2Press(retention=0.2).select(tokens).keep_indices.tolist() == vidcom2_loop(tokens.features, 0.2)
+
+
 def test_vidcom2_hand_case_keeps_the_odd_token_out():
     # one frame: three copies of (1, 0) and one (0, 1); the distinct token is kept first
     x = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])

@@ -153,3 +153,36 @@ def test_qwen3_refuses_a_video_beside_other_media(counts, refused):
             check_qwen3_media(counts)
     else:
         check_qwen3_media(counts)
+# --- the query architecture (VidpressQueryQwen2_5_VLForConditionalGeneration): query-aware presses get the question
+QUERY_REFUSED = [name for name in presses.available() if presses.PRESSES[name].count_follows_content
+                 or presses.PRESSES[name].needs_vision_stats or presses.PRESSES[name].acts_in_llm]
+QUERY_AWARE = [name for name in presses.available() if presses.PRESSES[name].query_aware]
+
+
+def test_query_aware_presses_name_the_query_architecture():
+    assert QUERY_AWARE
+    for name in QUERY_AWARE:
+        if name in QUERY_REFUSED:
+            continue
+        with pytest.raises(ValueError, match="VidpressQueryQwen2_5_VLForConditionalGeneration"):
+            press_from_config(config(name), "qwen2_5_vl", 0.5)
+
+
+def test_query_architecture_serves_a_trained_policy():
+    from vidpress.synthetic.reference import CACOVID_REFERENCE_DIR
+
+    for name in QUERY_AWARE:
+        if name in QUERY_REFUSED or not presses.PRESSES[name].needs_policy:
+            continue
+        serving = press_from_config(config(name, policy=str(CACOVID_REFERENCE_DIR)), "qwen2_5_vl", 0.75,
+                                    with_query=True)
+        assert serving.press.query_aware and serving.press.retention == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("name", QUERY_REFUSED)
+def test_query_architecture_still_refuses_what_cannot_run(name):
+    with pytest.raises(ValueError, match=f"press '{name}' cannot run in vLLM"):
+        press_from_config(config(name), "qwen2_5_vl", 0.5, with_query=True)
+    if presses.PRESSES[name].count_follows_content:
+        with pytest.raises(ValueError, match="content decides how many tokens"):
+            press_from_config(config(name), "qwen2_5_vl", 0.5, with_query=True)

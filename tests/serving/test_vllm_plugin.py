@@ -305,3 +305,37 @@ def test_mixed_media_matches_transformers(model_dir, hf_model, videos, images):
     assert len(hf_keeps) == videos and torch.equal(keeps[-1].cpu(), hf_keeps[-1].cpu())
     diff = max(abs(lp - float(hf_logprobs[token])) for token, lp in logprobs.items())
     assert diff < 1e-4, diff
+def test_cacovid_served_keeps_the_transformers_tokens(model_dir, hf_model):
+    """The trained CaCoVID policy served through the query architecture keeps, for each video and question, the
+    tokens `with press(model)` keeps in transformers; the same video under a new question is pruned anew."""
+    from vidpress.presses.cacovid import CaCoVIDPolicy, CaCoVIDPress
+    from vidpress.synthetic.reference import CACOVID_REFERENCE_DIR
+
+    drop_engines()
+    settings = {"press": "cacovid", "policy": str(CACOVID_REFERENCE_DIR)}
+    llm = _ENGINES["cacovid"] = LLM(
+        model=str(model_dir("qwen2_5_vl")),
+        hf_overrides={"architectures": ["VidpressQueryQwen2_5_VLForConditionalGeneration"]},
+        additional_config={"vidpress": settings}, video_pruning_rate=RATE, dtype="float32", max_model_len=1024,
+        max_num_seqs=4, enforce_eager=True, enable_prefix_caching=False, mm_processor_cache_gb=0,
+        limit_mm_per_prompt={"video": 1, "image": 0}, seed=0,
+    )
+    model, processor = hf_model("qwen2_5_vl")
+    policy = CaCoVIDPolicy.from_pretrained(CACOVID_REFERENCE_DIR)
+    num_frames, height, width, fps = SHAPES["square"]
+    grid = (num_frames // 2, height // 28, width // 28)
+    N, count = grid[0] * grid[1] * grid[2], contract("evs", grid)
+    retention = 1 - RATE if int((1 - RATE) * N) == count else count / N  # what select_exact runs the press at
+    frames = tiny_video(num_frames, height, width, seed=300)
+    hf_keeps = []
+    for question in ("What happens?", "Which colour is shown first? Answer with the letter."):
+        request = video_request(processor, frames, fps)
+        request["prompt"] = request["prompt"].replace(QUESTION, question)
+        llm.generate([request], SamplingParams(max_tokens=1, temperature=0.0), use_tqdm=False)
+        keep = last_keep(llm)[0].cpu()
+        press = CaCoVIDPress(policy=policy, retention=retention)
+        with torch.no_grad(), press(model) as pressed:
+            model(**make_inputs(processor, [frames], question, fps=fps))
+        hf_keeps.append(pressed.last_report.selections[0].keep_indices.cpu())
+        assert keep.numel() == count and torch.equal(keep, hf_keeps[-1]), question
+    assert not torch.equal(*hf_keeps)  # the question changes the kept tokens: the test sees the question arrive

@@ -85,6 +85,9 @@ class Press(metaclass=_ChecksKnobs):
     #: True when the press needs trained weights (a policy) to drop anything; it loads them in
     #: `post_init_from_model`, and built by name without them it only works at retention 1.
     needs_policy: ClassVar[bool] = False
+    #: True when the content decides how many tokens are kept, whatever the retention (MARC: whole frames of the
+    #: clips its retrieval keeps), so the count cannot be fixed before the vision encoder runs (vLLM needs that).
+    count_follows_content: ClassVar[bool] = False
     #: True when the press ranks tokens itself and can keep VidCom²'s per-frame budgets (`frame_budgets="vidcom2"`);
     #: a press without it says why in `no_frame_budgets_because`.
     supports_frame_budgets: ClassVar[bool] = False

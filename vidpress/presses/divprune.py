@@ -15,12 +15,11 @@ import torch
 from vidpress.presses.base import Press, check_compute_dtype, in_compute_dtype, register, token_budget
 from vidpress.types import Query, Selection, VideoTokens
 
-# Rows of the all-pairs pass per block: [ROWS, N] similarities at a time, never the [N, N] matrix.
+# Rows of the all-pairs pass per block: [ROWS, N] similarities at a time.
 _ROWS_PER_BLOCK = 1024
-# Picks folded into the running min-distance vector at once (one [N, D] x [D, 64] product instead of 64 [N] updates).
-_PICKS_PER_FOLD = 64
-# Most stale candidates brought up to date before folding instead.
-_MAX_CANDIDATES = 1024
+# Largest distance matrix kept whole (elements, all batch entries together: 1 GiB in float32); above it each step
+# computes its new row from the features instead ([N, D] x [D] per pick, slower but O(N D) memory).
+_MAX_MATRIX_ELEMENTS = 2**28
 
 
 @register("divprune")
@@ -36,11 +35,10 @@ class DivPrunePress(Press):
     With frame_budgets="vidcom2" (vidpress's composition with VidCom²'s budgets): the same greedy rule inside each
     frame t, for its k[t] tokens; the effective retention is then sum k[t] / (T * M).
 
-    Cost: step 1 needs every pair once (N^2 D / 2 multiply-adds, in blocks of 1024 rows); step 2 keeps a running [N]
-    min-distance vector, updated by one matrix product with the newest picks every 64 picks; in between, only the
-    best few candidates are brought up to date (min distances only shrink, so a candidate whose exact value beats
-    every other candidate's stale upper bound is the exact argmax; when none does, the update is made early).
-    Memory stays O(1024 N), never [N, N].
+    Cost: every pair once (N^2 D / 2 multiply-adds, in blocks of 1024 rows) into a symmetric [N, N] distance matrix
+    (as the released code's), then per pick one row of it folded into a running [N] min-distance vector. The loop
+    runs on the features' device with tensors only (no host sync per pick); the frames of frame_budgets="vidcom2"
+    run as one batch. Matrices over 2^28 elements are not stored: each pick then takes its row as [N, D] x [D].
 
     Follows the released code exactly in float32 (and the released precision with compute_dtype="model").
 
@@ -66,71 +64,83 @@ class DivPrunePress(Press):
         x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
         per_frame = self.frame_budgets_fca(tokens)
         if per_frame is not None:
-            frames = x.view(T, M, -1)
-            picks = [torch.arange(M) if k >= M else torch.tensor(greedy_max_min(frames[t], k)).sort().values
-                     for t, k in enumerate(per_frame.tolist())]
-            keep = torch.cat([p + t * M for t, p in enumerate(picks)]).to(x.device)
+            k = per_frame.to(x.device)
+            picks = greedy_max_min(x.view(T, M, -1), min(int(per_frame.max()), M))  # [T, max k]
+            taken = torch.arange(picks.shape[1], device=x.device) < k[:, None]  # the first k[t] picks of frame t
+            offsets = torch.arange(T, device=x.device)[:, None] * M
+            keep = (picks + offsets)[taken].sort().values
             return Selection(keep, N, frame_budgets=per_frame)
         if budget >= N:
             keep = torch.arange(N, device=x.device)
         else:
-            keep = torch.tensor(greedy_max_min(x, budget), dtype=torch.long, device=x.device).sort().values
+            keep = greedy_max_min(x, budget).sort().values
         budgets = torch.bincount(keep.cpu() // M, minlength=T)
         return Selection(keep, N, frame_budgets=budgets)
 
 
+def cosine_distances(x: torch.Tensor) -> torch.Tensor:
+    """1 - cos of every pair of unit rows x [B, N, D] -> [B, N, N], exactly symmetric, +inf on the diagonal.
+
+    Computed once per pair: row blocks [a, b) against rows [a, N), mirrored into the lower triangle.
+    """
+    B, N, _ = x.shape
+    dist = torch.empty(B, N, N, dtype=x.dtype, device=x.device)
+    for a in range(0, N, _ROWS_PER_BLOCK):
+        b = min(a + _ROWS_PER_BLOCK, N)
+        block = 1 - x[:, a:b] @ x[:, a:].transpose(1, 2)  # [B, b - a, N - a]
+        dist[:, a:b, a:] = block
+        dist[:, a:, a:b] = block.transpose(1, 2)
+    dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))  # a token is not its own neighbour
+    return dist
+
+
+def greedy_max_min(x: torch.Tensor, budget: int) -> torch.Tensor:
+    """DivPrune's greedy max-min selection on unit rows x [N, D] (or a batch [B, N, D], each row set on its own).
+
+    Returns the first `budget` picks in pick order, LongTensor [budget] (or [B, budget]) on x's device; ties go to
+    the lower index (torch.argmax returns the first maximum). No host sync inside the loop.
+    """
+    single = x.dim() == 2
+    x = x[None] if single else x
+    B, N, _ = x.shape
+    if not 1 <= budget <= N:
+        raise ValueError(f"budget must be between 1 and the number of tokens ({N}); got {budget}")
+    if B * N * N <= _MAX_MATRIX_ELEMENTS:
+        dist = cosine_distances(x)  # [B, N, N]
+        min_dist = dist.amin(dim=2)  # [B, N]: distance of each token to its nearest other token
+
+        def row(pick):  # [B] -> [B, N]: distances of every token to the pick
+            return dist.gather(1, pick.view(B, 1, 1).expand(B, 1, N)).squeeze(1)
+    else:
+        min_dist = 1 - nearest_neighbour_similarity(x)
+
+        def row(pick):
+            return 1 - (x @ x.gather(1, pick.view(B, 1, 1).expand(B, 1, x.shape[2])).transpose(1, 2)).squeeze(2)
+    picks = torch.empty(B, budget, dtype=torch.long, device=x.device)
+    # step 1 ranks tokens by their nearest-neighbour distance; afterwards min_dist[i] = min over kept j of d(i, j)
+    pick = min_dist.argmax(dim=1)  # [B]
+    picks[:, 0] = pick
+    min_dist = row(pick)
+    min_dist.scatter_(1, pick[:, None], -float("inf"))
+    for step in range(1, budget):
+        pick = min_dist.argmax(dim=1)
+        picks[:, step] = pick
+        torch.minimum(min_dist, row(pick), out=min_dist)
+        min_dist.scatter_(1, pick[:, None], -float("inf"))  # kept: never picked again
+    return picks[0] if single else picks
+
+
 def nearest_neighbour_similarity(x: torch.Tensor) -> torch.Tensor:
-    """For unit rows x [N, D]: the largest cosine of each row to any OTHER row, [N] (-inf when N == 1).
+    """For unit rows x [B, N, D]: the largest cosine of each row to any OTHER row, [B, N] (-inf when N == 1).
 
     Walks the upper triangle in blocks of rows: block [a, b) against rows [a, N), maxima taken along both axes.
     """
-    N = x.shape[0]
-    best = torch.full((N,), -float("inf"), device=x.device)
+    B, N, _ = x.shape
+    best = torch.full((B, N), -float("inf"), dtype=x.dtype, device=x.device)
     for a in range(0, N, _ROWS_PER_BLOCK):
         b = min(a + _ROWS_PER_BLOCK, N)
-        sim = x[a:b] @ x[a:].T  # [b - a, N - a]
-        rows = torch.arange(b - a, device=x.device)
-        sim[rows, rows] = -float("inf")  # a token is not its own neighbour
-        best[a:b] = torch.maximum(best[a:b], sim.amax(dim=1))
-        best[a:] = torch.maximum(best[a:], sim.amax(dim=0))
+        sim = x[:, a:b] @ x[:, a:].transpose(1, 2)  # [B, b - a, N - a]
+        sim.diagonal(dim1=1, dim2=2).fill_(-float("inf"))  # a token is not its own neighbour
+        best[:, a:b] = torch.maximum(best[:, a:b], sim.amax(dim=2))
+        best[:, a:] = torch.maximum(best[:, a:], sim.amax(dim=1))
     return best
-
-
-def greedy_max_min(x: torch.Tensor, budget: int) -> list[int]:
-    """DivPrune's greedy max-min selection on unit rows x [N, D]; returns `budget` row indices in pick order."""
-    N = x.shape[0]
-    first = int(torch.argmin(nearest_neighbour_similarity(x)))  # largest nearest-neighbour distance; first on ties
-    picks = [first]
-    # min_dist[i]: exact min distance of token i to the folded picks (an upper bound of its true value); -inf once kept
-    min_dist = 1 - x @ x[first]
-    min_dist[first] = -float("inf")
-    pending: list[int] = []  # picks not yet folded into min_dist
-    while len(picks) < budget:
-        pick = _best_candidate(x, min_dist, pending, N - len(picks)) if pending else int(torch.argmax(min_dist))
-        if pick is None or len(pending) == _PICKS_PER_FOLD:
-            # too stale to decide from a few candidates, or due: fold the pending picks into min_dist
-            min_dist = torch.minimum(min_dist, 1 - (x @ x[pending].T).amax(dim=1))
-            pending = []
-            if pick is None:
-                pick = int(torch.argmax(min_dist))
-        picks.append(pick)
-        pending.append(pick)
-        min_dist[pick] = -float("inf")
-    return picks
-
-
-def _best_candidate(x: torch.Tensor, min_dist: torch.Tensor, pending: list[int], available: int) -> int | None:
-    """argmax over not-kept tokens of min(min_dist, distance to the pending picks), lowest index on ties, found among
-    the few best stale candidates; None when that does not settle it (then folding the pending picks is cheaper)."""
-    recent = x[pending]  # [P, D]
-    width = 16
-    while width < min(available, _MAX_CANDIDATES):
-        stale, idx = torch.topk(min_dist, width + 1)  # stale upper bounds, best first
-        exact = torch.minimum(stale[:width], 1 - (x[idx[:width]] @ recent.T).amax(dim=1))
-        top = exact.max()
-        # Everything outside the top `width` has true value <= its stale value <= stale[width]: a strictly larger
-        # exact value is the global maximum. Equality could hide a lower-index tie outside, so widen instead.
-        if bool(top > stale[width]):
-            return int(idx[:width][exact == top].min())
-        width *= 4
-    return None

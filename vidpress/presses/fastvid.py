@@ -220,7 +220,7 @@ class FastVIDPress(Press):
             context_sets.append(peaks)
             keep_parts.append(peaks)
         keep = torch.cat(keep_parts).sort().values
-        features = flat.float()[keep].clone()
+        features = flat[keep].float()
 
         # Step 5: per anchor frame, every other non-salient token of the segment joins its nearest context token there.
         is_context = torch.zeros(F * M, dtype=torch.bool, device=device)
@@ -230,20 +230,24 @@ class FastVIDPress(Press):
         if sources.numel():
             slot = torch.full((F * M,), -1, dtype=torch.long, device=device)
             slot[keep] = torch.arange(keep.numel(), device=device)
+            # gathered once for every anchor frame (each anchor frame takes all of them): [S, D] in the compute dtype
+            # for the distances, in float32 for the merge
+            src = flat[sources]
+            src_float = src.float()
             for peaks in context_sets:
                 targets = flat[peaks]
+                target_sq = (targets * targets).sum(-1)[None, :]
                 # nearest by Euclidean distance: argmin ||t||^2 - 2 x.t (first minimum: the lower index on ties)
                 nearest = torch.cat([
-                    ((targets * targets).sum(-1)[None, :] - 2 * rows @ targets.T).argmin(dim=1)
-                    for rows in flat[sources].split(max(1, _BLOCK_ELEMENTS // peaks.numel()))
+                    (target_sq - 2 * (rows @ targets.T)).argmin(dim=1)  # x2 after the product: exact, [S, C] not [S, D]
+                    for rows in src.split(max(1, _BLOCK_ELEMENTS // peaks.numel()))
                 ])
                 rows = slot[peaks]
                 n = torch.bincount(nearest, minlength=peaks.numel()).float()
                 w = (1 / (n + 1)).clamp(min=0.6)
                 # (c + w * sum(a)) / (1 + n * w), written as c + w * sum(a - c) / (1 + n * w): copies merge exactly
-                own = flat[peaks].float()
-                deltas = torch.zeros(peaks.numel(), D, device=device).index_add_(
-                    0, nearest, flat[sources].float() - own[nearest])
+                own = targets.float()
+                deltas = torch.zeros(peaks.numel(), D, device=device).index_add_(0, nearest, src_float - own[nearest])
                 features[rows] = features[rows] + (w / (1 + n * w))[:, None] * deltas
         return keep, features
 
@@ -282,7 +286,7 @@ def density_peaks(x: torch.Tensor, count: int, knn: int) -> torch.Tensor:
     if count >= C:
         return torch.arange(C, device=x.device)
     sq_norm = (x * x).sum(-1)
-    sq = ((sq_norm[:, None] + sq_norm[None, :] - 2 * x @ x.T).clamp_min(0) / D).float()
+    sq = ((sq_norm[:, None] + sq_norm[None, :] - 2 * (x @ x.T)).clamp_min(0) / D).float()
     sq.fill_diagonal_(0.0)
     k = min(knn, C)
     rho = torch.exp(-torch.topk(sq, k, dim=1, largest=False).values.mean(dim=1))

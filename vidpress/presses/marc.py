@@ -57,6 +57,7 @@ class MarcPress(Press):
     compute_dtype: str = "float32"
 
     query_aware = True
+    count_follows_content = True
     no_frame_budgets_because = ("it merges whole frames (the retrieved clips averaged down to a number of frames) "
                                 "instead of ranking tokens inside frames")
 

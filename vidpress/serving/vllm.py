@@ -14,10 +14,12 @@ Qwen2.5-VL / Qwen3-VL classes with that one step replaced: the press, run at ret
 its count is trimmed or topped up to the contract by the press's own scores (`select_exact`); kept tokens keep their
 original positions; merging presses put their merged features into the kept rows.
 
-Presses that cannot act at that step are refused: query-aware ones (MARC, CaCoVID) do not get the question there,
-VisionZip needs attention inside the vision encoder, FastV / PDrop act inside the LLM. The configuration is checked
-while vLLM builds it, in the API server before any worker starts (`check_vllm_config`); the active press is logged
-there, and each pruned video's kept count and press time in the worker's log.
+Query-aware presses (CaCoVID) need the question at that step: the `QUERY_ARCHITECTURES` class's processor hands it to
+every video (`vidpress.serving.vllm_query`). Presses that cannot act at that step are refused (`refusal_reason`): a
+kept count the content decides (MARC), attention inside the vision encoder (VisionZip), pruning inside the LLM
+(FastV / PDrop). The configuration is checked while vLLM builds it, in the API server before any worker starts
+(`check_vllm_config`); the active press is logged there, and each pruned video's kept count and press time in the
+worker's log.
 
 This module imports vLLM only inside `register()` and `main()`; the model classes live in
 `vidpress.serving.vllm_models`.
@@ -34,7 +36,7 @@ import torch
 from vidpress import presses
 from vidpress.presses.base import Press
 from vidpress.serving.encoder_reuse import REUSE_KEY, reuse_threshold_from
-from vidpress.types import VideoTokens
+from vidpress.types import Query, VideoTokens
 
 logger = logging.getLogger("vidpress")
 #: vLLM prints the records of its own "vllm" loggers (format, level); start-up and per-video lines go there
@@ -46,6 +48,11 @@ ARCHITECTURES = {
         "qwen2_5_vl", "vidpress.serving.vllm_models:VidpressQwen2_5_VLForConditionalGeneration"),
     "VidpressQwen3VLForConditionalGeneration": (
         "qwen3_vl", "vidpress.serving.vllm_models:VidpressQwen3VLForConditionalGeneration"),
+}
+#: architectures whose processor hands each video the prompt's question (query-aware presses): name -> model type
+QUERY_ARCHITECTURES = {
+    "VidpressQueryQwen2_5_VLForConditionalGeneration": (
+        "qwen2_5_vl", "vidpress.serving.vllm_models:VidpressQueryQwen2_5_VLForConditionalGeneration"),
 }
 #: key of the vidpress settings inside `--additional-config`
 CONFIG_KEY = "vidpress"
@@ -64,7 +71,7 @@ def register_plugin() -> None:
     # imports transformers (and torchvision) before any plugin runs, which fails where torchvision needs the fix
     # above. Importing the two model modules initialises no device.
     classes = {}
-    for architecture, (_, target) in ARCHITECTURES.items():
+    for architecture, (_, target) in {**ARCHITECTURES, **QUERY_ARCHITECTURES}.items():
         module, name = target.split(":")
         classes[architecture] = getattr(importlib.import_module(module), name)
         ModelRegistry.register_model(architecture, classes[architecture])
@@ -86,7 +93,8 @@ def check_vllm_config(vllm_config) -> ServingPress | None:
     architecture = model_config.architecture
     additional = vllm_config.additional_config
     has_settings = isinstance(additional, dict) and CONFIG_KEY in additional
-    if architecture not in ARCHITECTURES:
+    with_query = architecture in QUERY_ARCHITECTURES
+    if architecture not in ARCHITECTURES and not with_query:
         if has_settings:
             served = {model: arch for arch, (model, _) in ARCHITECTURES.items()}
             hint = served.get(model_config.hf_config.model_type, next(iter(ARCHITECTURES)))
@@ -95,7 +103,8 @@ def check_vllm_config(vllm_config) -> ServingPress | None:
                 f"which ignores them; add --hf-overrides '{{\"architectures\": [\"{hint}\"]}}'")
         return None
     mm_config = model_config.get_multimodal_config()
-    serving = press_from_config(additional, model_config.hf_config.model_type, mm_config.video_pruning_rate)
+    serving = press_from_config(additional, model_config.hf_config.model_type, mm_config.video_pruning_rate,
+                                with_query=with_query)
     knobs = {f.name: getattr(serving.press, f.name) for f in dataclasses.fields(serving.press)
              if f.init and f.name != "retention"}
     vllm_logger.info(
@@ -170,10 +179,16 @@ def _enable_pruning_on_cpu() -> None:
 
 
 # -- which presses run at vLLM's pruning step -----------------------------------------------------------------
-def refusal_reason(press_cls: type[Press]) -> str | None:
-    """Why `press_cls` cannot choose tokens at vLLM's video-pruning step, or None when it can."""
-    if press_cls.query_aware:
-        return "it reads the question, which vLLM's video-pruning step (after the vision encoder) does not see"
+def refusal_reason(press_cls: type[Press], with_query: bool = False) -> str | None:
+    """Why `press_cls` cannot choose tokens at vLLM's video-pruning step, or None when it can. `with_query`: the
+    model is a `QUERY_ARCHITECTURES` one, whose processor hands the step each video's question."""
+    if press_cls.count_follows_content:
+        return ("the content decides how many tokens it keeps, but vLLM fixes each video's token count in the prompt "
+                "before the vision encoder runs")
+    if press_cls.query_aware and not with_query:
+        names = " / ".join(f"{arch} ({model})" for arch, (model, _) in QUERY_ARCHITECTURES.items())
+        return ("it reads the question, which this architecture's video-pruning step does not see; serve it with "
+                f"--hf-overrides '{{\"architectures\": [ARCH]}}', ARCH one of {names}")
     if press_cls.needs_vision_stats:
         return "it needs attention statistics recorded inside the vision encoder, which vLLM's encoder does not expose"
     if press_cls.acts_in_llm:
@@ -215,9 +230,11 @@ def check_family(model_type: str, architecture: str | None = None) -> None:
         )
 
 
-def press_from_config(additional_config, model_type: str, video_pruning_rate: float | None) -> ServingPress:
+def press_from_config(additional_config, model_type: str, video_pruning_rate: float | None,
+                      with_query: bool = False) -> ServingPress:
     """Build the press of `--additional-config '{"vidpress": {"press": NAME, ...knobs}}'` for a model, or raise a
-    ValueError saying what was wrong and what is accepted."""
+    ValueError saying what was wrong and what is accepted. `with_query`: as in `refusal_reason`. A press that needs a
+    trained policy takes its folder as the knob `policy` (loaded once per worker, with the model)."""
     from vidpress.models import ADAPTERS, adapter_class  # imports transformers: only once a model is configured
 
     check_family(model_type)
@@ -246,7 +263,7 @@ def press_from_config(additional_config, model_type: str, video_pruning_rate: fl
         raise ValueError(
             f"vidpress: unknown press {name!r}; presses that run in vLLM: {', '.join(applicable_presses())}")
     key = presses.press_key(name)
-    reason = refusal_reason(presses.PRESSES[key])
+    reason = refusal_reason(presses.PRESSES[key], with_query)
     if reason is not None:
         raise ValueError(
             f"vidpress: press {name!r} cannot run in vLLM: {reason}. Presses that run in vLLM: "
@@ -292,13 +309,15 @@ def check_qwen3_media(counts) -> None:
 
 
 # -- the keep mask at vLLM's retained count -------------------------------------------------------------------
-def select_exact(press: Press, tokens: VideoTokens, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def select_exact(press: Press, tokens: VideoTokens, count: int,
+                 query: Query | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The press's choice of exactly `count` tokens of one video.
 
-    tokens: features [T, M, D]. Returns (keep: sorted LongTensor [count] into T * M, features [count, D]: the kept
-    tokens' features, merged ones for merging presses). The press runs at its own retention; a different count is
-    fitted by the press's own scores (`Press.token_scores`): the lowest-scored kept tokens are dropped (with what
-    was merged into them) or the highest-scored others added with their own features. Presses without scores that
+    tokens: features [T, M, D]; query: the video's question, for query-aware presses. Returns (keep: sorted
+    LongTensor [count] into T * M, features [count, D]: the kept tokens' features, merged ones for merging presses).
+    The press runs at its own retention; a different count is fitted by the press's own scores
+    (`Press.token_scores`): the lowest-scored kept tokens are dropped (with what was merged into them) or the
+    highest-scored others added with their own features. Presses without scores that
     keep round(R * N) tokens run again at R = count / N.
     """
     N = tokens.num_tokens
@@ -307,12 +326,12 @@ def select_exact(press: Press, tokens: VideoTokens, count: int) -> tuple[torch.T
     flat = tokens.features.reshape(N, -1)
     if count == N:
         return torch.arange(N, device=flat.device), flat
-    selection = press.select(tokens)
+    selection = press.select(tokens, query)
     scores = None
     if selection.num_kept != count:
         scores = press.token_scores(tokens)
         if scores is None:
-            selection = dataclasses.replace(press, retention=count / N).select(tokens)
+            selection = dataclasses.replace(press, retention=count / N).select(tokens, query)
     keep = selection.keep_indices.to(flat.device)
     features = selection.features if selection.features is not None else flat[keep]
     features = features.to(flat.dtype)
@@ -402,6 +421,6 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["ARCHITECTURES", "CONFIG_KEY", "ServingPress", "applicable_presses", "check_family", "check_qwen3_media",
-           "check_vllm_config", "press_from_config", "press_knobs", "refusal_reason", "register_plugin", "select_exact",
-           "vidpress_error"]
+__all__ = ["ARCHITECTURES", "CONFIG_KEY", "QUERY_ARCHITECTURES", "ServingPress", "applicable_presses", "check_family",
+           "check_qwen3_media", "check_vllm_config", "press_from_config", "press_knobs", "refusal_reason",
+           "register_plugin", "select_exact", "vidpress_error"]

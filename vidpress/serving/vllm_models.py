@@ -9,6 +9,7 @@ channels and places the rows). Everything else is vLLM's code, unchanged. Requir
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import torch
@@ -25,25 +26,28 @@ from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalBatchedField, MultiModalFieldElem
 from vllm.multimodal.video_prune import evs, vidcom2
 
 from vidpress.serving.encoder_reuse import encode_with_reuse
 from vidpress.serving.vllm import check_family, check_qwen3_media, press_from_config, select_exact, vllm_logger
 from vidpress.serving.vllm_positions import MediaItem, place_media_positions, prompt_positions
+from vidpress.serving.vllm_query import FIELDS, end_of_turn_ids, query_from_fields, qwen2_5_vl_video_queries
 from vidpress.types import VideoTokens
 
 
-def _serving_press(vllm_config):
+def _serving_press(vllm_config, with_query: bool = False):
     """The press of `--additional-config` for this model (ValueError naming what is accepted), built before vLLM
     builds any part of the model so that a wrong family or press fails first and clearly."""
     return press_from_config(
         vllm_config.additional_config,
         vllm_config.model_config.hf_config.model_type,
         vllm_config.model_config.get_multimodal_config().video_pruning_rate,
+        with_query=with_query,
     )
 
 
-def _keep_mask(model, features: torch.Tensor, grid: tuple[int, int, int], count: int, side=None):
+def _keep_mask(model, features: torch.Tensor, grid: tuple[int, int, int], count: int, side=None, query=None):
     """Run the press on one video's rows [T*M, D] with grid (T, h, w), h * w = M: (keep mask [T*M] bool, kept rows
     [count, D], merged for merging presses). `side`: per-token side features {name: [T*M, d]}, as the transformers
     path gives them to the press (Qwen3-VL: "deepstack.0", ...)."""
@@ -51,7 +55,7 @@ def _keep_mask(model, features: torch.Tensor, grid: tuple[int, int, int], count:
     side = {name: rows.reshape(T, h * w, -1) for name, rows in (side or {}).items()}
     tokens = VideoTokens(features.reshape(T, h * w, -1), (T, h, w), side_features=side)
     start = time.perf_counter()
-    keep, kept = select_exact(model.vidpress.press, tokens, count)
+    keep, kept = select_exact(model.vidpress.press, tokens, count, query)
     _log_video(model, grid, count, time.perf_counter() - start)
     mask = torch.zeros(T * h * w, dtype=torch.bool, device=features.device)
     mask[keep.to(features.device)] = True
@@ -85,9 +89,14 @@ class _PressedVideo:
     looks for `vllm_config` and `prefix` in the signature, so both stay named; `default_prefix` is the family's."""
 
     default_prefix = ""
+    vidpress_with_query = False  # True: the processor hands each video its question (query-aware presses run)
+
+    def _vidpress_query(self, video_index: int):
+        """The Query of video `video_index` of the current encoder batch (None: this class passes no question)."""
+        return None
 
     def __init__(self, *, vllm_config, prefix: str | None = None):
-        serving = _serving_press(vllm_config)
+        serving = _serving_press(vllm_config, self.vidpress_with_query)
         super().__init__(vllm_config=vllm_config, prefix=self.default_prefix if prefix is None else prefix)
         self.vidpress = serving
         self.vidpress_last_keep: list[torch.Tensor] = []  # kept indices [K] per video of the latest encoder batch
@@ -172,7 +181,7 @@ class VidpressQwen2_5_VLForConditionalGeneration(_TransformersPositions, _Presse
         for v, (emb, (t, h, w)) in enumerate(zip(video_embeds_split, video_input["video_grid_thw"].tolist())):
             rows, cols = h // merge, w // merge
             count = evs.compute_retained_tokens_count(rows * cols, t, self.video_pruning_rate)
-            mask, kept = _keep_mask(self, emb, (t, rows, cols), count)
+            mask, kept = _keep_mask(self, emb, (t, rows, cols), count, query=self._vidpress_query(v))
             # vLLM's own step casts seconds-per-grid to an integer first (0 for fps > 2 with temporal patch 2);
             # transformers multiplies by the float, so positions follow transformers here.
             second = 1.0 if seconds is None else float(seconds[v])
@@ -269,3 +278,84 @@ class VidpressQwen3VLForConditionalGeneration(_PressedVideo, _ReusedEncoder, Qwe
             ids = ids.masked_fill(outer, -1)
             input_ids = ids.to(input_ids.device) if isinstance(input_ids, torch.Tensor) else ids.tolist()
         return super().recompute_mrope_positions(input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens)
+
+
+# -- query-aware presses (CaCoVID): the question reaches the pruning step ------------------------------------
+class _QueryQwen2_5_VLProcessor(Qwen2_5_VLMultiModalProcessor):
+    """vLLM's Qwen2.5-VL processor that also hands every video its prompt's question (`vidpress.serving.vllm_query`
+    fields) and makes the prompt part of every item's cache identity: vLLM caches processed items and encoder
+    outputs (here: the pruned tokens) by that identity, and a query-aware press keeps different tokens of the same
+    video for a different question."""
+
+    def _get_mm_hashes(self, inputs):
+        hashes = super()._get_mm_hashes(inputs)
+        prompt = hashlib.sha256(torch.tensor(list(inputs.prompt), dtype=torch.long).numpy().tobytes()).hexdigest()
+        return {modality: [f"{item}-vidpress-{prompt}" for item in items] for modality, items in hashes.items()}
+
+    def apply(self, inputs, timing_ctx):
+        result = super().apply(inputs, timing_ctx)
+        videos = result["mm_kwargs"].get("video", [])
+        if not videos or all(item is None for item in videos):
+            return result  # no video, or every video already cached with this very prompt (see _get_mm_hashes)
+
+        def grids(modality, key):
+            items = result["mm_kwargs"].get(modality, [])
+            if any(item is None for item in items):
+                raise RuntimeError("vidpress: part of this prompt's media came from vLLM's processor cache without its "
+                                   "sizes; serve query-aware presses with --mm-processor-cache-gb 0")
+            return [tuple(item[key].data.tolist()) for item in items]
+
+        config = self.info.get_hf_config()
+        vision = config.vision_config
+        seconds = [float(item["second_per_grid_ts"].data) if "second_per_grid_ts" in item else 1.0
+                   for item in videos]
+        end_of_turn = end_of_turn_ids(config, self.info.ctx.model_config.try_get_generation_config())
+        queries = qwen2_5_vl_video_queries(
+            list(inputs.prompt), config.video_token_id, config.image_token_id, config.vision_end_token_id,
+            end_of_turn, grids("video", "video_grid_thw"), grids("image", "image_grid_thw"), seconds,
+            vision.spatial_merge_size, vision.tokens_per_second)
+        field = MultiModalBatchedField()
+        for item, fields in zip(videos, queries, strict=True):
+            for name, value in fields.items():
+                item[name] = MultiModalFieldElem(data=value, field=field)
+        return result
+
+
+class _PolicyFromFolder:
+    """What `Press.post_init_from_model` reads of a model (its config and device), for vLLM's model classes."""
+
+    def __init__(self, config, device):
+        self.config, self.device = config, device
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    _QueryQwen2_5_VLProcessor, info=_Qwen2_5_VLInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
+)
+class VidpressQueryQwen2_5_VLForConditionalGeneration(VidpressQwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL in vLLM with a query-aware press (CaCoVID) or any other: every video's press sees the
+    prompt's question, as in `with press(model)` (the same `Query`: text ids and embeddings, positions over the
+    unpruned sequence, question mask). The count is vLLM's EVS contract, as for the plain class. A press that needs
+    a trained policy loads it once per worker from its `policy` folder, onto the model's device."""
+
+    vidpress_with_query = True
+
+    def __init__(self, *, vllm_config, prefix: str | None = None):
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.vidpress_queries: list = []  # per video of the current encoder batch: its Query
+        device = torch.device(vllm_config.device_config.device)
+        self.vidpress.press.post_init_from_model(_PolicyFromFolder(self.config, device))
+
+    def embed_multimodal(self, **kwargs):
+        text, video = (kwargs.pop(name, None) for name in FIELDS)
+        self.vidpress_queries = []
+        if text is not None and video is not None:
+            embed = self.get_language_model().embed_input_ids
+            self.vidpress_queries = [query_from_fields(t, v, embed) for t, v in zip(text, video, strict=True)]
+        elif self.vidpress.press.query_aware and kwargs.get("video_grid_thw") is not None:
+            raise RuntimeError("vidpress: the videos reached the model without their question; serve this "
+                               "architecture with vLLM's multimodal processor (not pre-computed embeddings)")
+        return super().embed_multimodal(**kwargs)
+
+    def _vidpress_query(self, video_index: int):
+        return self.vidpress_queries[video_index] if self.vidpress_queries else None
+
