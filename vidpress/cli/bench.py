@@ -13,6 +13,8 @@ def add_parser(subparsers) -> None:
     from vidpress.evaluation.testbed import (
         DEFAULT_RETENTIONS,
         FULL_EXAMPLES,
+        LONG_EXAMPLES,
+        LONG_RETENTIONS,
         QUICK_PER_FAMILY,
         QUICK_RETENTIONS,
         QUICK_SEED,
@@ -38,7 +40,12 @@ def add_parser(subparsers) -> None:
                          f"{listed(QUICK_RETENTIONS)}; with --full: {listed(DEFAULT_RETENTIONS)})")
     command.add_argument("--full", action="store_true", help=f"the full grid: the first {FULL_EXAMPLES} test "
                          f"examples at {listed(DEFAULT_RETENTIONS)} (about 7 minutes on 2 idle cores)")
-    command.add_argument("--model", help="local model directory (default: the shipped reference model)")
+    command.add_argument("--model", help="local model directory (default: the shipped reference model; with --family "
+                         "long, the shipped long reference model)")
+    command.add_argument("--family", choices=["long"], help="bench another family set instead of the six short "
+                         f"families: 'long' runs the first {LONG_EXAMPLES} long-family test examples (64-256 frames, "
+                         f"one asked event among many) at {listed(LONG_RETENTIONS)} on the long reference model, with "
+                         "its own learned rows (marc-cgrpo-long)")
     command.add_argument("--limit", type=int, help="use the first N examples of the split instead of the stratified "
                          f"subset (default: the subset; with --full: {FULL_EXAMPLES})")
     command.add_argument("--seed", type=int, default=QUICK_SEED,
@@ -101,12 +108,17 @@ def parse_presses(text: str) -> list[str]:
 def run(args) -> int:
     from vidpress.evaluation import testbed
 
+    if args.family is not None and args.full:
+        raise ValueError("--full is the six families' grid; with --family, pick examples with --limit and retentions "
+                         "with --retentions")
     if args.presses is not None:
         names = parse_presses(args.presses)
-    else:  # the learned rows' checkpoints are trained for the shipped reference model only
-        names = testbed.checkpoint_free_names() if args.model else testbed.default_names()
+    else:  # the learned rows' checkpoints are trained for the shipped (family) reference model only
+        names = testbed.checkpoint_free_names() if args.model else testbed.default_names(args.family)
     if args.retentions is not None:
         retentions = parse_retentions(args.retentions)
+    elif args.family is not None:
+        retentions = list(testbed.LONG_RETENTIONS)
     else:
         retentions = list(testbed.DEFAULT_RETENTIONS if args.full else testbed.QUICK_RETENTIONS)
     for option in ("limit", "batch_size", "threads", "workers"):
@@ -117,6 +129,12 @@ def run(args) -> int:
         raise ValueError(f"--threads {args.threads} needs --workers 1 (each worker runs one torch thread)")
     if args.model is not None and not Path(args.model).is_dir():
         raise ValueError(f"--model {args.model}: no such model folder")
+    if args.model is None and args.family is not None:
+        family_model = testbed.FAMILY_MODELS[args.family]
+        if not (family_model / "config.json").is_file():
+            raise ValueError(f"--family {args.family}: its reference model is missing at {family_model}; train it "
+                             "(vidpress train long-reference) or pass --model")
+        args.model = str(family_model)
     return run_checked(args, names, retentions)
 
 
@@ -133,18 +151,21 @@ def run_checked(args, names: list[str], retentions: list[float]) -> int:
         run_metadata,
         write_results,
     )
+    from vidpress.synthetic import QUESTION_FAMILIES
     from vidpress.synthetic.reference import REFERENCE_DIR
     from vidpress.timing import load_warning
 
     if args.limit is not None:
         indices, seed = list(range(args.limit)), None
+    elif args.family is not None:
+        indices, seed = list(range(testbed.LONG_EXAMPLES)), None
     elif args.full:
         indices, seed = list(range(testbed.FULL_EXAMPLES)), None
     else:
         indices, seed = testbed.quick_indices(seed=args.seed), args.seed
     model_dir = Path(args.model) if args.model else REFERENCE_DIR
-    settings = {"model": str(model_dir.resolve()), "split": args.split, "examples": indices, "seed": seed,
-                "presses": names, "retentions": retentions, "batch_size": args.batch_size}
+    settings = {"model": str(model_dir.resolve()), "family": args.family, "split": args.split, "examples": indices,
+                "seed": seed, "presses": names, "retentions": retentions, "batch_size": args.batch_size}
     store = RunStore(Path(args.out))
     done = store.open(settings, args.overwrite)
     torch.set_num_threads(args.threads)
@@ -157,7 +178,8 @@ def run_checked(args, names: list[str], retentions: list[float]) -> int:
     total = 1 + len(names) * len(retentions)
     try:
         model, processor = testbed.load_bench_model(args.model, args.device)
-        examples = testbed.examples_at(args.split, indices)
+        families = (args.family,) if args.family else QUESTION_FAMILIES
+        examples = testbed.examples_at(args.split, indices, families)
         subset = ("the first" if seed is None else f"a stratified subset (seed {seed}) of") + f" {len(examples)}"
         print(f"model: {args.model or 'the shipped reference model'}; {subset} {args.split} examples; "
               f"presses {', '.join(names)}; retentions {', '.join(f'{r:g}' for r in retentions)}"

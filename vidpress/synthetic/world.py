@@ -47,8 +47,10 @@ __all__ = [
     "WorldConfig",
     "evidence_hits",
     "evidence_recall",
+    "known_families",
     "make_example",
     "make_split",
+    "register_family",
 ]
 
 QUESTION_FAMILIES = ("brief_event", "static", "small_detail", "order", "counting", "query")
@@ -72,6 +74,23 @@ QUESTIONS = {
     "query": "What colour was the flashing {shape}?",
     "query_position": "What colour was the flash in the {quadrant}?",
 }
+
+#: Families drawn by their own modules (`vidpress.synthetic.long`): name -> (make(seed, config) -> Example, config
+#: type). They are asked for by name (`make_split(..., families=("long",))`); the default split stays the six above.
+EXTRA_FAMILIES: dict = {}
+
+
+def register_family(name: str, make, config_type: type) -> None:
+    """Register a family drawn by `make(seed, config) -> Example`, with a default-constructible `config_type`."""
+    if name in QUESTION_FAMILIES or name in EXTRA_FAMILIES:
+        raise ValueError(f"family {name!r} is already defined")
+    EXTRA_FAMILIES[name] = (make, config_type)
+
+
+def known_families() -> tuple[str, ...]:
+    """Every family make_example draws: the six short ones, then the registered ones."""
+    return QUESTION_FAMILIES + tuple(EXTRA_FAMILIES)
+
 
 # Seeds of split s, example i: SPLIT_BASE[s] + i. Splits stay disjoint for up to 10M examples each.
 SPLIT_BASE = {"train": 0, "val": 10_000_000, "test": 20_000_000}
@@ -243,9 +262,9 @@ def make_split(
     if split not in SPLIT_BASE:
         raise ValueError(f"split must be one of {tuple(SPLIT_BASE)}; got {split!r}")
     families = tuple(families)
-    unknown = [f for f in families if f not in QUESTION_FAMILIES]
+    unknown = [f for f in families if f not in known_families()]
     if not families or unknown:
-        raise ValueError(f"families must be a non-empty subset of {QUESTION_FAMILIES}; got {families}")
+        raise ValueError(f"families must be a non-empty subset of {known_families()}; got {families}")
     if start < 0 or n < 0 or start + n > _SPLIT_SIZE:
         raise ValueError(f"examples [{start}, {start + n}) are outside a split's {_SPLIT_SIZE} seeds")
     return [
@@ -254,9 +273,18 @@ def make_split(
 
 
 def make_example(family: str, seed: int, config: WorldConfig = WorldConfig()) -> Example:
-    """Draw one example of `family` from `seed` (deterministic)."""
+    """Draw one example of `family` from `seed` (deterministic). A registered family (`register_family`) is drawn
+    with `config` when it is of the family's config type, with that type's default when `config` is the default
+    WorldConfig."""
+    if family in EXTRA_FAMILIES:
+        make, config_type = EXTRA_FAMILIES[family]
+        if config == WorldConfig():
+            config = config_type()
+        elif not isinstance(config, config_type):
+            raise ValueError(f"family {family!r} is drawn with a {config_type.__name__}; got {type(config).__name__}")
+        return make(seed, config)
     if family not in QUESTION_FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {QUESTION_FAMILIES}")
+        raise ValueError(f"unknown family {family!r}; expected one of {known_families()}")
     rng = np.random.default_rng([seed, QUESTION_FAMILIES.index(family)])
     scene = _Scene(config, rng)
     answer_value, prompt, needed, option_kind = _FAMILY_BUILDERS[family](scene, rng, config)
