@@ -40,12 +40,11 @@ def add_parser(subparsers) -> None:
                          f"{listed(QUICK_RETENTIONS)}; with --full: {listed(DEFAULT_RETENTIONS)})")
     command.add_argument("--full", action="store_true", help=f"the full grid: the first {FULL_EXAMPLES} test "
                          f"examples at {listed(DEFAULT_RETENTIONS)} (about 7 minutes on 2 idle cores)")
-    command.add_argument("--model", help="local model directory (default: the shipped reference model; with --family "
-                         "long, the shipped long reference model)")
+    command.add_argument("--model", help="local model directory (default: the shipped reference model)")
     command.add_argument("--family", choices=["long"], help="bench another family set instead of the six short "
                          f"families: 'long' runs the first {LONG_EXAMPLES} long-family test examples (64-256 frames, "
-                         f"one asked event among many) at {listed(LONG_RETENTIONS)} on the long reference model, with "
-                         "its own learned rows (marc-cgrpo-long)")
+                         f"one asked event among many) at {listed(LONG_RETENTIONS)} (default presses: all but the "
+                         "students trained on the six families)")
     command.add_argument("--limit", type=int, help="use the first N examples of the split instead of the stratified "
                          f"subset (default: the subset; with --full: {FULL_EXAMPLES})")
     command.add_argument("--seed", type=int, default=QUICK_SEED,
@@ -129,12 +128,6 @@ def run(args) -> int:
         raise ValueError(f"--threads {args.threads} needs --workers 1 (each worker runs one torch thread)")
     if args.model is not None and not Path(args.model).is_dir():
         raise ValueError(f"--model {args.model}: no such model folder")
-    if args.model is None and args.family is not None:
-        family_model = testbed.FAMILY_MODELS[args.family]
-        if not (family_model / "config.json").is_file():
-            raise ValueError(f"--family {args.family}: its reference model is missing at {family_model}; train it "
-                             "(vidpress train long-reference) or pass --model")
-        args.model = str(family_model)
     return run_checked(args, names, retentions)
 
 

@@ -33,11 +33,8 @@ from vidpress.loading import load_model
 from vidpress.models import get_adapter
 from vidpress.models.sequence import PIXEL_INPUTS
 from vidpress.synthetic import QUESTION_FAMILIES, evidence_hits, known_families, make_split
-from vidpress.synthetic.long import LONG_FAMILY
 from vidpress.synthetic.reference import (
     CACOVID_REFERENCE_DIR,
-    LONG_REFERENCE_DIR,
-    MARC_LONG_REFERENCE_DIR,
     MARC_REFERENCE_DIR,
     example_inputs,
     letter_token_ids,
@@ -54,12 +51,10 @@ QUICK_RETENTIONS = (0.5, 0.25, 0.10)
 QUICK_PER_FAMILY = 40
 QUICK_SEED = 0
 FULL = "none"
-#: `vidpress bench --family long`: the first LONG_EXAMPLES long-family test examples at LONG_RETENTIONS, on the long
-#: reference model. 1/64 = one frame's tokens of a 128-frame clip (64 temporal tokens of 4): MARC's budget.
+#: `vidpress bench --family long`: the first LONG_EXAMPLES long-family test examples at LONG_RETENTIONS.
+#: 1/64 = one frame's tokens of a 128-frame clip (64 temporal tokens of 4): MARC's budget.
 LONG_EXAMPLES = 240
-LONG_RETENTIONS = (0.25, 1 / 16, 1 / 64)
-#: The bench model of each family set (`--family`); None: the six short families.
-FAMILY_MODELS = {None: None, LONG_FAMILY: LONG_REFERENCE_DIR}
+LONG_RETENTIONS = (1 / 16, 1 / 64)
 
 
 @dataclass(frozen=True)
@@ -71,7 +66,6 @@ class BenchRow:
     press: str
     knobs: dict = field(default_factory=dict)
     model: Path | None = None
-    family: str | None = None  # the family set whose bench model the row's checkpoints belong to (None: the six)
 
 
 #: The learned rows, with the checkpoints shipped for the reference model, and "<host>+fca": every press that takes
@@ -81,8 +75,6 @@ BENCH_ROWS: dict[str, BenchRow] = {
     "cacovid": BenchRow("cacovid", {"policy": CACOVID_REFERENCE_DIR}),
     # MarcPress on the shipped C-GRPO student
     "marc-cgrpo": BenchRow("marc", model=MARC_REFERENCE_DIR),
-    # MarcPress on the C-GRPO student of the long reference model (`--family long`)
-    "marc-cgrpo-long": BenchRow("marc", model=MARC_LONG_REFERENCE_DIR, family=LONG_FAMILY),
     **{name: BenchRow(host, {"frame_budgets": "vidcom2"}) for name, host in press_registry.fca_variants().items()},
 }
 
@@ -93,14 +85,12 @@ def bench_names() -> list[str]:
 
 
 def default_names(family: str | None = None) -> list[str]:
-    """What `vidpress bench` runs without --presses: every registered press and the learned rows of the family set
-    (None: the six short families; "long": `--family long`, whose learned rows are those trained for its bench model);
-    the "<host>+fca" compositions only when asked for (`--presses fastv,fastv+fca`), so the default run stays one row
-    per method."""
+    """What `vidpress bench` runs without --presses: every registered press and the learned rows; the "<host>+fca"
+    compositions only when asked for (`--presses fastv,fastv+fca`), so the default run stays one row per method.
+    family "long" (`--family long`): without the rows that run their own model (the students were trained on the six
+    short families)."""
     variants = press_registry.fca_variants()
-    if family is None:
-        return [name for name in bench_names() if name not in variants and _row(name).family is None]
-    return checkpoint_free_names() + [name for name, row in BENCH_ROWS.items() if row.family == family]
+    return [name for name in bench_names() if name not in variants and (family is None or _row(name).model is None)]
 
 
 def checkpoint_free_names() -> list[str]:

@@ -23,8 +23,6 @@ from vidpress.synthetic.world import COLOUR_NAMES, COUNT_OPTIONS, FLASH_SHAPES, 
 __all__ = [
     "CACOVID_REFERENCE_DIR",
     "FPS",
-    "LONG_REFERENCE_DIR",
-    "MARC_LONG_REFERENCE_DIR",
     "MARC_REFERENCE_DIR",
     "REFERENCE_DIR",
     "build_untrained",
@@ -38,10 +36,6 @@ REFERENCE_DIR = Path(__file__).with_name("reference_model")
 CACOVID_REFERENCE_DIR = Path(__file__).with_name("cacovid_reference")
 #: The shipped C-GRPO student of the reference model (`vidpress train cgrpo`, see its MODEL_CARD.md).
 MARC_REFERENCE_DIR = Path(__file__).with_name("marc_reference")
-#: The reference model trained further on the long family (`vidpress train long-reference`, see its MODEL_CARD.md).
-LONG_REFERENCE_DIR = Path(__file__).with_name("long_reference")
-#: The C-GRPO student of the long reference model, for the long family (`vidpress train cgrpo --family long`).
-MARC_LONG_REFERENCE_DIR = Path(__file__).with_name("marc_long_reference")
 #: Frame rate the clips are described with (and written at): temporal M-RoPE ids advance by 1 per token pair.
 FPS = 8.0
 FAMILY = "qwen2_5_vl"
