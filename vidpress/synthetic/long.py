@@ -29,8 +29,8 @@ from vidpress.synthetic.world import (
     LETTERS,
     QUESTIONS,
     Example,
+    Scene,
     WorldConfig,
-    _Scene,
     register_family,
 )
 
@@ -81,13 +81,13 @@ class LongConfig:
                            distractors=0, max_count=1, query_events=2)
 
 
-def _event_frames(scene: _Scene, rng, first: int, length: int) -> list[int]:
+def _event_frames(scene: Scene, rng, first: int, length: int) -> list[int]:
     """One frame of each temporal pair of groups first .. first + length - 1 (which one of the pair: at random)."""
     tp = scene.config.temporal_patch
     return [g * tp + int(rng.integers(tp)) for g in range(first, first + length)]
 
 
-def _room(scene: _Scene, frames: list[int]) -> bool:
+def _room(scene: Scene, frames: list[int]) -> bool:
     """Whether some cell is free of flashes in every one of `frames` (a flash fills most of its cell)."""
     per_side = scene.config.size // scene.config.cell
     taken = {obj["cell"] for obj in scene.objects if obj["kind"] == "flash" and set(obj["frames"]) & set(frames)}
@@ -104,7 +104,7 @@ def make_long_example(seed: int, config: LongConfig = LongConfig()) -> Example:
         raise ValueError(f"the long family is drawn with a LongConfig; got {type(config).__name__}")
     rng = np.random.default_rng([seed, _STREAM])
     groups = int(rng.integers(config.groups[0], config.groups[1] + 1))
-    scene = _Scene(config.world(groups), rng)
+    scene = Scene(config.world(groups), rng)
 
     shape = int(rng.integers(len(FLASH_SHAPES)))
     colour = int(rng.integers(4))

@@ -286,7 +286,7 @@ def make_example(family: str, seed: int, config: WorldConfig = WorldConfig()) ->
     if family not in QUESTION_FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {known_families()}")
     rng = np.random.default_rng([seed, QUESTION_FAMILIES.index(family)])
-    scene = _Scene(config, rng)
+    scene = Scene(config, rng)
     answer_value, prompt, needed, option_kind = _FAMILY_BUILDERS[family](scene, rng, config)
     scene.add_distractors()
     if option_kind == "count":
@@ -305,7 +305,7 @@ def make_example(family: str, seed: int, config: WorldConfig = WorldConfig()) ->
 # ---------------------------------------------------------------------------------------------- renderer
 
 
-class _Scene:
+class Scene:
     """Objects on a static textured background. Each object: kind, colour index, box, shape, frames."""
 
     def __init__(self, config: WorldConfig, rng: np.random.Generator):
@@ -432,14 +432,14 @@ def _distinct_groups(rng, count: int, num_groups: int, min_gap: int = 1) -> list
     raise RuntimeError("cannot space the flashes out in time; lower min_order_gap")
 
 
-def _distractor_flashes(scene: _Scene, rng, avoid_groups=()):
+def _distractor_flashes(scene: Scene, rng, avoid_groups=()):
     for _ in range(scene.config.distractor_flashes):
         groups = [g for g in range(scene.config.num_groups) if g not in avoid_groups]
         group = int(rng.choice(groups))
         scene.place_flash(int(rng.integers(4)), scene.flash_frames(group, 1))
 
 
-def _brief_event(scene: _Scene, rng, c: WorldConfig):
+def _brief_event(scene: Scene, rng, c: WorldConfig):
     colour = int(rng.integers(4))
     length = int(rng.choice(c.brief_flash_frames))
     group = int(rng.integers(c.num_groups - (1 if length == 2 else 0)))
@@ -447,21 +447,21 @@ def _brief_event(scene: _Scene, rng, c: WorldConfig):
     return colour, QUESTIONS["brief_event"], [0], "colour"
 
 
-def _static(scene: _Scene, rng, c: WorldConfig):
+def _static(scene: Scene, rng, c: WorldConfig):
     colour = int(rng.integers(4))
     scene.place_static("big", colour, c.big_size)
     _distractor_flashes(scene, rng)
     return colour, QUESTIONS["static"], [0], "colour"
 
 
-def _small_detail(scene: _Scene, rng, c: WorldConfig):
+def _small_detail(scene: Scene, rng, c: WorldConfig):
     colour = int(rng.integers(4))
     scene.place_static("small", colour, c.small_size, shape="square")
     _distractor_flashes(scene, rng)
     return colour, QUESTIONS["small_detail"], [0], "colour"
 
 
-def _order(scene: _Scene, rng, c: WorldConfig):
+def _order(scene: Scene, rng, c: WorldConfig):
     first, second = (int(k) for k in rng.choice(4, size=2, replace=False))
     g1, g2 = _distinct_groups(rng, 2, c.num_groups, c.min_order_gap)
     scene.place_flash(first, scene.flash_frames(g1, 1))
@@ -469,14 +469,14 @@ def _order(scene: _Scene, rng, c: WorldConfig):
     return first, QUESTIONS["order"], [0, 1], "colour"
 
 
-def _counting(scene: _Scene, rng, c: WorldConfig):
+def _counting(scene: Scene, rng, c: WorldConfig):
     count = int(rng.integers(1, c.max_count + 1))
     for group in _distinct_groups(rng, count, c.num_groups):
         scene.place_flash(int(rng.integers(4)), scene.flash_frames(group, 1))
     return count - 1, QUESTIONS["counting"], list(range(count)), "count"
 
 
-def _query(scene: _Scene, rng, c: WorldConfig):
+def _query(scene: Scene, rng, c: WorldConfig):
     half = c.size // c.cell // 2
     quadrants = [int(q) for q in rng.permutation(4)[: c.query_events]]
     colours = [int(k) for k in rng.permutation(4)]

@@ -208,10 +208,10 @@ def _long_data(model, processor, split: str, num_examples: int, progress: bool, 
     from vidpress.synthetic import make_split
     from vidpress.synthetic.reference import FPS
     from vidpress.synthetic.world import LETTERS
-    from vidpress.training.long_reference import _cache, _Cached
+    from vidpress.training.long_reference import CachedVideos, cache_videos
 
-    data = _Cached()
-    _cache(model, make_split(split, num_examples, families=(family,)), data, progress,
+    data = CachedVideos()
+    cache_videos(model, make_split(split, num_examples, families=(family,)), data, progress,
            f"encoding {split} videos (vision tower, once)")
     rows = [{"prompt": placeholder_text(processor, q, len(f)), "video": i, "answer": LETTERS[a],
              "choices": ",".join(LETTERS), "family": fam}

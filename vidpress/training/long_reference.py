@@ -26,13 +26,13 @@ from vidpress.synthetic.long import LONG_FAMILY
 from vidpress.synthetic.reference import FPS, REFERENCE_DIR, letter_token_ids, load_reference
 from vidpress.synthetic.world import Example, make_split
 from vidpress.training.model_card import write_model_card
-from vidpress.training.reference import _cosine, fast_pixels
+from vidpress.training.reference import cosine_schedule, fast_pixels
 
-__all__ = ["train_long_reference"]
+__all__ = ["CachedVideos", "cache_videos", "train_long_reference"]
 
 
 @dataclass
-class _Cached:
+class CachedVideos:
     """Training rows held in memory: frozen vision features per video ([N_v, D] fp16), token grid, question,
     answer, family and the tokens never dropped (every flash's)."""
 
@@ -45,7 +45,7 @@ class _Cached:
 
 
 @torch.no_grad()
-def _cache(model, examples: list[Example], data: _Cached, progress: bool, desc: str) -> None:
+def cache_videos(model, examples: list[Example], data: CachedVideos, progress: bool, desc: str) -> None:
     """Encode `examples` one video at a time (long clips differ in length) and append them to `data`."""
     from tqdm.auto import tqdm
 
@@ -67,7 +67,7 @@ def _cache(model, examples: list[Example], data: _Cached, progress: bool, desc: 
         data.protected.append(protected)
 
 
-def _batch(model, processor, data: _Cached, rows, letters, end_id, drop: np.random.Generator | None):
+def _batch(model, processor, data: CachedVideos, rows, letters, end_id, drop: np.random.Generator | None):
     """Model kwargs of cached rows (answer letter + <|im_end|> appended) and the targets [B, 2]; with `drop`, each
     video keeps its protected tokens plus a random 5-50% of the rest."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -160,9 +160,10 @@ def train_long_reference(
     metrics["eval_before_seconds"] = round(time.time() - start, 1)
 
     t0 = time.time()
-    long_data, replay = _Cached(), _Cached()
-    _cache(model, make_split("train", long_examples, families=(LONG_FAMILY,)), long_data, progress, "caching long")
-    _cache(model, make_split("train", replay_examples), replay, progress, "caching replay")
+    long_data, replay = CachedVideos(), CachedVideos()
+    cache_videos(model, make_split("train", long_examples, families=(LONG_FAMILY,)), long_data, progress,
+                 "caching long")
+    cache_videos(model, make_split("train", replay_examples), replay, progress, "caching replay")
     metrics["cache_seconds"] = round(time.time() - t0, 1)
 
     t1 = time.time()
@@ -172,11 +173,11 @@ def train_long_reference(
         p.requires_grad_(False)
     params = [p for n, p in model.named_parameters() if not n.startswith("model.visual.")]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, steps, max(1, steps // 20)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, steps, max(1, steps // 20)))
     rng = np.random.default_rng([seed, 3])
     n_long = int(round(long_share * batch_size))
     # one store: the long rows first, then the replay rows
-    data = _Cached(*[getattr(long_data, k) + getattr(replay, k) for k in _Cached.__dataclass_fields__])
+    data = CachedVideos(*[getattr(long_data, k) + getattr(replay, k) for k in CachedVideos.__dataclass_fields__])
     model.train()
     ema = {}
     bar = tqdm(range(steps), desc="long-family language training", disable=not progress, mininterval=5.0)
