@@ -14,6 +14,8 @@ def add_parser(subparsers) -> None:
     from vidpress.evaluation.testbed import (
         DEFAULT_RETENTIONS,
         FULL_EXAMPLES,
+        LONG_EXAMPLES,
+        LONG_RETENTIONS,
         QUICK_PER_FAMILY,
         QUICK_RETENTIONS,
         QUICK_SEED,
@@ -40,6 +42,10 @@ def add_parser(subparsers) -> None:
     command.add_argument("--full", action="store_true", help=f"the full grid: the first {FULL_EXAMPLES} test "
                          f"examples at {listed(DEFAULT_RETENTIONS)} (about 7 minutes on 2 idle cores)")
     command.add_argument("--model", help="local model directory (default: the shipped reference model)")
+    command.add_argument("--family", choices=["long"], help="bench another family set instead of the six short "
+                         f"families: 'long' runs the first {LONG_EXAMPLES} long-family test examples (64-256 frames, "
+                         f"one asked event among many) at {listed(LONG_RETENTIONS)} (default presses: all but the "
+                         "students trained on the six families)")
     command.add_argument("--limit", type=int, help="use the first N examples of the split instead of the stratified "
                          f"subset (default: the subset; with --full: {FULL_EXAMPLES})")
     command.add_argument("--seed", type=int, default=QUICK_SEED,
@@ -104,14 +110,21 @@ def run(args) -> int:
     from vidpress.evaluation import testbed
 
     if args.stream:
+        if args.family is not None:
+            raise ValueError("--stream runs the streaming family; --family picks a family of the offline bench")
         return bench_stream.run(args)
     bench_stream.check_stream_options(args)
+    if args.family is not None and args.full:
+        raise ValueError("--full is the six families' grid; with --family, pick examples with --limit and retentions "
+                         "with --retentions")
     if args.presses is not None:
         names = parse_presses(args.presses)
-    else:  # the learned rows' checkpoints are trained for the shipped reference model only
-        names = testbed.checkpoint_free_names() if args.model else testbed.default_names()
+    else:  # the learned rows' checkpoints are trained for the shipped (family) reference model only
+        names = testbed.checkpoint_free_names() if args.model else testbed.default_names(args.family)
     if args.retentions is not None:
         retentions = parse_retentions(args.retentions)
+    elif args.family is not None:
+        retentions = list(testbed.LONG_RETENTIONS)
     else:
         retentions = list(testbed.DEFAULT_RETENTIONS if args.full else testbed.QUICK_RETENTIONS)
     for option in ("limit", "batch_size", "threads", "workers"):
@@ -138,18 +151,21 @@ def run_checked(args, names: list[str], retentions: list[float]) -> int:
         run_metadata,
         write_results,
     )
+    from vidpress.synthetic import QUESTION_FAMILIES
     from vidpress.synthetic.reference import REFERENCE_DIR
     from vidpress.timing import load_warning
 
     if args.limit is not None:
         indices, seed = list(range(args.limit)), None
+    elif args.family is not None:
+        indices, seed = list(range(testbed.LONG_EXAMPLES)), None
     elif args.full:
         indices, seed = list(range(testbed.FULL_EXAMPLES)), None
     else:
         indices, seed = testbed.quick_indices(seed=args.seed), args.seed
     model_dir = Path(args.model) if args.model else REFERENCE_DIR
-    settings = {"model": str(model_dir.resolve()), "split": args.split, "examples": indices, "seed": seed,
-                "presses": names, "retentions": retentions, "batch_size": args.batch_size}
+    settings = {"model": str(model_dir.resolve()), "family": args.family, "split": args.split, "examples": indices,
+                "seed": seed, "presses": names, "retentions": retentions, "batch_size": args.batch_size}
     store = RunStore(Path(args.out))
     done = store.open(settings, args.overwrite)
     torch.set_num_threads(args.threads)
@@ -162,7 +178,8 @@ def run_checked(args, names: list[str], retentions: list[float]) -> int:
     total = 1 + len(names) * len(retentions)
     try:
         model, processor = testbed.load_bench_model(args.model, args.device)
-        examples = testbed.examples_at(args.split, indices)
+        families = (args.family,) if args.family else QUESTION_FAMILIES
+        examples = testbed.examples_at(args.split, indices, families)
         subset = ("the first" if seed is None else f"a stratified subset (seed {seed}) of") + f" {len(examples)}"
         print(f"model: {args.model or 'the shipped reference model'}; {subset} {args.split} examples; "
               f"presses {', '.join(names)}; retentions {', '.join(f'{r:g}' for r in retentions)}"

@@ -1,4 +1,4 @@
-"""`vidpress train reference | cacovid | cgrpo`: the trainers' options, handed to the training functions."""
+"""`vidpress train reference | long-reference | cacovid | cgrpo`: the trainers' options, handed to the trainers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from vidpress.cli.common import check_at_least
 def add_train_parsers(subparsers) -> None:
     """Register every trainer on the `vidpress train` subparsers object."""
     add_train_reference_parser(subparsers)
+    add_train_long_reference_parser(subparsers)
     add_train_cacovid_parser(subparsers)
     add_train_cgrpo_parser(subparsers)
 
@@ -72,6 +73,52 @@ def _run_train_reference(args) -> int:
     test = metrics.get("test", {}).get("all")
     summary = f"; test accuracy {test['accuracy']:.3f}" if test else ""
     print(f"saved to {args.out} after {metrics['train_seconds'] / 60:.1f} min{summary}")
+    return 0
+
+
+def add_train_long_reference_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `long-reference` (vidpress train long-reference --out DIR ...) on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "long-reference",
+        help="continue training the reference model on the long family (plus a replay of the six short ones)",
+        description="Continue training the reference model's language side (vision frozen) on the synthetic long "
+        "family mixed with a replay of the six short families; save it with save_pretrained, metrics.json and "
+        "MODEL_CARD.md (all-token test accuracy before and after).",
+    )
+    parser.add_argument("--out", required=True, help="output folder (save_pretrained layout)")
+    parser.add_argument("--model", default=None, help="reference checkpoint to start from (default: the shipped one)")
+    parser.add_argument("--long-examples", type=int, default=1200, help="long-family train examples (default 1200)")
+    parser.add_argument("--replay-examples", type=int, default=1200,
+                        help="six-family train examples replayed (default 1200)")
+    parser.add_argument("--steps", type=int, default=600, help="optimiser steps (default 600)")
+    parser.add_argument("--batch-size", type=int, default=16, help="videos per step (default 16)")
+    parser.add_argument("--long-share", type=float, default=0.5, help="share of long videos per step (default 0.5)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default %(default)s)")
+    parser.add_argument("--test-long", type=int, default=240, help="long-family test examples scored (default 240)")
+    parser.add_argument("--test-short", type=int, default=720, help="six-family test examples scored (default 720)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_train_long_reference)
+    return parser
+
+
+def _run_train_long_reference(args) -> int:
+    from vidpress.training.long_reference import train_long_reference
+
+    check_at_least(args, 1, "long_examples", "replay_examples", "steps", "batch_size", "threads")
+    check_at_least(args, 0, "test_long", "test_short")
+    if max(1, round(args.long_share * args.batch_size)) > args.long_examples or args.batch_size > args.replay_examples:
+        raise ValueError("--long-examples / --replay-examples must hold at least one batch's rows")
+    metrics = train_long_reference(
+        args.out, base=args.model, long_examples=args.long_examples, replay_examples=args.replay_examples,
+        steps=args.steps, batch_size=args.batch_size, long_share=args.long_share, lr=args.lr,
+        test_long=args.test_long, test_short=args.test_short, seed=args.seed, threads=args.threads,
+        progress=not args.quiet, command=_command("long-reference"),
+    )
+    after = metrics["after"]
+    summary = "; ".join(f"{k} test accuracy {v['accuracy']:.3f}" for k, v in after.items())
+    print(f"saved to {args.out} after {metrics['total_seconds'] / 60:.1f} min" + (f"; {summary}" if summary else ""))
     return 0
 
 
@@ -187,6 +234,9 @@ def add_train_cgrpo_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters on the LLM (merged when saving)")
     parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank with --lora (default %(default)s)")
     parser.add_argument("--test-examples", type=int, default=720, help="test examples evaluated afterwards (0: none)")
+    parser.add_argument("--family", choices=["long"], default=None, help="train and test on the long family instead "
+                        "of the six short ones (start from the long reference model: --model "
+                        "vidpress/synthetic/long_reference)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling and data order (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -211,7 +261,7 @@ def _run_train_cgrpo(args) -> int:
         format_weight=args.format_weight, budget_tokens=args.budget_tokens, top_k=args.top_k or None,
         teacher_samples=args.teacher_samples, lora=args.lora, lora_rank=args.lora_rank,
         test_examples=args.test_examples, seed=args.seed, threads=args.threads, progress=not args.quiet,
-        command=command,
+        family=args.family, command=command,
     )
     test = metrics.get("test")
     if test:

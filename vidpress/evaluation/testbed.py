@@ -32,7 +32,7 @@ from vidpress.evaluation.stats import wilson_interval
 from vidpress.loading import load_model
 from vidpress.models import get_adapter
 from vidpress.models.sequence import PIXEL_INPUTS
-from vidpress.synthetic import QUESTION_FAMILIES, evidence_hits, make_split
+from vidpress.synthetic import QUESTION_FAMILIES, evidence_hits, known_families, make_split
 from vidpress.synthetic.reference import (
     CACOVID_REFERENCE_DIR,
     MARC_REFERENCE_DIR,
@@ -51,6 +51,10 @@ QUICK_RETENTIONS = (0.5, 0.25, 0.10)
 QUICK_PER_FAMILY = 40
 QUICK_SEED = 0
 FULL = "none"
+#: `vidpress bench --family long`: the first LONG_EXAMPLES long-family test examples at LONG_RETENTIONS.
+#: 1/64 = one frame's tokens of a 128-frame clip (64 temporal tokens of 4): MARC's budget.
+LONG_EXAMPLES = 240
+LONG_RETENTIONS = (1 / 16, 1 / 64)
 
 
 @dataclass(frozen=True)
@@ -80,11 +84,13 @@ def bench_names() -> list[str]:
     return sorted(set(press_registry.available()) | set(BENCH_ROWS))
 
 
-def default_names() -> list[str]:
+def default_names(family: str | None = None) -> list[str]:
     """What `vidpress bench` runs without --presses: every registered press and the learned rows; the "<host>+fca"
-    compositions only when asked for (`--presses fastv,fastv+fca`), so the default run stays one row per method."""
+    compositions only when asked for (`--presses fastv,fastv+fca`), so the default run stays one row per method.
+    family "long" (`--family long`): without the rows that run their own model (the students were trained on the six
+    short families)."""
     variants = press_registry.fca_variants()
-    return [name for name in bench_names() if name not in variants]
+    return [name for name in bench_names() if name not in variants and (family is None or _row(name).model is None)]
 
 
 def checkpoint_free_names() -> list[str]:
@@ -149,9 +155,9 @@ def quick_indices(per_family: int = QUICK_PER_FAMILY, seed: int = QUICK_SEED, po
     return sorted(chosen)
 
 
-def examples_at(split: str, indices: Iterable[int]) -> list:
+def examples_at(split: str, indices: Iterable[int], families=QUESTION_FAMILIES) -> list:
     """The examples of `split` at these indices (the same examples `make_split` gives at those places)."""
-    return [make_split(split, 1, start=i)[0] for i in indices]
+    return [make_split(split, 1, families=families, start=i)[0] for i in indices]
 
 
 @dataclass
@@ -264,7 +270,7 @@ def summarize(records: list[dict]) -> dict:
     """Accuracy and evidence recall of per-example records, overall and per family, with 95% Wilson intervals."""
     n = len(records)
     correct = sum(r["correct"] for r in records)
-    families = [f for f in QUESTION_FAMILIES if any(r["family"] == f for r in records)]
+    families = [f for f in known_families() if any(r["family"] == f for r in records)]
     by_family, by_family_ci, counts = {}, {}, {}
     for family in families:
         mine = [r["correct"] for r in records if r["family"] == family]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vidpress.evaluation.stats import mcnemar
 from vidpress.evaluation.testbed import FULL
-from vidpress.synthetic import QUESTION_FAMILIES
+from vidpress.synthetic import known_families
 
 RESULT_FILES = ("results.json", "results.csv", "accuracy.png", "pareto.png")
 PROGRESS_FILES = ("run.json", "rows.jsonl", "predictions.jsonl")
@@ -214,7 +214,7 @@ def format_table(rows: list[dict]) -> str:
     """A plain-text table of the rows, one line per (press, retention): accuracy with its 95% interval, the exact
     McNemar p-value against the full-token row, per-family accuracy, kept tokens, median prefill and peak memory.
     A row at its press's floor is marked '=' (same answers as that press's first row at its floor)."""
-    families = [f for f in QUESTION_FAMILIES if any(f in r["accuracy_by_family"] for r in rows)]
+    families = [f for f in known_families() if any(f in r["accuracy_by_family"] for r in rows)]
     header = ["press", "R", "eff R", "recall", "acc", "95% CI", "% full", "p vs none"]
     header += [FAMILY_SHORT.get(f, f) for f in families] + ["tokens", "prefill ms", "peak MB"]
     lines = [header]
@@ -259,7 +259,7 @@ def write_results(rows: list[dict], out_dir, run: dict | None = None, tests: lis
     out.mkdir(parents=True, exist_ok=True)
     paths = dict(zip(("json", "csv", "plot", "pareto"), (out / name for name in RESULT_FILES)))
     _write_atomic(paths["json"], json.dumps({"run": run or {}, "rows": rows, "paired_tests": tests or []}, indent=2))
-    families = [f for f in QUESTION_FAMILIES if any(f in r["accuracy_by_family"] for r in rows)]
+    families = [f for f in known_families() if any(f in r["accuracy_by_family"] for r in rows)]
     nested = ("accuracy_by_family", "accuracy_by_family_ci", "examples_by_family")
     scalar = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in nested]
     with paths["csv"].open("w", newline="") as handle:

@@ -47,8 +47,10 @@ __all__ = [
     "WorldConfig",
     "evidence_hits",
     "evidence_recall",
+    "known_families",
     "make_example",
     "make_split",
+    "register_family",
 ]
 
 QUESTION_FAMILIES = ("brief_event", "static", "small_detail", "order", "counting", "query")
@@ -72,6 +74,23 @@ QUESTIONS = {
     "query": "What colour was the flashing {shape}?",
     "query_position": "What colour was the flash in the {quadrant}?",
 }
+
+#: Families drawn by their own modules (`vidpress.synthetic.long`): name -> (make(seed, config) -> Example, config
+#: type). They are asked for by name (`make_split(..., families=("long",))`); the default split stays the six above.
+EXTRA_FAMILIES: dict = {}
+
+
+def register_family(name: str, make, config_type: type) -> None:
+    """Register a family drawn by `make(seed, config) -> Example`, with a default-constructible `config_type`."""
+    if name in QUESTION_FAMILIES or name in EXTRA_FAMILIES:
+        raise ValueError(f"family {name!r} is already defined")
+    EXTRA_FAMILIES[name] = (make, config_type)
+
+
+def known_families() -> tuple[str, ...]:
+    """Every family make_example draws: the six short ones, then the registered ones."""
+    return QUESTION_FAMILIES + tuple(EXTRA_FAMILIES)
+
 
 # Seeds of split s, example i: SPLIT_BASE[s] + i. Splits stay disjoint for up to 10M examples each.
 SPLIT_BASE = {"train": 0, "val": 10_000_000, "test": 20_000_000}
@@ -243,9 +262,9 @@ def make_split(
     if split not in SPLIT_BASE:
         raise ValueError(f"split must be one of {tuple(SPLIT_BASE)}; got {split!r}")
     families = tuple(families)
-    unknown = [f for f in families if f not in QUESTION_FAMILIES]
+    unknown = [f for f in families if f not in known_families()]
     if not families or unknown:
-        raise ValueError(f"families must be a non-empty subset of {QUESTION_FAMILIES}; got {families}")
+        raise ValueError(f"families must be a non-empty subset of {known_families()}; got {families}")
     if start < 0 or n < 0 or start + n > _SPLIT_SIZE:
         raise ValueError(f"examples [{start}, {start + n}) are outside a split's {_SPLIT_SIZE} seeds")
     return [
@@ -254,11 +273,20 @@ def make_split(
 
 
 def make_example(family: str, seed: int, config: WorldConfig = WorldConfig()) -> Example:
-    """Draw one example of `family` from `seed` (deterministic)."""
+    """Draw one example of `family` from `seed` (deterministic). A registered family (`register_family`) is drawn
+    with `config` when it is of the family's config type, with that type's default when `config` is the default
+    WorldConfig."""
+    if family in EXTRA_FAMILIES:
+        make, config_type = EXTRA_FAMILIES[family]
+        if config == WorldConfig():
+            config = config_type()
+        elif not isinstance(config, config_type):
+            raise ValueError(f"family {family!r} is drawn with a {config_type.__name__}; got {type(config).__name__}")
+        return make(seed, config)
     if family not in QUESTION_FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {QUESTION_FAMILIES}")
+        raise ValueError(f"unknown family {family!r}; expected one of {known_families()}")
     rng = np.random.default_rng([seed, QUESTION_FAMILIES.index(family)])
-    scene = _Scene(config, rng)
+    scene = Scene(config, rng)
     answer_value, prompt, needed, option_kind = _FAMILY_BUILDERS[family](scene, rng, config)
     scene.add_distractors()
     if option_kind == "count":
@@ -277,7 +305,7 @@ def make_example(family: str, seed: int, config: WorldConfig = WorldConfig()) ->
 # ---------------------------------------------------------------------------------------------- renderer
 
 
-class _Scene:
+class Scene:
     """Objects on a static textured background. Each object: kind, colour index, box, shape, frames."""
 
     def __init__(self, config: WorldConfig, rng: np.random.Generator):
@@ -404,14 +432,14 @@ def _distinct_groups(rng, count: int, num_groups: int, min_gap: int = 1) -> list
     raise RuntimeError("cannot space the flashes out in time; lower min_order_gap")
 
 
-def _distractor_flashes(scene: _Scene, rng, avoid_groups=()):
+def _distractor_flashes(scene: Scene, rng, avoid_groups=()):
     for _ in range(scene.config.distractor_flashes):
         groups = [g for g in range(scene.config.num_groups) if g not in avoid_groups]
         group = int(rng.choice(groups))
         scene.place_flash(int(rng.integers(4)), scene.flash_frames(group, 1))
 
 
-def _brief_event(scene: _Scene, rng, c: WorldConfig):
+def _brief_event(scene: Scene, rng, c: WorldConfig):
     colour = int(rng.integers(4))
     length = int(rng.choice(c.brief_flash_frames))
     group = int(rng.integers(c.num_groups - (1 if length == 2 else 0)))
@@ -419,21 +447,21 @@ def _brief_event(scene: _Scene, rng, c: WorldConfig):
     return colour, QUESTIONS["brief_event"], [0], "colour"
 
 
-def _static(scene: _Scene, rng, c: WorldConfig):
+def _static(scene: Scene, rng, c: WorldConfig):
     colour = int(rng.integers(4))
     scene.place_static("big", colour, c.big_size)
     _distractor_flashes(scene, rng)
     return colour, QUESTIONS["static"], [0], "colour"
 
 
-def _small_detail(scene: _Scene, rng, c: WorldConfig):
+def _small_detail(scene: Scene, rng, c: WorldConfig):
     colour = int(rng.integers(4))
     scene.place_static("small", colour, c.small_size, shape="square")
     _distractor_flashes(scene, rng)
     return colour, QUESTIONS["small_detail"], [0], "colour"
 
 
-def _order(scene: _Scene, rng, c: WorldConfig):
+def _order(scene: Scene, rng, c: WorldConfig):
     first, second = (int(k) for k in rng.choice(4, size=2, replace=False))
     g1, g2 = _distinct_groups(rng, 2, c.num_groups, c.min_order_gap)
     scene.place_flash(first, scene.flash_frames(g1, 1))
@@ -441,14 +469,14 @@ def _order(scene: _Scene, rng, c: WorldConfig):
     return first, QUESTIONS["order"], [0, 1], "colour"
 
 
-def _counting(scene: _Scene, rng, c: WorldConfig):
+def _counting(scene: Scene, rng, c: WorldConfig):
     count = int(rng.integers(1, c.max_count + 1))
     for group in _distinct_groups(rng, count, c.num_groups):
         scene.place_flash(int(rng.integers(4)), scene.flash_frames(group, 1))
     return count - 1, QUESTIONS["counting"], list(range(count)), "count"
 
 
-def _query(scene: _Scene, rng, c: WorldConfig):
+def _query(scene: Scene, rng, c: WorldConfig):
     half = c.size // c.cell // 2
     quadrants = [int(q) for q in rng.permutation(4)[: c.query_events]]
     colours = [int(k) for k in rng.permutation(4)]
@@ -474,7 +502,3 @@ _FAMILY_BUILDERS = {
     "counting": _counting,
     "query": _query,
 }
-
-
-#: The renderer, public for the world's other families (`vidpress.synthetic.stream_world`).
-Scene = _Scene

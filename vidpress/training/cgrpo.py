@@ -166,11 +166,14 @@ def teacher_accuracy(model, tokenizer, videos: VideoFeatures, rows: list[dict], 
 # ------------------------------------------------------------------------------------------- the synthetic testbed
 
 
-def synthetic_data(model, processor, split: str, num_examples: int, progress: bool = True):
-    """C-GRPO rows and VideoFeatures for the first `num_examples` of a synthetic split, encoded once with `model`'s
-    (frozen) vision tower. Rows: prompt (chat template, video placeholders expanded), video, answer (letter),
-    choices ("A,B,C,D"), family."""
+def synthetic_data(model, processor, split: str, num_examples: int, progress: bool = True, family: str | None = None):
+    """C-GRPO rows and VideoFeatures for the first `num_examples` of a synthetic split (family None: the six short
+    families; "long": the long family), encoded once with `model`'s (frozen) vision tower. Rows: prompt (chat
+    template, video placeholders expanded), video, answer (letter), choices ("A,B,C,D"), family."""
     import numpy as np
+
+    if family is not None:
+        return _long_data(model, processor, split, num_examples, progress, family)
 
     from vidpress.inputs import placeholder_text
     from vidpress.synthetic.reference import FPS
@@ -199,16 +202,38 @@ def synthetic_data(model, processor, split: str, num_examples: int, progress: bo
     return rows, videos
 
 
-def evaluate_students(models: dict, processor, press: Press, test_examples: int, progress: bool = True) -> dict:
-    """Bench rows (accuracy overall and per family, effective retention) on the first `test_examples` synthetic test
-    examples: the first model with all tokens, then every model with `press`. models: name -> model; all share the
-    first one's vision tower (videos are encoded once)."""
-    from vidpress.evaluation.testbed import evaluate_settings
+def _long_data(model, processor, split: str, num_examples: int, progress: bool, family: str):
+    """`synthetic_data` of a family drawn by its own module (clips of different lengths: one grid per video)."""
+    from vidpress.inputs import placeholder_text
     from vidpress.synthetic import make_split
+    from vidpress.synthetic.reference import FPS
+    from vidpress.synthetic.world import LETTERS
+    from vidpress.training.long_reference import CachedVideos, cache_videos
+
+    data = CachedVideos()
+    cache_videos(model, make_split(split, num_examples, families=(family,)), data, progress,
+           f"encoding {split} videos (vision tower, once)")
+    rows = [{"prompt": placeholder_text(processor, q, len(f)), "video": i, "answer": LETTERS[a],
+             "choices": ",".join(LETTERS), "family": fam}
+            for i, (q, f, a, fam) in enumerate(zip(data.questions, data.features, data.answers, data.families))]
+    tp = model.config.vision_config.temporal_patch_size
+    videos = VideoFeatures(features=data.features, grids=torch.tensor(data.grids),
+                           seconds_per_grid=torch.full((len(rows),), tp / FPS))
+    return rows, videos
+
+
+def evaluate_students(models: dict, processor, press: Press, test_examples: int, progress: bool = True,
+                      family: str | None = None) -> dict:
+    """Bench rows (accuracy overall and per family, effective retention) on the first `test_examples` synthetic test
+    examples (family None: the six short families; else that family): the first model with all tokens, then every
+    model with `press`. models: name -> model; all share the first one's vision tower (videos are encoded once)."""
+    from vidpress.evaluation.testbed import evaluate_settings
+    from vidpress.synthetic import QUESTION_FAMILIES, make_split
 
     first = next(iter(models.values()))
     settings = {"full": None, **{name: (press, model) for name, model in models.items()}}
-    rows = evaluate_settings(first, processor, make_split("test", test_examples), settings, progress=progress)
+    examples = make_split("test", test_examples, families=(family,) if family else QUESTION_FAMILIES)
+    rows = evaluate_settings(first, processor, examples, settings, batch_size=16 if family else 32, progress=progress)
     keys = ("accuracy", "accuracy_by_family", "effective_retention", "visual_tokens")
     return {name: {k: v for k, v in row.items() if k in keys} for name, row in rows.items()}
 
@@ -234,12 +259,14 @@ def train_cgrpo(
     lora: bool = False,
     lora_rank: int = 16,
     test_examples: int = 720,
+    family: str | None = None,
     seed: int = 0,
     threads: int | None = None,
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
     """Train a reference-model student with C-GRPO on the synthetic train split and save it to `out_dir`.
+    family: None trains and tests on the six short families; "long" on the long family (use the long reference model).
 
     The student answers through MarcPress(budget_tokens, top_k) (default: one frame's tokens); the vision tower is
     frozen and encodes every training video once. The teacher's accuracy (full video, `teacher_samples` rollouts)
@@ -270,7 +297,8 @@ def train_cgrpo(
     for p in model.model.visual.parameters():
         p.requires_grad_(False)
     press = MarcPress(budget_tokens=budget_tokens, top_k=top_k)
-    rows, videos = synthetic_data(model, processor, "train", train_examples, progress and state.is_main_process)
+    rows, videos = synthetic_data(model, processor, "train", train_examples, progress and state.is_main_process,
+                                  family)
     t_teacher = time.time()
     torch.manual_seed(seed)  # every process samples the same teacher rollouts
     teacher = teacher_accuracy(model, processor.tokenizer, videos, rows, num_samples=teacher_samples,
@@ -327,7 +355,8 @@ def train_cgrpo(
         "budget_tokens": press.budget_tokens, "top_k": top_k, "train_examples": train_examples, "steps": steps,
         "prompts_per_step": prompts_per_step, "num_generations": num_generations, "learning_rate": learning_rate,
         "beta": beta, "epsilon": epsilon, "alpha": alpha, "tau": tau, "temperature": temperature,
-        "format_weight": format_weight, "lora": lora, "seed": seed, "processes": state.num_processes,
+        "format_weight": format_weight, "lora": lora, "family": family, "model": str(model_path or "reference_model"),
+        "seed": seed, "processes": state.num_processes,
         "threads": torch.get_num_threads(), "teacher_train_accuracy": sum(teacher) / len(teacher),
         "teacher_seconds": round(teacher_seconds, 1), "train_seconds": round(train_seconds, 1),
         "log": [entry for entry in trainer.state.log_history if "reward" in entry],
@@ -348,7 +377,7 @@ def train_cgrpo(
     if test_examples:
         initial, _ = load_reference(model_path)
         metrics["test"] = evaluate_students({"marc": initial, "marc + C-GRPO": student}, processor, press,
-                                            test_examples, progress)
+                                            test_examples, progress, family)
     metrics["total_seconds"] = round(time.time() - start, 1)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _write_model_card(out_dir, metrics, command)
@@ -358,12 +387,17 @@ def train_cgrpo(
 def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Path:
     """MODEL_CARD.md of a C-GRPO student from its metrics."""
     budget = metrics["budget_tokens"] or "one frame's"
+    long = metrics.get("family") is not None
+    base = metrics.get("model", "reference_model")
     intro = [
-        "The synthetic reference model (`vidpress/synthetic/reference_model`) trained with C-GRPO",
+        f"The synthetic reference model `{base}` trained with C-GRPO"
+        + (f" on the {metrics['family']} family" if long else ""),
         "(`vidpress.training.cgrpo`) to answer from MarcPress-compressed video: retrieval of the top"
         f" {metrics['top_k']} clips by the question's own text embeddings, then the parameter-free temporal merge "
         f"down to {budget} tokens",
-        "(16 of 128 video tokens = 12.5% with the default budget). Vision tower frozen (shared with the reference",
+        ("(4 of 128-512 video tokens: one 56x56 frame's 2 x 2 tokens, 0.8-3.1%, with the default budget)." if long
+         else "(16 of 128 video tokens = 12.5% with the default budget).")
+        + " Vision tower frozen (shared with the reference",
         "model, so `vidpress bench` encodes each video once); the language side is trained.",
     ]
     training = [
@@ -373,8 +407,8 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
         f"temperature {metrics['temperature']:g}.",
         f"- Reward: accuracy (+ format x{metrics['format_weight']:g}) + 1[correct] * {metrics['alpha']:g} * "
         f"max(0, eta - {metrics['tau']:g}),",
-        "  eta = student group accuracy / teacher accuracy (teacher = the same model on all 128 tokens, cached before",
-        f"  training; mean teacher accuracy on the train prompts {metrics['teacher_train_accuracy']:.3f}).",
+        "  eta = student group accuracy / teacher accuracy (teacher = the same model on all video tokens, cached",
+        f"  before training; mean teacher accuracy on the train prompts {metrics['teacher_train_accuracy']:.3f}).",
         f"- Clipped surrogate (epsilon {metrics['epsilon']:g}) + KL to the initial model (beta {metrics['beta']:g}), "
         f"TRL GRPOTrainer ({'LoRA, merged' if metrics['lora'] else 'full LLM weights'}).",
         f"- First {metrics['train_examples']:,} examples of the `train` split; seed {metrics['seed']}, "
@@ -391,7 +425,7 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
             "| setting | kept tokens | effective retention | overall | " + " | ".join(families) + " |",
             "|---|---|---|---|" + "---|" * len(families),
         ]
-        labels = {"full": "all tokens (reference)", "marc": "MarcPress on the reference",
+        labels = {"full": "all tokens (the initial model)", "marc": "MarcPress on the initial model",
                   "marc + C-GRPO": "MarcPress on this student"}
         for name, r in test.items():
             table.append(
@@ -400,5 +434,7 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
                 + " | ".join(f"{r['accuracy_by_family'][f]:.3f}" for f in families) + " |"
             )
         results.append(table)
-    return write_model_card(out_dir, "marc-reference: the reference model's C-GRPO student", intro, [training],
+    title = (f"C-GRPO student of `{base}` on the {metrics['family']} family" if long
+             else "marc-reference: the reference model's C-GRPO student")
+    return write_model_card(out_dir, title, intro, [training],
                             command or "vidpress train cgrpo --out DIR", results)

@@ -143,7 +143,7 @@ class CachedSplit:
     protected: list[torch.Tensor] = field(default_factory=list)
 
 
-def _cosine(step: int, total: int, warmup: int) -> float:
+def cosine_schedule(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
@@ -169,7 +169,7 @@ def _train_vision(model, config, train_examples, steps, batch_size, lr, positive
     heads = _TokenHeads(visual.config.out_hidden_size)
     params = list(visual.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, steps, max(1, steps // 20)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, steps, max(1, steps // 20)))
     order = np.random.default_rng([seed, 1])
     perm, cursor = order.permutation(train_examples), 0
     visual.train()
@@ -291,7 +291,7 @@ def _train_language(model, processor, data, val, config, steps, batch_size, lr, 
         p.requires_grad_(False)
     params = [p for n, p in model.named_parameters() if not n.startswith("model.visual.")]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, steps, max(1, steps // 20)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_schedule(s, steps, max(1, steps // 20)))
     rng = np.random.default_rng([seed, 2])
     perm, cursor = rng.permutation(len(data.answers)), 0
     model.train()

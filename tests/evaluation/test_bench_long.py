@@ -1,0 +1,35 @@
+"""`vidpress bench --family long`: its rows, its defaults and its bad input."""
+
+import json
+
+import pytest
+
+from vidpress.cli import main
+from vidpress.evaluation import testbed
+
+
+def test_long_family_rows_are_its_own():
+    long_names, six_names = testbed.default_names("long"), testbed.default_names()
+    # the students (rows with their own model) were trained on the six families; presses with a policy for the
+    # bench model run on both
+    students = {name for name, row in testbed.BENCH_ROWS.items() if row.model is not None}
+    assert students and students <= set(six_names) and not students & set(long_names)
+    assert set(testbed.checkpoint_free_names()) <= set(long_names) and set(long_names) < set(six_names)
+
+
+def test_bench_family_refuses_the_full_grid(capsys, tmp_path):
+    assert main(["bench", "--family", "long", "--full", "--out", str(tmp_path)]) == 2
+    assert "--full" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_family_long_runs(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--family", "long", "--presses", "marc,random", "--retentions", "0.015625", "--limit", "4",
+                 "--workers", "1", "--quiet", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["press"]: row for row in results["rows"]}
+    assert set(rows) == {"none", "marc", "random"}
+    assert all(set(row["accuracy_by_family"]) == {"long"} for row in rows.values())
+    # one frame's budget: MarcPress keeps about 4 tokens (one 2x2 frame) of 128-512
+    assert rows["marc"]["visual_tokens"] <= 8 and rows["none"]["visual_tokens"] >= 128
