@@ -38,6 +38,7 @@ def test_missing_inputs_are_not_measured_yet_and_present_ones_are_read(tmp_path)
     profiles.mkdir()
     streaming.write_text("# Streaming\n")
     argv = ["--out", str(page), "--streaming", str(streaming), "--profiles", str(profiles),
+            "--long-student", str(tmp_path / "none.json"),
             "--bench", str(tmp_path / "none.json"), "--long-bench", str(tmp_path / "none.json")]
     assert claims.main(argv) == 0
     text = page.read_text()
@@ -57,3 +58,12 @@ def test_missing_inputs_are_not_measured_yet_and_present_ones_are_read(tmp_path)
     assert "not measured yet (no marc-cgrpo row at R=0.125)" in text and "no cacovid row" in text
     assert "vidpress bench --presses vidcom2,marc --retentions 0.25,0.125 --out DIR" in text
     assert claims.main([*argv, "--check"]) == 0
+
+    student = tmp_path / "student.json"  # the long family's C-GRPO run, read where the bench has no marc-cgrpo row
+    student.write_text(json.dumps({"command": "vidpress train cgrpo --family long", "test_examples": "40 examples",
+                                   "test": {"full": {"accuracy": 0.8}, "marc": {"accuracy": 0.4},
+                                            "marc + C-GRPO": {"accuracy": 0.6, "visual_tokens": 4.0}}}))
+    argv[argv.index("--long-student") + 1] = str(student)
+    assert claims.main(argv) == 0
+    assert "**75.0%** of full (accuracy 0.600 vs 0.800; MarcPress on the untrained model in the same run 0.400" in \
+        page.read_text()
