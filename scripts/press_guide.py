@@ -69,10 +69,13 @@ def rows() -> list[list[str]]:
         else:
             cost = "not measured yet"
         reason = refusal_reason(cls)
+        served = "yes" if reason is None else f"no: {reason}"
+        if reason is not None and refusal_reason(cls, with_query=True) is None:
+            served = f"with the question (query architecture): {reason.split('; ', 1)[1]}"
         fca = "yes" if cls.supports_frame_budgets else f"no: {cls.no_frame_budgets_because}"
         out.append([f"`{name}`", "trained policy" if cls.needs_policy else "training-free",
                     "yes" if cls.query_aware else "no", acts_on(cls), attention(cls), cost,
-                    "none" if floor == 0 else f"{floor:.3f}", fca, "yes" if reason is None else f"no: {reason}"])
+                    "none" if floor == 0 else f"{floor:.3f}", fca, served])
     return out, shape
 
 

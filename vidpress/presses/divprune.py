@@ -94,6 +94,7 @@ def cosine_distances(x: torch.Tensor) -> torch.Tensor:
     return dist
 
 
+@torch.no_grad()  # picks are indices: no gradient flows through the selection (and `out=` needs no autograd)
 def greedy_max_min(x: torch.Tensor, budget: int) -> torch.Tensor:
     """DivPrune's greedy max-min selection on unit rows x [N, D] (or a batch [B, N, D], each row set on its own).
 

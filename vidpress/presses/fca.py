@@ -28,6 +28,7 @@ ALPHAS = (0.125, 0.25, 0.5, 1.0, 2.0)
 CHANNEL_RATIO = 0.5
 
 
+@torch.no_grad()  # scores only rank tokens and size budgets; the in-place row buffers below need no autograd
 def similarities(x: torch.Tensor, alphas=ALPHAS, channel_ratio: float = CHANNEL_RATIO,
                  similarity: str = "gaussian") -> tuple[torch.Tensor, torch.Tensor]:
     """Similarity of every token of x [T, M, D] (in the dtype to compute in) to the video centre (sv) and to its

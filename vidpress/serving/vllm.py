@@ -185,14 +185,14 @@ def refusal_reason(press_cls: type[Press], with_query: bool = False) -> str | No
     if press_cls.count_follows_content:
         return ("the content decides how many tokens it keeps, but vLLM fixes each video's token count in the prompt "
                 "before the vision encoder runs")
-    if press_cls.query_aware and not with_query:
-        names = " / ".join(f"{arch} ({model})" for arch, (model, _) in QUERY_ARCHITECTURES.items())
-        return ("it reads the question, which this architecture's video-pruning step does not see; serve it with "
-                f"--hf-overrides '{{\"architectures\": [ARCH]}}', ARCH one of {names}")
     if press_cls.needs_vision_stats:
         return "it needs attention statistics recorded inside the vision encoder, which vLLM's encoder does not expose"
     if press_cls.acts_in_llm:
         return "it drops tokens between the LLM's decoder layers, where vLLM offers no hook"
+    if press_cls.query_aware and not with_query:  # last: only a press the query architecture serves is sent there
+        names = " / ".join(f"{arch} ({model})" for arch, (model, _) in QUERY_ARCHITECTURES.items())
+        return ("it reads the question, which this architecture's video-pruning step does not see; serve it with "
+                f"--hf-overrides '{{\"architectures\": [ARCH]}}', ARCH one of {names}")
     return None
 
 
