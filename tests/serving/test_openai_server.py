@@ -33,7 +33,7 @@ from PIL import Image  # noqa: E402
 
 from vidpress.presses import PRESSES, press_key  # noqa: E402
 from vidpress.serving.vllm import ARCHITECTURES, applicable_presses, press_knobs, refusal_reason  # noqa: E402
-from vidpress.testing import build_tiny_model, tiny_image, tiny_video  # noqa: E402
+from vidpress.testing import tiny_image, tiny_video  # noqa: E402
 
 ARCH = {model_type: arch for arch, (model_type, _) in ARCHITECTURES.items()}
 RATE = 0.75
@@ -152,18 +152,6 @@ class Server:
                 continue
             time.sleep(2)  # the engine and worker processes leave after the API server
         self.log.close()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = build_tiny_model(family, tmp_path_factory.mktemp(family))
-        return cache[family]
-
-    return get
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from vllm import LLM, SamplingParams  # noqa: E402
 
 from vidpress.presses.base import Press  # noqa: E402
 from vidpress.serving.vllm import applicable_presses, press_from_config, select_exact  # noqa: E402
-from vidpress.testing import build_tiny_model, make_inputs, tiny_model_and_processor, tiny_video  # noqa: E402
+from vidpress.testing import make_inputs, tiny_model_and_processor, tiny_video  # noqa: E402
 from vidpress.types import Selection  # noqa: E402
 
 ARCH = {"qwen2_5_vl": "VidpressQwen2_5_VLForConditionalGeneration",
@@ -35,18 +35,6 @@ ARCH = {"qwen2_5_vl": "VidpressQwen2_5_VLForConditionalGeneration",
 RATE = 0.75
 TOP = 5  # first-token logprobs compared over vLLM's top TOP tokens
 QUESTION = "What happens?"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = build_tiny_model(family, tmp_path_factory.mktemp(family))
-        return cache[family]
-
-    return get
 
 
 @pytest.fixture(scope="module")
