@@ -4,15 +4,19 @@ A long clip holds 64-256 frames of 56x56 (2 x 2 merged tokens per temporal token
 in time, small enough for a CPU), a dark noisy background and many flashes ("events"): each flash is one of the
 four FLASH_SHAPES in one of the four answer colours, inside one 28x28 cell, lasting 1-3 temporal tokens and
 visible in exactly one frame of each temporal pair it touches (as in the six short families). Exactly one event
-has the shape the question names; every distractor event has another shape, and no other flash is visible while
-the asked one is, so the asked event is the only thing in the video the question matches:
+has the key the question names; every distractor event has another key, and no other flash is visible while the
+asked one is, so the asked event is the only thing in the video the question matches. The default key is the
+colour and the detail asked is the shape (`LongConfig.key="colour"`):
 
-    "What colour was the flashing ring? A. red B. green C. blue D. yellow. Answer with the letter."
+    "What shape was the red flash? A. square B. ring C. plus D. bar. Answer with the letter."
 
-The detail asked (the colour) is not given away by colour presence: the distractors show all four colours.
-A press or a retriever has to find the event the question names; merging or sampling whole frames loses it
-unless it lands on the event's few temporal tokens (1-3 of 32-128). The answer-bearing pixels are the asked
-event's (`Example.evidence`).
+`key="shape"` swaps them ("What colour was the flashing ring? A. red ..."). The tiny reference model binds colour
+words to tokens well (order family: 0.975) but shape words poorly (query family: 0.550), and it scored 0.425 on
+the shape-keyed variant with all tokens, so the colour key is the default: it tests what a press keeps, not
+what the tiny model cannot read. Either way the detail asked is not given away by its presence: the distractors
+show all four values of it. A press or a retriever has to find the event the question names; merging or sampling
+whole frames loses it unless it lands on the event's few temporal tokens (1-3 of 32-128). The answer-bearing
+pixels are the asked event's (`Example.evidence`).
 
     examples = make_split("test", 120, families=("long",))   # same seeds and splits as the other families
 """
@@ -52,6 +56,7 @@ class LongConfig:
     event_groups: temporal tokens one event lasts.
     flash_size: flash sides in pixels (inside one cell with a margin).
     noise: amplitude of the per-frame pixel noise.
+    key: what the question names the asked event by: "colour" (ask its shape) or "shape" (ask its colour).
     """
 
     groups: tuple[int, int] = (32, 128)
@@ -62,8 +67,11 @@ class LongConfig:
     event_groups: tuple[int, int] = (1, 3)
     flash_size: tuple[int, int] = (14, 20)
     noise: int = 3
+    key: str = "colour"
 
     def __post_init__(self):
+        if self.key not in ("colour", "shape"):
+            raise ValueError(f"key must be 'colour' or 'shape'; got {self.key!r}")
         low, high = self.groups
         if not 8 <= low <= high:
             raise ValueError(f"groups must be a range (low, high) with 8 <= low <= high; got {self.groups}")
@@ -98,7 +106,7 @@ def make_long_example(seed: int, config: LongConfig = LongConfig()) -> Example:
     """Draw one long-family example from `seed` (deterministic).
 
     info holds the renderer facts: objects (the asked event first), needed ([0]), groups, event_groups (the asked
-    event's temporal tokens) and shape (the shape the question names).
+    event's temporal tokens), key (what the question names it by) and the asked event's colour and shape.
     """
     if not isinstance(config, LongConfig):
         raise ValueError(f"the long family is drawn with a LongConfig; got {type(config).__name__}")
@@ -113,29 +121,36 @@ def make_long_example(seed: int, config: LongConfig = LongConfig()) -> Example:
     asked = range(first, first + length)
     scene.place_flash(colour, _event_frames(scene, rng, first, length), shape=FLASH_SHAPES[shape])
 
-    # Distractor events: other shapes, never while the asked event is visible; the first four take the four colours.
+    # Distractor events: another key, never while the asked event is visible; the first four take the four values
+    # of the detail asked, so its presence says nothing.
     count = int(round(rng.uniform(*config.distractor_rate) * groups))
-    others = [k for k in range(len(FLASH_SHAPES)) if k != shape]
-    colours = [int(k) for k in rng.permutation(4)] + [int(k) for k in rng.integers(0, 4, size=max(0, count - 4))]
+    key, detail = (colour, shape) if config.key == "colour" else (shape, colour)
+    other_keys = [k for k in range(4) if k != key]
+    details = [int(k) for k in rng.permutation(4)] + [int(k) for k in rng.integers(0, 4, size=max(0, count - 4))]
     for k in range(count):
         span = int(rng.integers(config.event_groups[0], config.event_groups[1] + 1))
         # starts whose span [g, g + span) misses the asked event's [first, first + length)
         starts = [g for g in range(groups - span + 1) if g + span <= first or g >= first + length]
-        kind = FLASH_SHAPES[others[int(rng.integers(len(others)))]]
+        other = other_keys[int(rng.integers(len(other_keys)))]
+        c, s = (other, details[k]) if config.key == "colour" else (details[k], other)
         for _ in range(20):  # all four cells can be taken at some frame: draw another time
             frames = _event_frames(scene, rng, int(rng.choice(starts)), span)
             if _room(scene, frames):
-                scene.place_flash(colours[k], frames, shape=kind)
+                scene.place_flash(c, frames, shape=FLASH_SHAPES[s])
                 break
 
-    prompt = QUESTIONS["query"].format(shape=FLASH_SHAPES[shape])
-    options = list(COLOUR_NAMES)
+    if config.key == "colour":
+        prompt = QUESTIONS["long"].format(colour=COLOUR_NAMES[colour])
+        options = list(FLASH_SHAPES)
+    else:
+        prompt = QUESTIONS["query"].format(shape=FLASH_SHAPES[shape])
+        options = list(COLOUR_NAMES)
     lettered = " ".join(f"{LETTERS[k]}. {o}" for k, o in enumerate(options))
     question = f"{prompt} {lettered}. Answer with the letter."
     video, evidence = scene.render([0])
-    info = dict(objects=scene.objects, needed=[0], groups=groups, event_groups=list(asked),
-                shape=FLASH_SHAPES[shape])
-    return Example(video, question, options, colour, LONG_FAMILY, evidence, seed, prompt=prompt, info=info)
+    info = dict(objects=scene.objects, needed=[0], groups=groups, event_groups=list(asked), key=config.key,
+                colour=COLOUR_NAMES[colour], shape=FLASH_SHAPES[shape])
+    return Example(video, question, options, detail, LONG_FAMILY, evidence, seed, prompt=prompt, info=info)
 
 
 register_family(LONG_FAMILY, make_long_example, LongConfig)

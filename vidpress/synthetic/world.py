@@ -73,6 +73,7 @@ QUESTIONS = {
     "counting": "How many flashes were there?",
     "query": "What colour was the flashing {shape}?",
     "query_position": "What colour was the flash in the {quadrant}?",
+    "long": "What shape was the {colour} flash?",
 }
 
 #: Families drawn by their own modules (`vidpress.synthetic.long`): name -> (make(seed, config) -> Example, config
