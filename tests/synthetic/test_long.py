@@ -6,7 +6,15 @@ import torch
 
 from vidpress.presses.marc import MarcPress
 from vidpress.retrieval import VisualMemoryRetriever
-from vidpress.synthetic import COLOURS, FLASH_SHAPES, WorldConfig, known_families, make_example, make_split
+from vidpress.synthetic import (
+    COLOUR_NAMES,
+    COLOURS,
+    FLASH_SHAPES,
+    WorldConfig,
+    known_families,
+    make_example,
+    make_split,
+)
 from vidpress.synthetic.long import LONG_FAMILY, LongConfig
 from vidpress.types import Query, VideoTokens
 
@@ -36,29 +44,46 @@ def test_long_examples_are_seeded_and_in_the_shared_splits(examples):
         assert e.family == LONG_FAMILY and e.video.dtype == np.uint8
 
 
-def test_the_asked_event_is_the_only_one_matching_the_question(examples):
+@pytest.mark.parametrize("key", ["ring", "shape", "colour"])
+def test_the_asked_event_is_the_only_one_matching_the_question(examples, key):
+    if key != "ring":
+        examples = [make_example(LONG_FAMILY, e.seed, config=LongConfig(key=key)) for e in examples[:4]]
+    named, asked = ("colour", "shape") if key == "colour" else ("shape", "colour")
     for e in examples:
-        shape = e.info["shape"]
-        assert f"flashing {shape}?" in e.question
-        assert sum(f"flashing {s}?" in e.question for s in FLASH_SHAPES) == 1
+        value = e.info[named]
+        phrase = (lambda v: f"the {v} flash?") if key == "colour" else (lambda v: f"flashing {v}?")
+        values = COLOUR_NAMES if key == "colour" else FLASH_SHAPES
+        assert phrase(value) in e.question and sum(phrase(v) in e.question for v in values) == 1
+        if key == "ring":
+            assert value == "ring"
         events = flashes(e)
         assert len(events) >= 9  # the asked one and at least 8 distractors
-        matching = [o for o in events if o["shape"] == shape]
-        assert matching == [events[0]]
+        as_value = (lambda o: COLOUR_NAMES[o["colour"]]) if key == "colour" else (lambda o: o["shape"])
+        assert [o for o in events if as_value(o) == value] == [events[0]]
         asked_frames = set(events[0]["frames"])
         # nothing else flashes while the asked event is visible
         assert all(not asked_frames & set(o["frames"]) for o in events[1:])
-        # colour presence says nothing: the distractors show every answer colour
-        assert {o["colour"] for o in events[1:]} == {0, 1, 2, 3}
+        # the detail asked says nothing by its presence: the distractors show all four values of it
+        details = {o[asked] for o in events[1:]}
+        assert details == ({0, 1, 2, 3} if asked == "colour" else set(FLASH_SHAPES))
+        detail = events[0][asked]
+        assert e.options[e.answer] == (COLOUR_NAMES[detail] if asked == "colour" else detail)
+
+
+@pytest.mark.slow
+def test_answers_are_balanced():
+    answers = [e.answer for e in make_split("train", 100, families=(LONG_FAMILY,))]
+    assert all(12 <= answers.count(k) <= 38 for k in range(4)), [answers.count(k) for k in range(4)]
 
 
 def test_answers_and_evidence_are_consistent(examples):
     for e in examples:
         event = flashes(e)[0]
-        assert e.options == ["red", "green", "blue", "yellow"] and e.answer == event["colour"]
+        assert e.options == list(COLOUR_NAMES) and e.answer == event["colour"]
+        assert e.question.startswith("What colour was the flashing ring?")
         (mask,) = e.evidence
         assert np.flatnonzero(mask.any(axis=(1, 2))).tolist() == event["frames"]
-        np.testing.assert_array_equal(np.unique(e.video[mask], axis=0), COLOURS[e.answer][None])
+        np.testing.assert_array_equal(np.unique(e.video[mask], axis=0), COLOURS[event["colour"]][None])
         (tokens,) = e.evidence_tokens()
         groups = e.video.shape[0] // 2
         hit_groups = sorted(set((tokens.nonzero().squeeze(1) // M).tolist()))
@@ -68,6 +93,8 @@ def test_answers_and_evidence_are_consistent(examples):
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="groups"):
         LongConfig(groups=(4, 8))
+    with pytest.raises(ValueError, match="key must be 'ring', 'shape' or 'colour'"):
+        LongConfig(key="size")
     with pytest.raises(ValueError, match="LongConfig"):
         make_example(LONG_FAMILY, 0, config=WorldConfig(frames=32))
     with pytest.raises(ValueError, match="families"):

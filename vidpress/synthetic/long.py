@@ -5,18 +5,22 @@ in time, small enough for a CPU), a dark noisy background and many flashes ("eve
 four FLASH_SHAPES in one of the four answer colours, inside one 28x28 cell, lasting 1-3 temporal tokens and
 visible in exactly one frame of each temporal pair it touches (as in the six short families). Exactly one event
 has the key the question names; every distractor event has another key, and no other flash is visible while the
-asked one is, so the asked event is the only thing in the video the question matches. The default key is the
-colour and the detail asked is the shape (`LongConfig.key="colour"`):
+asked one is, so the asked event is the only thing in the video the question matches. `LongConfig.key` picks
+what the question names it by:
 
-    "What shape was the red flash? A. square B. ring C. plus D. bar. Answer with the letter."
+    "ring" (default): "What colour was the flashing ring? A. red B. green C. blue D. yellow. Answer with the letter."
+        The asked event is always the ring; the distractors are squares, pluses and bars.
+    "shape": the same question about any of the four shapes (the distractors have the other three).
+    "colour": "What shape was the red flash? A. square B. ring C. plus D. bar. ..." (the distractors have the
+        other three colours).
 
-`key="shape"` swaps them ("What colour was the flashing ring? A. red ..."). The tiny reference model binds colour
-words to tokens well (order family: 0.975) but shape words poorly (query family: 0.550), and it scored 0.425 on
-the shape-keyed variant with all tokens, so the colour key is the default: it tests what a press keeps, not
-what the tiny model cannot read. Either way the detail asked is not given away by its presence: the distractors
-show all four values of it. A press or a retriever has to find the event the question names; merging or sampling
-whole frames loses it unless it lands on the event's few temporal tokens (1-3 of 32-128). The answer-bearing
-pixels are the asked event's (`Example.evidence`).
+"shape" and "colour" also test binding a word of the question to the video's tokens, which the tiny reference
+model does poorly (its short `query` family, shape-keyed: 0.550 with all tokens; the long family with "shape":
+0.425, with "colour": 0.39 after 285 fine-tuning steps); "ring" asks for the needle the question names without
+that, so it tests what a press keeps, not what the tiny model cannot learn. Whatever the key, the detail asked is
+not given away by its presence: the distractors show all four values of it. A press or a retriever has to find
+the event the question names; merging or sampling whole frames loses it unless it lands on the event's few
+temporal tokens (1-3 of 32-128). The answer-bearing pixels are the asked event's (`Example.evidence`).
 
     examples = make_split("test", 120, families=("long",))   # same seeds and splits as the other families
 """
@@ -56,7 +60,8 @@ class LongConfig:
     event_groups: temporal tokens one event lasts.
     flash_size: flash sides in pixels (inside one cell with a margin).
     noise: amplitude of the per-frame pixel noise.
-    key: what the question names the asked event by: "colour" (ask its shape) or "shape" (ask its colour).
+    key: what the question names the asked event by: "ring" (always the ring; ask its colour), "shape" (any shape;
+        ask its colour) or "colour" (ask its shape).
     """
 
     groups: tuple[int, int] = (32, 128)
@@ -67,11 +72,11 @@ class LongConfig:
     event_groups: tuple[int, int] = (1, 3)
     flash_size: tuple[int, int] = (14, 20)
     noise: int = 3
-    key: str = "colour"
+    key: str = "ring"
 
     def __post_init__(self):
-        if self.key not in ("colour", "shape"):
-            raise ValueError(f"key must be 'colour' or 'shape'; got {self.key!r}")
+        if self.key not in ("ring", "shape", "colour"):
+            raise ValueError(f"key must be 'ring', 'shape' or 'colour'; got {self.key!r}")
         low, high = self.groups
         if not 8 <= low <= high:
             raise ValueError(f"groups must be a range (low, high) with 8 <= low <= high; got {self.groups}")
@@ -115,6 +120,8 @@ def make_long_example(seed: int, config: LongConfig = LongConfig()) -> Example:
     scene = Scene(config.world(groups), rng)
 
     shape = int(rng.integers(len(FLASH_SHAPES)))
+    if config.key == "ring":  # drawn all the same: a seed lays out the same video whatever the key
+        shape = FLASH_SHAPES.index("ring")
     colour = int(rng.integers(4))
     length = int(rng.integers(config.event_groups[0], config.event_groups[1] + 1))
     first = int(rng.integers(groups - length + 1))
