@@ -28,11 +28,12 @@ def test_bench_family_refuses_the_full_grid(capsys, tmp_path):
 @pytest.mark.slow
 def test_bench_family_long_runs(tmp_path):
     out = tmp_path / "bench"
-    assert main(["bench", "--family", "long", "--presses", "marc,random", "--retentions", "0.015625", "--limit", "4",
+    assert main(["bench", "--family", "long", "--presses", "marc,marc-vmr,random", "--retentions", "0.015625", "--limit", "4",
                  "--workers", "1", "--quiet", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     rows = {row["press"]: row for row in results["rows"]}
-    assert set(rows) == {"none", "marc", "random"}
+    assert set(rows) == {"none", "marc", "marc-vmr", "random"}
     assert all(set(row["accuracy_by_family"]) == {"long"} for row in rows.values())
     # one frame's budget: MarcPress keeps about 4 tokens (one 2x2 frame) of 128-512
     assert rows["marc"]["visual_tokens"] <= 8 and rows["none"]["visual_tokens"] >= 128
+    assert rows["marc-vmr"]["visual_tokens"] <= 8 and rows["marc-vmr"]["effective_retention"] < 0.02

@@ -54,25 +54,26 @@ def test_marc_vmr_row_keeps_one_frame_of_the_retrieved_groups(bench):
     model, processor, examples, batches = bench
     press, row_model = testbed.build_row("marc-vmr", 1 / 64, model)
     assert isinstance(press, EpisodicMarcPress) and row_model is model
-    outcome = testbed.evaluate_outcome(model, batches, press, letter_token_ids(processor))
-    with press(model) as pressed:  # the same press again, to see its selections
+    with press(model) as pressed:
         press.begin_batch(examples)
+        retrieved = [clips for _, clips in press._pending]  # what MARC's retriever picked, per video
         pressed.prepare({**batches[0].inputs, "mm_encoder_outputs": {"video": batches[0].video_output}})
         report = pressed.last_report
-    retriever = press.retriever
-    for example, record, video, selection in zip(examples, outcome.records, report.videos, report.selections):
+    for example, clips, video, selection in zip(examples, retrieved, report.videos, report.selections):
         N, M = video.num_tokens, video.tokens_per_frame
-        assert selection.num_tokens == N and record["kept_tokens"] == selection.num_kept <= max(1, round(N / 64))
-        clips = retriever.retrieve(retriever.index_video(example.video), example.prompt)
+        # indices in the whole video's numbering, within the retrieved groups; about one frame's tokens
+        assert selection.num_tokens == N and selection.num_kept <= max(1, round(N / 64))
         groups = clip_groups(clips, len(example.video) // video.num_frames, len(example.video))
         assert set((selection.keep_indices // M).tolist()) <= set(groups)
         # the merge is MarcPress's on the retrieved groups' features, placed at their positions in the whole video
         part = MarcPress(budget_tokens=round(N / 64), top_k=None).select(
             VideoTokens(video.features[groups], (len(groups), *video.grid[1:])))
+        assert torch.equal(selection.keep_indices, torch.tensor(groups)[part.keep_indices // M] * M
+                           + part.keep_indices % M)
         torch.testing.assert_close(selection.features, part.features)
     # retention is relative to the whole video
-    assert outcome.row["effective_retention"] == pytest.approx(
-        sum(r["kept_tokens"] for r in outcome.records) / sum(v.num_tokens for v in report.videos))
+    assert report.retention == pytest.approx(
+        sum(s.num_kept for s in report.selections) / sum(v.num_tokens for v in report.videos))
 
 
 def test_marc_vmr_with_every_clip_is_marc_without_retrieval(bench):

@@ -37,7 +37,7 @@ def test_clip_batch_matches_a_text_to_the_frames_of_its_colour_only():
         clip_batch(make_split("train", 1), np.random.default_rng(0))
 
 
-def test_clip_loss_is_low_for_aligned_embeddings_and_refuses_nothing_silently():
+def test_clip_loss_is_low_for_aligned_embeddings():
     text = torch.eye(4)[:2]
     image = torch.eye(4)[[0, 0, 1, 2, 3]]
     match = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
@@ -54,7 +54,8 @@ def test_train_clip_retriever_end_to_end_and_loads_with_clip_embedder(tmp_path, 
     assert "test top-1" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 3 and len(metrics["log"]) == 2 and metrics["test"]["examples"] == 2
-    assert "vidpress train clip-retriever --out" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Recipe" in card and "## Retrieval on the long family" in card and "Command:" in card
     embedder = CLIPEmbedder.from_pretrained(out)
     example = make_split("test", 1, families=("long",))[0]
     assert embedder.embed_frames(example.video[:3]).shape == (3, 64)

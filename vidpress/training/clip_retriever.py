@@ -128,14 +128,15 @@ def clip_batch(examples, rng: np.random.Generator, distractor_frames: int = 6, e
     anywhere, each subsampled to `frames_per_window` frames. A text matches a frame that shows a flash of the
     colour it names, and a window one of whose frames does.
     """
+    for example in examples:
+        if example.family != "long" or example.info.get("key") != "colour":
+            raise ValueError(f"the clip retriever trains on colour-keyed long-family examples; got family "
+                             f"{example.family!r} with key {example.info.get('key')!r}")
     texts = list(dict.fromkeys(e.prompt for e in examples))
     colour_of = {e.prompt: COLOUR_NAMES.index(e.info["colour"]) for e in examples}
     frames, masks, window_of = [], [], []
     rows = 0
     for example in examples:
-        if example.family != "long" or example.info.get("key") != "colour":
-            raise ValueError(f"the clip retriever trains on colour-keyed long-family examples; got family "
-                             f"{example.family!r} with key {example.info.get('key')!r}")
         asked, distractor, empty = frame_pools(example)
         picked = asked + [int(f) for f in rng.permutation(distractor)[:distractor_frames]]
         picked += [int(f) for f in rng.permutation(empty)[:empty_frames]]
