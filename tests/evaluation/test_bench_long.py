@@ -28,8 +28,8 @@ def test_bench_family_refuses_the_full_grid(capsys, tmp_path):
 @pytest.mark.slow
 def test_bench_family_long_runs(tmp_path):
     out = tmp_path / "bench"
-    assert main(["bench", "--family", "long", "--presses", "marc,marc-vmr,random", "--retentions", "0.015625", "--limit", "4",
-                 "--workers", "1", "--quiet", "--out", str(out)]) == 0
+    assert main(["bench", "--family", "long", "--presses", "marc,marc-vmr,random", "--retentions", "0.015625",
+                 "--limit", "4", "--workers", "1", "--quiet", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     rows = {row["press"]: row for row in results["rows"]}
     assert set(rows) == {"none", "marc", "marc-vmr", "random"}
