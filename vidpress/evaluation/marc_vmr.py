@@ -79,7 +79,7 @@ class EpisodicMarcPress(Press):
         retriever = self.retriever
         pending = []
         for example in examples:
-            if not getattr(example, "prompt", None):
+            if not example.prompt:
                 raise ValueError(f"example {example.seed} has no prompt (the question without its options) to "
                                  "retrieve with")
             memory = retriever.index_video(example.video)
