@@ -10,13 +10,16 @@ from vidpress.cli import main
 from vidpress.evaluation.long_retrieval import asked_hit, retrieval_recall
 from vidpress.retrieval import CLIPEmbedder, VisualMemoryRetriever
 from vidpress.synthetic import make_split
+from vidpress.synthetic.long import LongConfig
 from vidpress.synthetic.reference import CLIP_RETRIEVER_DIR
-from vidpress.synthetic.world import COLOUR_NAMES
+from vidpress.synthetic.world import FLASH_SHAPES
 from vidpress.training.clip_retriever import clip_batch, clip_loss, frame_pools
 
 
-def test_clip_batch_matches_a_text_to_the_frames_of_its_colour_only():
-    examples = make_split("train", 4, families=("long",))
+def test_clip_batch_matches_a_text_to_the_frames_of_the_flash_it_names_only():
+    examples = make_split("train", 4, families=("long",)) + make_split("train", 2, families=("long",),
+                                                                       config=LongConfig(key="shape"))
+    assert {e.info["key"] for e in examples} == {"colour", "shape"}
     for example in examples:
         frames, texts, match, windows, window_match = clip_batch([example], np.random.default_rng(0))
         asked, distractor, empty = frame_pools(example)
@@ -32,8 +35,8 @@ def test_clip_batch_matches_a_text_to_the_frames_of_its_colour_only():
             assert bool(window_match[0, w]) == bool(match[0, rows].any())
     frames, texts, match, windows, window_match = clip_batch(examples, np.random.default_rng(0))
     assert texts == list(dict.fromkeys(e.prompt for e in examples)) and match.shape == (len(texts), len(frames))
-    assert match.any(1).all() and window_match.shape == (len(texts), 12)
-    with pytest.raises(ValueError, match="colour-keyed long-family"):
+    assert match.any(1).all() and window_match.shape == (len(texts), 18)
+    with pytest.raises(ValueError, match="long-family examples"):
         clip_batch(make_split("train", 1), np.random.default_rng(0))
 
 
@@ -50,10 +53,12 @@ def test_clip_loss_is_low_for_aligned_embeddings():
 def test_train_clip_retriever_end_to_end_and_loads_with_clip_embedder(tmp_path, capsys):
     out = tmp_path / "dual"
     assert main(["train", "clip-retriever", "--out", str(out), "--train-examples", "8", "--steps", "3",
-                 "--batch-size", "4", "--test-examples", "2", "--threads", "1", "--quiet"]) == 0
+                 "--batch-size", "4", "--keys", "colour,shape", "--test-examples", "2", "--threads", "1",
+                 "--quiet"]) == 0
     assert "test top-1" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 3 and len(metrics["log"]) == 2 and metrics["test"]["examples"] == 2
+    assert metrics["steps"] == 3 and len(metrics["log"]) == 2 and metrics["keys"] == ["colour", "shape"]
+    assert {key: t["examples"] for key, t in metrics["test"].items()} == {"colour": 2, "shape": 2}
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Recipe" in card and "## Retrieval on the long family" in card and "Command:" in card
     embedder = CLIPEmbedder.from_pretrained(out)
@@ -65,6 +70,8 @@ def test_train_clip_retriever_end_to_end_and_loads_with_clip_embedder(tmp_path, 
 def test_train_clip_retriever_refuses_bad_counts(tmp_path, capsys):
     assert main(["train", "clip-retriever", "--out", str(tmp_path), "--windows", "-1"]) == 2
     assert "--windows" in capsys.readouterr().err
+    assert main(["train", "clip-retriever", "--out", str(tmp_path), "--keys", "colour,size"]) == 2
+    assert "key must be" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +86,22 @@ def test_shipped_clip_retriever_is_small_and_documented():
     assert sum(files.values()) < 2_000_000
     metrics = json.loads((CLIP_RETRIEVER_DIR / "metrics.json").read_text())
     card = (CLIP_RETRIEVER_DIR / "MODEL_CARD.md").read_text()
-    assert f"{metrics['test']['top3']:.3f}" in card and metrics["test"]["examples"] == 240
+    for key, test in metrics["test"].items():
+        assert f"| {key} | 240 |" in card and f"{test['top3']:.3f}" in card and test["examples"] == 240
 
 
 def test_shipped_clip_retriever_finds_the_asked_event(shipped):
-    examples = make_split("test", 4, families=("long",))
+    # trained on shape-keyed questions ("What colour was the flashing ring?"), the long family's ring key included
+    examples = make_split("test", 4, families=("long",), config=LongConfig(key="shape"))
     retriever = VisualMemoryRetriever(shipped, top_k=3)
     for example in examples:
-        # the frame closest to the question shows the asked event, not a distractor flash of another colour
+        # the frame closest to the question shows the asked event, not a distractor flash of another shape
         scores = shipped.embed_frames(example.video) @ shipped.embed_text([example.prompt])[0]
         assert int(scores.argmax()) in example.info["objects"][0]["frames"]
         memory = retriever.index_video(example.video)
         assert asked_hit(retriever.retrieve(memory, example.prompt), example)
-    # the texts of the four colours are told apart
-    texts = shipped.embed_text([f"What shape was the {c} flash?" for c in COLOUR_NAMES])
+    # the texts of the four shapes are told apart
+    texts = shipped.embed_text([f"What colour was the flashing {s}?" for s in FLASH_SHAPES])
     assert (texts @ texts.T - torch.eye(4)).max() < 0.9
     recall = retrieval_recall(shipped, examples[:2])
     assert recall["top3"] == 1.0 and recall["frame_top1"] == 1.0

@@ -5,11 +5,13 @@ encoder. No real CLIP weights exist offline, so this trains a stock transformers
 (random init, 56 x 56 images, a two-layer text tower over a byte-level BPE tokenizer) on the long family's
 `train` split, and saves it with a `CLIPProcessor` that `CLIPEmbedder.from_pretrained` loads via AutoProcessor.
 
-Objective, per step: `batch_size` train clips; texts = their distinct `Example.prompt`s ("What shape was the red
-flash?"); images = from every clip the frames where the asked event is visible, up to `distractor_frames` frames
-showing a distractor flash of the same clip (another colour: the hard negatives) and up to `empty_frames` frames
-with no flash. A text matches a frame when the frame shows a flash of the colour the text names (renderer facts,
-so frames of other clips count too). Loss: CLIP's symmetric InfoNCE with its learnable temperature, with several
+The train clips are drawn with each `LongConfig.key` asked for (default "shape": "What colour was the flashing
+ring?"; a ring-keyed question is a shape-keyed one about the ring; "colour": "What shape was the red flash?").
+Objective, per step: `batch_size` train clips; texts = their distinct `Example.prompt`s; images = from every clip
+the frames where the asked event is visible, up to `distractor_frames` frames showing a distractor flash of the
+same clip (another key: the hard negatives) and up to `empty_frames` frames with no flash. A text matches a frame
+when the frame shows a flash of the colour or shape the text names (renderer facts, so frames of other clips count
+too). Loss: CLIP's symmetric InfoNCE with its learnable temperature, with several
 positives: text -> frames is the mean over a text's matching frames of -log softmax over every frame of the batch;
 frame -> text (frames with a match) is -log of the softmax mass on its matching texts; the loss is their mean.
 """
@@ -84,19 +86,27 @@ def build_clip_retriever(width: int = 64, layers: int = 2, image_size: int = 56,
     return model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def _colour_masks(example) -> np.ndarray:
-    """[T] bit mask per frame of the flash colours visible in it (bit c: COLOUR_NAMES[c])."""
+def _flash_masks(example) -> np.ndarray:
+    """[T] bit mask per frame of the flashes visible in it: bit c for colour COLOUR_NAMES[c], bit 4 + s for shape
+    FLASH_SHAPES[s]."""
     masks = np.zeros(len(example.video), dtype=np.int64)
     for obj in example.info["objects"]:
         if obj["kind"] == "flash":
-            masks[obj["frames"]] |= 1 << int(obj["colour"])
+            masks[obj["frames"]] |= (1 << int(obj["colour"])) | (1 << (4 + FLASH_SHAPES.index(obj["shape"])))
     return masks
+
+
+def _text_bit(example) -> int:
+    """The `_flash_masks` bit of what the example's question names: its colour (key "colour") or shape."""
+    if example.info["key"] == "colour":
+        return 1 << COLOUR_NAMES.index(example.info["colour"])
+    return 1 << (4 + FLASH_SHAPES.index(example.info["shape"]))
 
 
 def frame_pools(example) -> tuple[list[int], list[int], list[int]]:
     """(asked, distractor, empty) frame indices of a long example: frames showing the asked event, frames
     showing only distractor flashes, frames with no flash."""
-    masks = _colour_masks(example)
+    masks = _flash_masks(example)
     asked = sorted(int(f) for f in example.info["objects"][0]["frames"])
     distractor = [int(f) for f in np.flatnonzero(masks) if f not in set(asked)]
     empty = [int(f) for f in np.flatnonzero(masks == 0)]
@@ -129,11 +139,10 @@ def clip_batch(examples, rng: np.random.Generator, distractor_frames: int = 6, e
     colour it names, and a window one of whose frames does.
     """
     for example in examples:
-        if example.family != "long" or example.info.get("key") != "colour":
-            raise ValueError(f"the clip retriever trains on colour-keyed long-family examples; got family "
-                             f"{example.family!r} with key {example.info.get('key')!r}")
+        if example.family != "long":
+            raise ValueError(f"the clip retriever trains on long-family examples; got family {example.family!r}")
     texts = list(dict.fromkeys(e.prompt for e in examples))
-    colour_of = {e.prompt: COLOUR_NAMES.index(e.info["colour"]) for e in examples}
+    bit_of = {e.prompt: _text_bit(e) for e in examples}
     frames, masks, window_of = [], [], []
     rows = 0
     for example in examples:
@@ -145,10 +154,10 @@ def clip_batch(examples, rng: np.random.Generator, distractor_frames: int = 6, e
             window_of.append(list(range(rows + len(picked), rows + len(picked) + len(window))))
             picked += window
         frames.append(example.video[picked])
-        masks.append(_colour_masks(example)[picked])
+        masks.append(_flash_masks(example)[picked])
         rows += len(picked)
     masks = np.concatenate(masks)
-    bits = np.array([1 << colour_of[t] for t in texts])[:, None]
+    bits = np.array([bit_of[t] for t in texts])[:, None]
     frame_match = (masks[None] & bits) > 0  # [Q, N]
     window_match = np.zeros((len(texts), len(window_of)), dtype=bool)  # [Q, W]
     for w, rows in enumerate(window_of):
@@ -179,7 +188,8 @@ def train_clip_retriever(
     out_dir,
     *,
     train_examples: int = 2000,
-    steps: int = 1200,
+    keys: tuple[str, ...] = ("shape",),
+    steps: int = 1500,
     batch_size: int = 8,
     distractor_frames: int = 6,
     empty_frames: int = 2,
@@ -193,13 +203,15 @@ def train_clip_retriever(
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
-    """Train the dual encoder on the first `train_examples` long-family `train` examples (a fresh batch of
-    `batch_size` clips each step, AdamW at `lr` with cosine decay), save it to `out_dir` (save_pretrained layout
-    with its processor), measure retrieval on the first `test_examples` long `test` examples
-    (`retrieval_recall`, 0: skip) and write metrics.json and MODEL_CARD.md. Returns the metrics."""
+    """Train the dual encoder on `train_examples` long-family `train` examples, an equal share drawn with each
+    question key of `keys` (consecutive seeds; a fresh batch of `batch_size` clips each step, AdamW at `lr` with
+    cosine decay), save it to `out_dir` (save_pretrained layout with its processor), measure retrieval on the first
+    `test_examples` long `test` examples of each key (`retrieval_recall`, 0: skip) and write metrics.json and
+    MODEL_CARD.md. Returns the metrics."""
     from tqdm.auto import tqdm
 
     from vidpress.synthetic import make_split
+    from vidpress.synthetic.long import LongConfig
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -209,11 +221,18 @@ def train_clip_retriever(
                              ("windows", windows, 0), ("test_examples", test_examples, 0)):
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    keys = tuple(keys)
+    if not keys or len(set(keys)) != len(keys) or train_examples < len(keys) * batch_size:
+        raise ValueError(f"keys must be distinct LongConfig keys, with train_examples >= batch_size per key; got "
+                         f"{keys!r} for {train_examples} examples")
+    configs = {key: LongConfig(key=key) for key in keys}  # LongConfig names the keys it accepts
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     model, processor = build_clip_retriever(width, layers, seed=seed)
-    examples = make_split("train", train_examples, families=("long",))
+    share = train_examples // len(keys)
+    examples = [e for i, key in enumerate(keys)
+                for e in make_split("train", share, families=("long",), config=configs[key], start=i * share)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + np.cos(np.pi * s / steps)))
@@ -246,7 +265,7 @@ def train_clip_retriever(
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     metrics: dict = {
-        "train_examples": train_examples, "steps": steps, "batch_size": batch_size,
+        "train_examples": len(examples), "keys": list(keys), "steps": steps, "batch_size": batch_size,
         "distractor_frames": distractor_frames, "empty_frames": empty_frames, "windows": windows, "lr": lr,
         "width": width,
         "layers": layers, "parameters": sum(p.numel() for p in model.parameters()), "seed": seed,
@@ -256,8 +275,9 @@ def train_clip_retriever(
         from vidpress.retrieval import CLIPEmbedder
 
         start = time.time()
-        test = make_split("test", test_examples, families=("long",))
-        metrics["test"] = retrieval_recall(CLIPEmbedder.from_pretrained(out_dir), test)
+        embedder = CLIPEmbedder.from_pretrained(out_dir)
+        metrics["test"] = {key: retrieval_recall(embedder, make_split("test", test_examples, families=("long",),
+                                                                      config=configs[key])) for key in keys}
         metrics["eval_seconds"] = round(time.time() - start, 1)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _write_model_card(out_dir, metrics, command)
@@ -276,39 +296,37 @@ def _write_model_card(out_dir, metrics: dict, command: str | None) -> Path:
         "",
         f"- Model: both towers {metrics['layers']} layers x {metrics['width']} wide, 8 x 8 patches of 56 x 56 "
         f"frames, a byte-level BPE tokenizer on the world's questions; {metrics['parameters']:,} parameters.",
-        f"- Data: the first {metrics['train_examples']} long-family `train` examples; per step "
-        f"{metrics['batch_size']} clips, text = each clip's `prompt` (the question without options), images = the "
-        f"frames where the asked event is visible, up to {metrics['distractor_frames']} frames of the same clip's "
-        f"distractor flashes (other colours: hard negatives) and up to {metrics['empty_frames']} empty frames.",
+        f"- Data: {metrics['train_examples']} long-family `train` examples, an equal share drawn with each question "
+        f"key ({', '.join(metrics['keys'])}); per step {metrics['batch_size']} clips, text = each clip's `prompt` (the "
+        "question without options), images = the frames where the asked event is visible, up to "
+        f"{metrics['distractor_frames']} frames of the same clip's distractor flashes (another key: hard negatives) "
+        f"and up to {metrics['empty_frames']} empty frames.",
         f"- Windows: per clip {metrics['windows']} random windows of 2-40 frames (the first around the asked event), "
         "each embedded as `VisualMemoryRetriever` embeds a clip (normalised mean of at most 8 evenly spaced frames).",
         "- Loss: CLIP's symmetric InfoNCE with its learnable temperature, with several positives per text (a text "
-        "matches every frame of the batch showing a flash of its colour), on frames plus the same on windows (a text "
-        "matches a window one of whose frames it matches).",
+        "matches every frame of the batch showing a flash of the colour or shape it names), on frames plus the "
+        "same on windows (a text matches a window one of whose frames it matches).",
         f"- {metrics['steps']} AdamW steps at lr {metrics['lr']} (50 warm-up steps, cosine decay), seed "
         f"{metrics['seed']}, {metrics['threads']} CPU thread(s); {metrics['train_seconds'] / 60:.1f} min.",
     ]
     results = []
     if "test" in metrics:
-        t = metrics["test"]
-        results = [[
+        lines = [
             "## Retrieval on the long family's test split",
             "",
-            f"First {t['examples']} long `test` examples; clips from `VisualMemoryRetriever`'s event segmentation "
-            f"(on average {t['mean_clips']:.1f} clips per video, {t['single_clip']} videos in one clip). A hit: a "
-            "retrieved clip holds a frame where the asked event is visible.",
+            "Per question key, the first long `test` examples drawn with it; clips from `VisualMemoryRetriever`'s "
+            "event segmentation; a hit: a retrieved clip holds a frame where the asked event is visible. "
+            "Contested: the videos cut into more than 3 clips (elsewhere top-3 keeps every clip). Frame top-1: "
+            "the frame most similar to the question shows the asked event (every frame embedded, no segmentation).",
             "",
-            "| retriever | top-1 | top-3 |",
-            "|---|---|---|",
-            f"| this model (`VisualMemoryRetriever(CLIPEmbedder(...), top_k=3)`) | {t['top1']:.3f} | {t['top3']:.3f} |",
-            f"| random clip (expected) | {t['random_top1']:.3f} | {t['random_top3']:.3f} |",
-            f"| this model, the {t['contested']} videos of more than 3 clips | {t['contested_top1']:.3f} | "
-            f"{t['contested_top3']:.3f} |",
-            f"| random clip, the same videos (expected) | {t['contested_random_top1']:.3f} | "
-            f"{t['contested_random_top3']:.3f} |",
-            "",
-            f"Frame level (no segmentation): the frame most similar to the question shows the asked event in "
-            f"{t['frame_top1']:.3f} of the videos.",
-        ]]
+            "| key | videos | clips (mean) | one clip | top-1 | top-3 | random top-3 | contested | contested top-3 "
+            "| contested random top-3 | frame top-1 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key, t in metrics["test"].items():
+            lines.append(f"| {key} | {t['examples']} | {t['mean_clips']:.1f} | {t['single_clip']} | {t['top1']:.3f} "
+                         f"| {t['top3']:.3f} | {t['random_top3']:.3f} | {t['contested']} | {t['contested_top3']:.3f} "
+                         f"| {t['contested_random_top3']:.3f} | {t['frame_top1']:.3f} |")
+        results = [lines]
     return write_model_card(out_dir, "clip-retriever: a tiny dual encoder for MARC's retrieval on the long family",
                             intro, [recipe], command or "vidpress train clip-retriever --out DIR", results)
