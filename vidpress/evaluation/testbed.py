@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vidpress import presses as press_registry
+from vidpress.evaluation.marc_vmr import EpisodicMarcPress
 from vidpress.evaluation.memory import PeakMemory
 from vidpress.evaluation.profiler import flop_counter
 from vidpress.evaluation.stats import wilson_interval
@@ -61,11 +62,15 @@ LONG_RETENTIONS = (1 / 16, 1 / 64)
 class BenchRow:
     """A bench row that is more than a registered press at a retention: the registered press it runs, its knobs
     besides the retention, and the model folder it runs on (None: the bench model). That model must share the
-    bench model's vision tower (the videos are encoded once)."""
+    bench model's vision tower (the videos are encoded once). pipeline: a Press class built instead of the
+    registered press, for a row that wraps it in more than knobs (marc-vmr: retrieval before the encoder).
+    family: the one family the row is made for (default runs: only with `--family` that family)."""
 
     press: str
     knobs: dict = field(default_factory=dict)
     model: Path | None = None
+    pipeline: type | None = None
+    family: str | None = None
 
 
 #: The learned rows, with the checkpoints shipped for the reference model, and "<host>+fca": every press that takes
@@ -75,6 +80,9 @@ BENCH_ROWS: dict[str, BenchRow] = {
     "cacovid": BenchRow("cacovid", {"policy": CACOVID_REFERENCE_DIR}),
     # MarcPress on the shipped C-GRPO student
     "marc-cgrpo": BenchRow("marc", model=MARC_REFERENCE_DIR),
+    # MARC as released: the dual encoder trained on the long family retrieves 3 clips before the encoder, then
+    # MarcPress merges them (vidpress.evaluation.marc_vmr)
+    "marc-vmr": BenchRow("marc", pipeline=EpisodicMarcPress, family="long"),
     **{name: BenchRow(host, {"frame_budgets": "vidcom2"}) for name, host in press_registry.fca_variants().items()},
 }
 
@@ -88,9 +96,15 @@ def default_names(family: str | None = None) -> list[str]:
     """What `vidpress bench` runs without --presses: every registered press and the learned rows; the "<host>+fca"
     compositions only when asked for (`--presses fastv,fastv+fca`), so the default run stays one row per method.
     family "long" (`--family long`): without the rows that run their own model (the students were trained on the six
-    short families)."""
+    short families); the rows made for one family (`BenchRow.family`) only with that family."""
     variants = press_registry.fca_variants()
-    return [name for name in bench_names() if name not in variants and (family is None or _row(name).model is None)]
+
+    def runs(row: BenchRow) -> bool:
+        if family is None or row.family is not None:
+            return row.family == family
+        return row.model is None
+
+    return [name for name in bench_names() if name not in variants and runs(_row(name))]
 
 
 def checkpoint_free_names() -> list[str]:
@@ -100,8 +114,9 @@ def checkpoint_free_names() -> list[str]:
 
 
 def press_class(name: str) -> type:
-    """The registered press class behind bench row `name` (its declared flags)."""
-    return press_registry.PRESSES[_row(name).press]
+    """The press class behind bench row `name` (its declared flags)."""
+    row = _row(name)
+    return row.pipeline or press_registry.PRESSES[row.press]
 
 
 def _row(name: str) -> BenchRow:
@@ -112,7 +127,10 @@ def build_row(name: str, retention: float, model):
     """(press, model) of one bench row (see BENCH_ROWS). The press is applied with `press(row_model)` like any
     other, which loads what it needs from the model (a trained policy) on entry."""
     row = _row(name)
-    press = press_registry.get(row.press, retention=retention, **row.knobs)
+    if row.pipeline is not None:
+        press = row.pipeline(retention=retention, **row.knobs)
+    else:
+        press = press_registry.get(row.press, retention=retention, **row.knobs)
     row_model = model if row.model is None else _row_model(name, row.model, model)
     return press, row_model
 
@@ -223,6 +241,8 @@ def evaluate_outcome(model, batches: list[EncodedBatch], press, letter_ids: list
             counter = flop_counter() if number == 0 else contextlib.nullcontext()
             with counter:
                 start = time.perf_counter()
+                if isinstance(press, EpisodicMarcPress):  # its retrieval reads the frames and the question text
+                    press.begin_batch(batch.examples)
                 if pressed is not None:
                     inputs = pressed.prepare(inputs)
                 press_s = time.perf_counter() - start

@@ -10,7 +10,7 @@ from vidpress.retrieval.events import (
     segment,
 )
 from vidpress.retrieval.index import ClipIndex
-from vidpress.retrieval.retriever import VideoMemory, VisualMemoryRetriever
+from vidpress.retrieval.retriever import VideoMemory, VisualMemoryRetriever, clip_groups
 
 __all__ = [
     "CLIPEmbedder",
@@ -21,6 +21,7 @@ __all__ = [
     "VLMEmbedder",
     "VideoMemory",
     "VisualMemoryRetriever",
+    "clip_groups",
     "clips_from_boundaries",
     "describe_video",
     "detect_events",

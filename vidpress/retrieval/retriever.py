@@ -69,6 +69,22 @@ def clip_frame_indices(clips: list[tuple[int, int]], frames_per_clip: int | None
     return out
 
 
+def clip_groups(clips: list[tuple[int, int]], temporal_patch: int, num_frames: int) -> list[int]:
+    """The temporal groups (frames g * temporal_patch .. (g + 1) * temporal_patch - 1, as a Video LLM that merges
+    `temporal_patch` frames per temporal token encodes them) that the clips [(start, end)] touch, sorted: the
+    clips widened outward to whole groups, so the groups' encoder features are those of the clips' frames."""
+    if isinstance(temporal_patch, bool) or not isinstance(temporal_patch, (int, np.integer)) or temporal_patch < 1:
+        raise ValueError(f"temporal_patch must be an integer >= 1; got {temporal_patch!r}")
+    if num_frames % temporal_patch:
+        raise ValueError(f"a video of {num_frames} frames is not whole groups of temporal_patch={temporal_patch}")
+    groups = set()
+    for start, end in clips:
+        if not 0 <= start < end <= num_frames:
+            raise ValueError(f"clip ({start}, {end}) is not a non-empty frame range of a {num_frames}-frame video")
+        groups.update(range(start // temporal_patch, (end - 1) // temporal_patch + 1))
+    return sorted(groups)
+
+
 @dataclass
 class VisualMemoryRetriever:
     """Segment a video into event clips, embed and index them, retrieve the clips that match a question.

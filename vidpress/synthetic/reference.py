@@ -22,6 +22,7 @@ from vidpress.synthetic.world import COLOUR_NAMES, COUNT_OPTIONS, FLASH_SHAPES, 
 
 __all__ = [
     "CACOVID_REFERENCE_DIR",
+    "CLIP_RETRIEVER_DIR",
     "FPS",
     "MARC_REFERENCE_DIR",
     "REFERENCE_DIR",
@@ -36,6 +37,9 @@ REFERENCE_DIR = Path(__file__).with_name("reference_model")
 CACOVID_REFERENCE_DIR = Path(__file__).with_name("cacovid_reference")
 #: The shipped C-GRPO student of the reference model (`vidpress train cgrpo`, see its MODEL_CARD.md).
 MARC_REFERENCE_DIR = Path(__file__).with_name("marc_reference")
+#: The tiny CLIP-style dual encoder trained on the long family for MARC's retrieval before the encoder
+#: (`vidpress train clip-retriever`, see its MODEL_CARD.md); loads with `vidpress.retrieval.CLIPEmbedder`.
+CLIP_RETRIEVER_DIR = Path(__file__).with_name("clip_retriever")
 #: Frame rate the clips are described with (and written at): temporal M-RoPE ids advance by 1 per token pair.
 FPS = 8.0
 FAMILY = "qwen2_5_vl"
