@@ -122,3 +122,22 @@ def test_marc_vmr_errors_are_named(bench):
 def test_marc_vmr_is_a_long_family_row():
     assert "marc-vmr" in testbed.default_names("long") and "marc-vmr" not in testbed.default_names()
     assert testbed.press_class("marc-vmr") is EpisodicMarcPress
+
+
+def test_clips_retrieved_earlier_press_like_begin_batch_and_a_token_budget(bench):
+    # C-GRPO retrieves once per training video (`retrieve`) and hands the clips over per batch (`begin_clips`)
+    model, _, examples, batches = bench
+    videos = [layout.tokens for layout in get_adapter(model).video_layouts(batches[0].video_output, batches[0].inputs)]
+    press = EpisodicMarcPress(budget_tokens=4)
+    clips = press.retrieve(examples)
+    press.begin_batch(examples)
+    direct = [press.select(v) for v in videos]
+    press.begin_clips(clips)
+    again = [press.select(v) for v in videos]
+    for a, b, video in zip(direct, again, videos):
+        assert torch.equal(a.keep_indices, b.keep_indices) and a.num_kept == 4  # one frame's 2 x 2 tokens
+        torch.testing.assert_close(a.features, b.features)
+    press.begin_clips(clips[:1])
+    assert press.select(VideoTokens(videos[0].features[:1], (1, 2, 2))).num_kept == 4  # budget >= N: every token
+    with pytest.raises(ValueError, match="budget_tokens"):
+        EpisodicMarcPress(budget_tokens=0)

@@ -13,7 +13,7 @@ import torch
 
 import vidpress  # noqa: F401
 from vidpress.presses.marc import MarcPress
-from vidpress.training.cgrpo import accuracy_reward, compression_reward, format_reward
+from vidpress.training.cgrpo import accuracy_reward, compression_reward, format_reward, synthetic_data
 from vidpress.training.cgrpo_trainer import completion_values
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,6 +171,15 @@ def test_rejects_unsupported_family_and_missing_columns(tiny_model):
     with pytest.raises(ValueError, match="teacher_accuracy"):
         CGRPOTrainer(model, MarcPress(), videos,
                      train_dataset=Dataset.from_list([{"prompt": "x", "video": 0, "answer": "A"}]))
+    # MARC's retrieval before the encoder needs each video's retrieved clips
+    from vidpress.evaluation.marc_vmr import EpisodicMarcPress
+
+    with pytest.raises(ValueError, match="VideoFeatures.clips"):
+        CGRPOTrainer(model, EpisodicMarcPress(budget_tokens=4), videos)
+    with pytest.raises(ValueError, match="retrieved clips of 2 videos"):
+        VideoFeatures([torch.zeros(4, 8)], torch.tensor([[1, 2, 2]]), clips=[(2, [(0, 2)])] * 2)
+    with pytest.raises(ValueError, match="needs the frames"):
+        synthetic_data(model, processor, "train", 1, progress=False, retrieve=lambda examples: [])
 
 
 # --- accelerate, 2 CPU processes ---------------------------------------------------------------------

@@ -237,8 +237,11 @@ def add_train_cgrpo_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank with --lora (default %(default)s)")
     parser.add_argument("--test-examples", type=int, default=720, help="test examples evaluated afterwards (0: none)")
     parser.add_argument("--family", choices=["long"], default=None, help="train and test on the long family instead "
-                        "of the six short ones (start from the long reference model: --model "
-                        "vidpress/synthetic/long_reference)")
+                        "of the six short ones")
+    parser.add_argument("--retriever", default=None, help="with --family: MARC as released, the top-k clips are "
+                        "retrieved from the frames before the encoder by this CLIP-style dual encoder folder (e.g. "
+                        "vidpress/synthetic/clip_retriever) and merged to the budget (default: MarcPress retrieves "
+                        "with the model's own embeddings after the encoder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling and data order (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -263,7 +266,7 @@ def _run_train_cgrpo(args) -> int:
         format_weight=args.format_weight, budget_tokens=args.budget_tokens, top_k=args.top_k or None,
         teacher_samples=args.teacher_samples, lora=args.lora, lora_rank=args.lora_rank,
         test_examples=args.test_examples, seed=args.seed, threads=args.threads, progress=not args.quiet,
-        family=args.family, command=command,
+        family=args.family, retriever=args.retriever, command=command,
     )
     test = metrics.get("test")
     if test:

@@ -88,6 +88,8 @@ class VideoFeatures:
     features: list of [N_v, D] tensors (the vision tower's output, e.g. float16 to save memory);
     grids: LongTensor [V, 3] of (t, h, w) patch grids (video_grid_thw rows);
     seconds_per_grid: optional [V] seconds per temporal grid step (Qwen2.5-VL's second_per_grid_ts).
+    clips: optional, per video, (frame count, clips [(start, end)]) retrieved from its frames before encoding, for a
+        press that retrieves before the encoder (`EpisodicMarcPress.retrieve`).
     Encoding once is what lets training skip the (frozen) vision tower: the press and the LLM see exactly what
     `get_video_features` gives.
     """
@@ -95,10 +97,13 @@ class VideoFeatures:
     features: list
     grids: torch.Tensor
     seconds_per_grid: torch.Tensor | None = None
+    clips: list | None = None
 
     def __post_init__(self):
         if len(self.features) != self.grids.shape[0]:
             raise ValueError(f"{len(self.features)} feature blocks but {self.grids.shape[0]} grids")
+        if self.clips is not None and len(self.clips) != len(self.features):
+            raise ValueError(f"{len(self.features)} feature blocks but retrieved clips of {len(self.clips)} videos")
 
     def __len__(self) -> int:
         return len(self.features)
@@ -166,14 +171,18 @@ def teacher_accuracy(model, tokenizer, videos: VideoFeatures, rows: list[dict], 
 # ------------------------------------------------------------------------------------------- the synthetic testbed
 
 
-def synthetic_data(model, processor, split: str, num_examples: int, progress: bool = True, family: str | None = None):
+def synthetic_data(model, processor, split: str, num_examples: int, progress: bool = True, family: str | None = None,
+                   retrieve=None):
     """C-GRPO rows and VideoFeatures for the first `num_examples` of a synthetic split (family None: the six short
     families; "long": the long family), encoded once with `model`'s (frozen) vision tower. Rows: prompt (chat
-    template, video placeholders expanded), video, answer (letter), choices ("A,B,C,D"), family."""
+    template, video placeholders expanded), video, answer (letter), choices ("A,B,C,D"), family. retrieve (with a
+    family): examples -> per video (frame count, clips), stored as `VideoFeatures.clips`."""
     import numpy as np
 
     if family is not None:
-        return _long_data(model, processor, split, num_examples, progress, family)
+        return _long_data(model, processor, split, num_examples, progress, family, retrieve)
+    if retrieve is not None:
+        raise ValueError("retrieval before the encoder needs the frames: pass a family (--family long)")
 
     from vidpress.inputs import placeholder_text
     from vidpress.synthetic.reference import FPS
@@ -202,7 +211,7 @@ def synthetic_data(model, processor, split: str, num_examples: int, progress: bo
     return rows, videos
 
 
-def _long_data(model, processor, split: str, num_examples: int, progress: bool, family: str):
+def _long_data(model, processor, split: str, num_examples: int, progress: bool, family: str, retrieve=None):
     """`synthetic_data` of a family drawn by its own module (clips of different lengths: one grid per video)."""
     from vidpress.inputs import placeholder_text
     from vidpress.synthetic import make_split
@@ -211,15 +220,25 @@ def _long_data(model, processor, split: str, num_examples: int, progress: bool, 
     from vidpress.training.long_reference import CachedVideos, cache_videos
 
     data = CachedVideos()
-    cache_videos(model, make_split(split, num_examples, families=(family,)), data, progress,
-           f"encoding {split} videos (vision tower, once)")
+    examples = make_split(split, num_examples, families=(family,))
+    cache_videos(model, examples, data, progress, f"encoding {split} videos (vision tower, once)")
     rows = [{"prompt": placeholder_text(processor, q, len(f)), "video": i, "answer": LETTERS[a],
              "choices": ",".join(LETTERS), "family": fam}
             for i, (q, f, a, fam) in enumerate(zip(data.questions, data.features, data.answers, data.families))]
     tp = model.config.vision_config.temporal_patch_size
     videos = VideoFeatures(features=data.features, grids=torch.tensor(data.grids),
-                           seconds_per_grid=torch.full((len(rows),), tp / FPS))
+                           seconds_per_grid=torch.full((len(rows),), tp / FPS),
+                           clips=None if retrieve is None else retrieve(examples))
     return rows, videos
+
+
+def tokens_per_frame(model, family: str) -> int:
+    """Merged tokens per temporal group of `family`'s frames for `model` (one frame's budget)."""
+    from vidpress.synthetic import make_example
+
+    height, width = make_example(family, 0).video.shape[1:3]
+    cell = model.config.vision_config.patch_size * model.config.vision_config.spatial_merge_size
+    return (height // cell) * (width // cell)
 
 
 def evaluate_students(models: dict, processor, press: Press, test_examples: int, progress: bool = True,
@@ -260,13 +279,17 @@ def train_cgrpo(
     lora_rank: int = 16,
     test_examples: int = 720,
     family: str | None = None,
+    retriever=None,
     seed: int = 0,
     threads: int | None = None,
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
     """Train a reference-model student with C-GRPO on the synthetic train split and save it to `out_dir`.
-    family: None trains and tests on the six short families; "long" on the long family (use the long reference model).
+    family: None trains and tests on the six short families; "long" on the long family.
+    retriever: a CLIP-style dual encoder folder (with a family): MARC as released, the `top_k` clips are retrieved
+    from the frames before the encoder (`EpisodicMarcPress`, once per training video) and merged to the budget;
+    None: MarcPress retrieves with the model's own embeddings after the encoder.
 
     The student answers through MarcPress(budget_tokens, top_k) (default: one frame's tokens); the vision tower is
     frozen and encodes every training video once. The teacher's accuracy (full video, `teacher_samples` rollouts)
@@ -278,6 +301,7 @@ def train_cgrpo(
     from datasets import Dataset
     from trl import GRPOConfig
 
+    from vidpress.evaluation.marc_vmr import EpisodicMarcPress
     from vidpress.presses.marc import MarcPress
     from vidpress.synthetic.reference import load_reference
     from vidpress.training.cgrpo_trainer import CGRPOTrainer
@@ -296,9 +320,19 @@ def train_cgrpo(
     check_family(model)
     for p in model.model.visual.parameters():
         p.requires_grad_(False)
-    press = MarcPress(budget_tokens=budget_tokens, top_k=top_k)
+    retrieve = None
+    if retriever is None:
+        press = MarcPress(budget_tokens=budget_tokens, top_k=top_k)
+    else:
+        if family is None or not top_k:
+            raise ValueError("--retriever retrieves clips from the frames of a family's examples: it needs --family "
+                             "and --top-k >= 1")
+        # one frame's tokens by default, as MarcPress: all videos of a family share the frame size
+        press = EpisodicMarcPress(embedder=Path(retriever), top_k=top_k,
+                                  budget_tokens=budget_tokens or tokens_per_frame(model, family))
+        retrieve = press.retrieve
     rows, videos = synthetic_data(model, processor, "train", train_examples, progress and state.is_main_process,
-                                  family)
+                                  family, retrieve)
     t_teacher = time.time()
     torch.manual_seed(seed)  # every process samples the same teacher rollouts
     teacher = teacher_accuracy(model, processor.tokenizer, videos, rows, num_samples=teacher_samples,
@@ -356,6 +390,7 @@ def train_cgrpo(
         "prompts_per_step": prompts_per_step, "num_generations": num_generations, "learning_rate": learning_rate,
         "beta": beta, "epsilon": epsilon, "alpha": alpha, "tau": tau, "temperature": temperature,
         "format_weight": format_weight, "lora": lora, "family": family, "model": str(model_path or "reference_model"),
+        "retriever": None if retriever is None else str(retriever),
         "seed": seed, "processes": state.num_processes,
         "threads": torch.get_num_threads(), "teacher_train_accuracy": sum(teacher) / len(teacher),
         "teacher_seconds": round(teacher_seconds, 1), "train_seconds": round(train_seconds, 1),
@@ -393,8 +428,10 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
         f"The synthetic reference model `{base}` trained with C-GRPO"
         + (f" on the {metrics['family']} family" if long else ""),
         "(`vidpress.training.cgrpo`) to answer from MarcPress-compressed video: retrieval of the top"
-        f" {metrics['top_k']} clips by the question's own text embeddings, then the parameter-free temporal merge "
-        f"down to {budget} tokens",
+        + (f" {metrics['top_k']} clips from the frames before the encoder by the dual encoder "
+           f"`{metrics['retriever']}` (`EpisodicMarcPress`, MARC as released)" if metrics.get("retriever") else
+           f" {metrics['top_k']} clips by the question's own text embeddings")
+        + f", then the parameter-free temporal merge down to {budget} tokens",
         ("(4 of 128-512 video tokens: one 56x56 frame's 2 x 2 tokens, 0.8-3.1%, with the default budget)." if long
          else "(16 of 128 video tokens = 12.5% with the default budget).")
         + " Vision tower frozen (shared with the reference",

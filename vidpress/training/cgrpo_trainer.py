@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from vidpress.evaluation.marc_vmr import EpisodicMarcPress
 from vidpress.models import apply_press, get_adapter
 from vidpress.presses.base import Press
 from vidpress.training.cgrpo import (
@@ -53,6 +54,9 @@ class CGRPOTrainer(GRPOTrainer):
             if missing:
                 raise ValueError(f"train_dataset lacks the columns {sorted(missing)} (C-GRPO needs prompt, video, "
                                  "answer and the cached teacher_accuracy)")
+        if isinstance(press, EpisodicMarcPress) and videos.clips is None:
+            raise ValueError("EpisodicMarcPress retrieves before the encoder: the VideoFeatures need the clips "
+                             "retrieved from each video's frames (VideoFeatures.clips, from press.retrieve)")
         self.press, self.videos, self.alpha, self.tau = press, videos, float(alpha), float(tau)
         self._video_rows: list[int] = []
         super().__init__(model, reward_funcs=reward_funcs or [accuracy_reward], **kwargs)
@@ -91,6 +95,11 @@ class CGRPOTrainer(GRPOTrainer):
         self._video_rows = inputs["video"].tolist()
         return super()._compute_loss(model, inputs)
 
+    def _begin(self, rows) -> None:
+        """Hand a press that retrieves before the encoder the clips of the videos it is about to press, in order."""
+        if isinstance(self.press, EpisodicMarcPress):
+            self.press.begin_clips([self.videos.clips[int(r)] for r in rows])
+
     # -- generation with the pressed video --------------------------------------------------------
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if self.use_vllm or self.use_transformers_continuous_batching:
@@ -110,6 +119,7 @@ class CGRPOTrainer(GRPOTrainer):
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
             inputs.update(self.videos.model_inputs(self._video_rows, input_ids, hf))
             with apply_press(self.press, hf) as pressed:
+                self._begin(self._video_rows)
                 pressed_inputs = pressed.prepare(inputs, for_generate=True)
             # the inputs are pressed: generate runs on them unhooked
             sequences = unwrapped.generate(**pressed_inputs, generation_config=self.generation_config)
@@ -137,6 +147,7 @@ class CGRPOTrainer(GRPOTrainer):
                 labels[:, :-logits_to_keep] = -100
                 inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels, "fused_lm_head": True}
                 inputs.update(self.videos.model_inputs(rows[start:end], ids, hf))
+                self._begin(rows[start:end])
                 # the press slices labels with the sequence, so completion tokens stay labelled after pruning
                 inputs = pressed.prepare(inputs)
                 kept_labels = inputs["labels"]
