@@ -36,6 +36,7 @@ from vidpress.models.sequence import PIXEL_INPUTS
 from vidpress.synthetic import QUESTION_FAMILIES, evidence_hits, known_families, make_split
 from vidpress.synthetic.reference import (
     CACOVID_REFERENCE_DIR,
+    MARC_LONG_REFERENCE_DIR,
     MARC_REFERENCE_DIR,
     example_inputs,
     letter_token_ids,
@@ -83,6 +84,8 @@ BENCH_ROWS: dict[str, BenchRow] = {
     # MARC as released: the dual encoder trained on the long family retrieves 3 clips before the encoder, then
     # MarcPress merges them (vidpress.evaluation.marc_vmr)
     "marc-vmr": BenchRow("marc", pipeline=EpisodicMarcPress, family="long"),
+    # ... on the C-GRPO student trained through that retrieval on the long family
+    "marc-vmr-cgrpo": BenchRow("marc", pipeline=EpisodicMarcPress, model=MARC_LONG_REFERENCE_DIR, family="long"),
     **{name: BenchRow(host, {"frame_budgets": "vidcom2"}) for name, host in press_registry.fca_variants().items()},
 }
 

@@ -24,6 +24,7 @@ __all__ = [
     "CACOVID_REFERENCE_DIR",
     "CLIP_RETRIEVER_DIR",
     "FPS",
+    "MARC_LONG_REFERENCE_DIR",
     "MARC_REFERENCE_DIR",
     "REFERENCE_DIR",
     "build_untrained",
@@ -40,6 +41,9 @@ MARC_REFERENCE_DIR = Path(__file__).with_name("marc_reference")
 #: The tiny CLIP-style dual encoder trained on the long family for MARC's retrieval before the encoder
 #: (`vidpress train clip-retriever`, see its MODEL_CARD.md); loads with `vidpress.retrieval.CLIPEmbedder`.
 CLIP_RETRIEVER_DIR = Path(__file__).with_name("clip_retriever")
+#: The C-GRPO student of the reference model for the long family, trained through MARC's retrieval before the
+#: encoder (`vidpress train cgrpo --family long --retriever ...`, see its MODEL_CARD.md).
+MARC_LONG_REFERENCE_DIR = Path(__file__).with_name("marc_long_reference")
 #: Frame rate the clips are described with (and written at): temporal M-RoPE ids advance by 1 per token pair.
 FPS = 8.0
 FAMILY = "qwen2_5_vl"
