@@ -17,8 +17,8 @@ from vidpress.training.clip_retriever import clip_batch, clip_loss, frame_pools
 
 
 def test_clip_batch_matches_a_text_to_the_frames_of_the_flash_it_names_only():
-    examples = make_split("train", 4, families=("long",)) + make_split("train", 2, families=("long",),
-                                                                       config=LongConfig(key="shape"))
+    examples = make_split("train", 4, families=("long",), config=LongConfig(key="colour")) + make_split(
+        "train", 2, families=("long",), config=LongConfig(key="shape"))
     assert {e.info["key"] for e in examples} == {"colour", "shape"}
     for example in examples:
         frames, texts, match, windows, window_match = clip_batch([example], np.random.default_rng(0))
