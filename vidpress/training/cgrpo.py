@@ -462,8 +462,10 @@ def _write_model_card(out_dir, metrics: dict, command: str | None = None) -> Pat
             "| setting | kept tokens | effective retention | overall | " + " | ".join(families) + " |",
             "|---|---|---|---|" + "---|" * len(families),
         ]
-        labels = {"full": "all tokens (the initial model)", "marc": "MarcPress on the initial model",
-                  "marc + C-GRPO": "MarcPress on this student"}
+        press = ("MARC (retrieval before the encoder + MarcPress's merge)" if metrics.get("retriever")
+                 else "MarcPress")
+        labels = {"full": "all tokens (the initial model)", "marc": f"{press} on the initial model",
+                  "marc + C-GRPO": f"{press} on this student"}
         for name, r in test.items():
             table.append(
                 f"| {labels.get(name, name)} | {r['visual_tokens']:.1f} | {r['effective_retention']:.3f} | "
