@@ -103,9 +103,14 @@ def bench_command(results: dict, path: Path) -> str:
     presses = list(dict.fromkeys(r["press"] for r in results["rows"] if r["press"] != "none"))
     retentions = sorted({r["retention"] for r in results["rows"] if r["press"] != "none"}, reverse=True)
     command = f"vidpress bench --presses {','.join(presses)} --retentions {','.join(f'{r:g}' for r in retentions)}"
+    # a family bench (`--family long`) records it since this round; older results tell it by their rows' families
+    family = run.get("family") or next((f for f in ("long",) if all(
+        set(r.get("accuracy_by_family", {})) == {f} for r in results["rows"])), None)
+    if family:
+        command += f" --family {family}"
     if run.get("split", "test") != "test":
         command += f" --split {run['split']}"
-    if run.get("examples") is not None and run.get("examples") != 240:  # 240: the default stratified subset
+    if run.get("examples") is not None and run.get("examples") != 240:  # 240: the default subset (and family run)
         command += f" --limit {run['examples']}"
     return command + f" --out DIR  # then copy DIR/results.json to {rel(path)}"
 

@@ -63,3 +63,10 @@ def test_missing_inputs_are_not_measured_yet_and_present_ones_are_read(tmp_path)
     assert claims.main(argv) == 0
     text = page.read_text()
     assert "**50.0%** of full (accuracy 0.450" in text and "no marc-vmr row" in text  # the long family's student
+    # a long-family bench is named as one: recorded in its run, or told by its rows' families
+    rows = bench_results([("none", 1.0, 0.9), ("marc", 0.05, 0.6)])
+    for row in rows["rows"]:
+        row["accuracy_by_family"] = {"long": row["accuracy"]}
+    long_bench.write_text(json.dumps(rows))
+    assert claims.main(argv) == 0
+    assert "vidpress bench --presses marc --retentions 0.05 --family long --out DIR" in page.read_text()

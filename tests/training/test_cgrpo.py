@@ -221,3 +221,23 @@ def test_accelerate_two_processes_train_and_change_the_llm(tmp_path):
     assert any(".layers." in k for k in changed), changed
     assert (out / "MODEL_CARD.md").is_file()
     assert json.loads((out / "metrics.json").read_text())["processes"] == 2
+
+
+@pytest.mark.slow
+def test_long_family_student_through_retrieval_before_the_encoder(tmp_path):
+    # MARC as released: the dual encoder picks the clips from the frames, MarcPress merges them to one frame
+    from vidpress.cli import main
+    from vidpress.synthetic.reference import CLIP_RETRIEVER_DIR
+
+    out = tmp_path / "student"
+    assert main(["train", "cgrpo", "--family", "long", "--retriever", str(CLIP_RETRIEVER_DIR), "--out", str(out),
+                 "--train-examples", "4", "--steps", "1", "--prompts-per-step", "2", "--num-generations", "4",
+                 "--teacher-samples", "2", "--test-examples", "4", "--threads", "1", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["retriever"] == str(CLIP_RETRIEVER_DIR) and metrics["budget_tokens"] == 4  # one 2 x 2 frame
+    assert metrics["test"]["marc + C-GRPO"]["visual_tokens"] == pytest.approx(4.0)
+    assert "retrieval of the top 3 clips from the frames before the encoder" in (out / "MODEL_CARD.md").read_text()
+    from vidpress.training.cgrpo import train_cgrpo
+
+    with pytest.raises(ValueError, match="needs --family"):
+        train_cgrpo(tmp_path / "x", retriever=CLIP_RETRIEVER_DIR, train_examples=2, steps=1, test_examples=0)

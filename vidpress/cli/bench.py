@@ -171,6 +171,7 @@ def run_checked(args, names: list[str], retentions: list[float]) -> int:
     torch.set_num_threads(args.threads)
     meta = run_metadata(model_dir, args.split, len(indices), seed, args.device)
     meta["workers"] = args.workers
+    meta["family"] = args.family
     meta["load_average_start"] = load_average()
     warning = load_warning()
     if warning:
