@@ -70,7 +70,6 @@ def test_the_asked_event_is_the_only_one_matching_the_question(examples, key):
         assert e.options[e.answer] == (COLOUR_NAMES[detail] if asked == "colour" else detail)
 
 
-@pytest.mark.slow
 def test_answers_are_balanced():
     answers = [e.answer for e in make_split("train", 100, families=(LONG_FAMILY,))]
     assert all(12 <= answers.count(k) <= 38 for k in range(4)), [answers.count(k) for k in range(4)]
