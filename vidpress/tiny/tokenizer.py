@@ -18,20 +18,26 @@ CORPUS = (
 )
 
 
-def bpe_tokenizer(family: Family, corpus=CORPUS, vocab_size: int = 400) -> transformers.PreTrainedTokenizerFast:
-    """Byte-level BPE (~`vocab_size` tokens, trained on `corpus`) with `family`'s special tokens at ids 0..k-1."""
-    specials = list(family.specials)
-    names = family.token_names
-    bpe = Tokenizer(models.BPE(unk_token=names.get("unk_token")))
+def byte_level_bpe(corpus, specials: list[str], vocab_size: int = 400, unk_token: str | None = None) -> Tokenizer:
+    """A byte-level BPE `tokenizers.Tokenizer` (~`vocab_size` tokens) trained on `corpus`, `specials` at ids 0..k-1."""
+    bpe = Tokenizer(models.BPE(unk_token=unk_token))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=specials,
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(corpus, trainer=trainer)
+    return bpe
+
+
+def bpe_tokenizer(family: Family, corpus=CORPUS, vocab_size: int = 400) -> transformers.PreTrainedTokenizerFast:
+    """Byte-level BPE (~`vocab_size` tokens, trained on `corpus`) with `family`'s special tokens at ids 0..k-1."""
+    specials = list(family.specials)
+    names = family.token_names
+    bpe = byte_level_bpe(corpus, specials, vocab_size, names.get("unk_token"))
     if family.prepend_bos:
         bos = names["bos_token"]
         bpe.post_processor = processors.TemplateProcessing(

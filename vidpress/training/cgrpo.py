@@ -232,15 +232,6 @@ def _long_data(model, processor, split: str, num_examples: int, progress: bool, 
     return rows, videos
 
 
-def tokens_per_frame(model, family: str) -> int:
-    """Merged tokens per temporal group of `family`'s frames for `model` (one frame's budget)."""
-    from vidpress.synthetic import make_example
-
-    height, width = make_example(family, 0).video.shape[1:3]
-    cell = model.config.vision_config.patch_size * model.config.vision_config.spatial_merge_size
-    return (height // cell) * (width // cell)
-
-
 def evaluate_students(models: dict, processor, press: Press, test_examples: int, progress: bool = True,
                       family: str | None = None) -> dict:
     """Bench rows (accuracy overall and per family, effective retention) on the first `test_examples` synthetic test
@@ -327,12 +318,14 @@ def train_cgrpo(
         if family is None or not top_k:
             raise ValueError("--retriever retrieves clips from the frames of a family's examples: it needs --family "
                              "and --top-k >= 1")
-        # one frame's tokens by default, as MarcPress: all videos of a family share the frame size
-        press = EpisodicMarcPress(embedder=Path(retriever), top_k=top_k,
-                                  budget_tokens=budget_tokens or tokens_per_frame(model, family))
+        press = EpisodicMarcPress(embedder=Path(retriever), top_k=top_k, budget_tokens=budget_tokens)
         retrieve = press.retrieve
     rows, videos = synthetic_data(model, processor, "train", train_examples, progress and state.is_main_process,
                                   family, retrieve)
+    if retriever is not None and budget_tokens is None:
+        # one frame's tokens by default, as MarcPress's: all videos of a family share the frame size
+        merge = model.config.vision_config.spatial_merge_size
+        press.budget_tokens = int(videos.grids[0, 1] * videos.grids[0, 2]) // merge**2
     t_teacher = time.time()
     torch.manual_seed(seed)  # every process samples the same teacher rollouts
     teacher = teacher_accuracy(model, processor.tokenizer, videos, rows, num_samples=teacher_samples,

@@ -47,14 +47,11 @@ def _corpus() -> list[str]:
 def _tokenizer(vocab_size: int):
     """Byte-level BPE on the world's questions, wrapped as <|startoftext|> text <|endoftext|> (CLIP pools at eos)."""
     import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    from vidpress.tiny.tokenizer import byte_level_bpe
+
+    bpe = byte_level_bpe(_corpus(), list(SPECIALS), vocab_size)
     bos, eos, pad = SPECIALS
     bpe.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}", special_tokens=[(bos, bpe.token_to_id(bos)), (eos, bpe.token_to_id(eos))])
